@@ -1,0 +1,167 @@
+//! An async-friendly handle for daemons.
+//!
+//! SQLite calls and password hashing block, so they run on tokio's blocking pool and never on a
+//! runtime worker thread. Two semaphores bound them: one for DB connections (each blocking task
+//! takes a pooled read-only connection) and one for hash verification, which costs milliseconds
+//! of CPU and must not starve the DB lookups.
+
+use crate::db::{Access, UserDb};
+use crate::error::{Error, Result};
+use crate::password::{self, Password};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Limits for [`AsyncUserDb`].
+#[derive(Debug, Clone)]
+pub struct HandleConfig {
+    /// Connections (and concurrent blocking DB tasks). Default 4.
+    pub max_connections: usize,
+    /// Concurrent password verifications. Default: the number of CPUs.
+    pub max_hashers: usize,
+    /// SQLite busy timeout per connection. Default 5 s; keep it below the client's own timeout.
+    pub busy_timeout: Duration,
+}
+
+impl Default for HandleConfig {
+    fn default() -> Self {
+        HandleConfig {
+            max_connections: 4,
+            max_hashers: std::thread::available_parallelism().map_or(2, usize::from),
+            busy_timeout: crate::db::DEFAULT_BUSY_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    config: HandleConfig,
+    idle: Mutex<Vec<UserDb>>,
+    db_permits: Semaphore,
+    hash_permits: Semaphore,
+}
+
+/// A cheap-to-clone, read-only handle usable from async code.
+#[derive(Debug, Clone)]
+pub struct AsyncUserDb {
+    inner: Arc<Inner>,
+}
+
+impl AsyncUserDb {
+    /// Opens one connection right away, so a missing or foreign file is reported at start-up.
+    pub fn open(path: impl AsRef<Path>, config: HandleConfig) -> Result<AsyncUserDb> {
+        let path = path.as_ref().to_owned();
+        let first = UserDb::open_with_timeout(&path, Access::ReadOnly, config.busy_timeout)?;
+        Ok(AsyncUserDb {
+            inner: Arc::new(Inner {
+                db_permits: Semaphore::new(config.max_connections.max(1)),
+                hash_permits: Semaphore::new(config.max_hashers.max(1)),
+                idle: Mutex::new(vec![first]),
+                path,
+                config,
+            }),
+        })
+    }
+
+    /// The DB file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on a pooled read-only connection on the blocking pool. The schema is re-checked
+    /// first, so a MIAB migration run while the daemon is up is picked up.
+    pub async fn read<F, R>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&UserDb) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let _permit = self
+            .inner
+            .db_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Invalid("user DB handle closed".into()))?;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.idle.lock().ok().and_then(|mut v| v.pop());
+            let mut db = match pooled {
+                Some(db) => db,
+                None => UserDb::open_with_timeout(
+                    &inner.path,
+                    Access::ReadOnly,
+                    inner.config.busy_timeout,
+                )?,
+            };
+            db.refresh_schema()?;
+            let out = f(&db);
+            // A connection that just failed is dropped rather than reused.
+            if out.is_ok()
+                && let Ok(mut idle) = inner.idle.lock()
+            {
+                idle.push(db);
+            }
+            out
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("user DB task failed: {e}")))?
+    }
+
+    /// Verifies a password against a stored hash on the bounded hashing pool.
+    pub async fn verify_password(&self, pw: Password, stored_hash: String) -> bool {
+        let Ok(_permit) = self.inner.hash_permits.acquire().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || password::verify_password(&pw, &stored_hash))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::Delimiters;
+    use crate::admin::BoxEnv;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_and_verifies_off_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.sqlite");
+        let mut db = UserDb::create(&path).unwrap();
+        let env = BoxEnv {
+            primary_hostname: "box.example.com".into(),
+        };
+        db.add_user("me@example.com", &Password::new("12345678"), "", "0", &env)
+            .unwrap();
+        let h = AsyncUserDb::open(&path, HandleConfig::default()).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(async move {
+                h.read(|db| db.is_mailbox("me+x@example.com", &Delimiters::default()))
+                    .await
+                    .unwrap()
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        let user = h
+            .read(|db| db.user("me@example.com"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(h.verify_password(Password::new("12345678"), user.password_hash.clone()).await);
+        assert!(!h.verify_password(Password::new("12345679"), user.password_hash).await);
+        // A change by another connection is visible to the next read, with no reopen.
+        db.add_alias("hello@example.com", "me@example.com", "", false, &env)
+            .unwrap();
+        let r = h
+            .read(|db| db.resolve_alias("hello@example.com", &Delimiters::default()))
+            .await
+            .unwrap();
+        assert_eq!(r, Some(vec!["me@example.com".to_owned()]));
+    }
+}

@@ -1,0 +1,63 @@
+//! The shared Mail-in-a-Box user DB (`STORAGE_ROOT/mail/users.sqlite`).
+//!
+//! Responsibilities:
+//! - open any schema generation MIAB ever shipped, or create a fresh one identical to MIAB's
+//!   ([`schema`]); never switch it to WAL, always set a busy timeout;
+//! - MIAB's address rules and error texts ([`address`], [`admin`]);
+//! - the read queries the daemons need, with MIAB's map semantics and the partial keys Postfix
+//!   would try (`user+ext@domain`, `user@domain`, `@domain`) ([`db`]);
+//! - SHA512-CRYPT hashing compatible with `doveadm pw` ([`password`]);
+//! - MIAB's display order ([`sort`]) and an async handle for daemons (`handle`, feature `async`).
+//!
+//! It knows nothing of sockets or protocols.
+
+pub mod address;
+pub mod admin;
+pub mod db;
+mod error;
+#[cfg(feature = "async")]
+pub mod handle;
+pub mod password;
+pub mod schema;
+pub mod sort;
+
+pub use address::Delimiters;
+pub use admin::{BoxEnv, KickReport, Outcome};
+pub use db::{Access, Alias, Mfa, User, UserDb, db_path};
+pub use error::{Error, Result};
+#[cfg(feature = "async")]
+pub use handle::{AsyncUserDb, HandleConfig};
+pub use password::Password;
+
+/// Directories under `STORAGE_ROOT/mail/mailboxes/<domain>/<user>` with no `users` row: MIAB's
+/// archived ("inactive") accounts, whose mail was kept when the user was removed.
+pub fn archived_mailboxes(
+    storage_root: &std::path::Path,
+    active: &std::collections::BTreeSet<String>,
+) -> Vec<(String, std::path::PathBuf)> {
+    let root = storage_root.join("mail").join("mailboxes");
+    let mut out = Vec::new();
+    let Ok(domains) = std::fs::read_dir(&root) else {
+        return out;
+    };
+    for d in domains.flatten() {
+        if !d.path().is_dir() {
+            continue;
+        }
+        let Ok(users) = std::fs::read_dir(d.path()) else {
+            continue;
+        };
+        for u in users.flatten() {
+            let email = format!(
+                "{}@{}",
+                u.file_name().to_string_lossy(),
+                d.file_name().to_string_lossy()
+            );
+            if !active.contains(&email) {
+                out.push((email, u.path()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
