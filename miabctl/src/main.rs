@@ -1,1 +1,544 @@
-fn main(){}
+//! `miabctl`: Mail-in-a-Box's `management/cli.py` user and alias commands, working on the user
+//! DB directly. Same texts and output formats as cli.py, plus `--json` on every listing.
+//!
+//! Exit codes: 0 ok, 1 refused (the reason on stderr), 2 usage.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use userdb::{Access, BoxEnv, Outcome, Password, UserDb, address, sort};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "miabctl",
+    version,
+    about = "Manage Mail-in-a-Box users and aliases in the user DB",
+    after_help = "Removing a mail user does not delete their mail folders on disk. It only prevents IMAP/SMTP login."
+)]
+struct Cli {
+    /// Mail-in-a-Box's STORAGE_ROOT; the DB is STORAGE_ROOT/mail/users.sqlite.
+    #[arg(long, env = "MIAB_STORAGE_ROOT", default_value = "/home/user-data", global = true)]
+    storage_root: PathBuf,
+    /// The box's PRIMARY_HOSTNAME (default: /etc/mailinabox.conf, else the system host name).
+    #[arg(long, env = "MIAB_HOSTNAME", global = true)]
+    hostname: Option<String>,
+    /// Print listings as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an empty user DB with Mail-in-a-Box's exact schema.
+    Init,
+    /// List users (admins marked with *), or manage them.
+    User {
+        #[command(subcommand)]
+        command: Option<UserCmd>,
+    },
+    /// List aliases (address, forwards-to, permitted senders, tab-separated), or manage them.
+    Alias {
+        #[command(subcommand)]
+        command: Option<AliasCmd>,
+    },
+    /// Mail domains.
+    Domain {
+        #[command(subcommand)]
+        command: DomainCmd,
+    },
+    /// Regenerate the automatic aliases (postmaster@, admin@, abuse@, hostmaster@, IDN domains).
+    Kick,
+}
+
+#[derive(Debug, clap::Args)]
+struct PasswordArgs {
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+    /// The password (visible to other local users in the process list; prefer the prompt or
+    /// --password-stdin). Accepted for compatibility with cli.py.
+    #[arg(hide = true)]
+    password: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCmd {
+    /// List users.
+    List,
+    /// Add a user.
+    Add {
+        email: String,
+        #[command(flatten)]
+        pw: PasswordArgs,
+        /// Quota such as 500M or 2G (0 = unlimited).
+        #[arg(long, default_value = "0")]
+        quota: String,
+    },
+    /// Set a user's password.
+    Password {
+        email: String,
+        #[command(flatten)]
+        pw: PasswordArgs,
+    },
+    /// Remove a user (the mailbox is archived on disk, not deleted).
+    Remove { email: String },
+    /// Give a user the admin privilege.
+    MakeAdmin { email: String },
+    /// Take the admin privilege away.
+    RemoveAdmin { email: String },
+    /// List admins.
+    Admins,
+    /// Show a user's quota, or set it.
+    Quota { email: String, quota: Option<String> },
+    /// Control-panel MFA.
+    Mfa {
+        #[command(subcommand)]
+        command: MfaCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MfaCmd {
+    /// List a user's MFA devices (CSV: id,type,label).
+    Show { email: String },
+    /// Disable one MFA device, or all of them.
+    Disable { email: String, id: Option<i64> },
+}
+
+#[derive(Debug, Subcommand)]
+enum AliasCmd {
+    /// List aliases.
+    List,
+    /// Add an alias. FORWARDS_TO is comma-separated addresses, or a single @domain.
+    Add {
+        address: String,
+        forwards_to: String,
+        /// Comma-separated logins allowed to send as this address.
+        #[arg(long, default_value = "")]
+        permitted_senders: String,
+        /// Replace an existing alias instead of refusing.
+        #[arg(long)]
+        update: bool,
+    },
+    /// Remove an alias.
+    Remove { address: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum DomainCmd {
+    /// The domains the box handles mail for.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn db_path(cli: &Cli) -> PathBuf {
+    userdb::db_path(&cli.storage_root)
+}
+
+fn open(cli: &Cli, access: Access) -> Result<UserDb> {
+    match UserDb::open(db_path(cli), access) {
+        Err(userdb::Error::Missing(p)) => bail!(
+            "user database not found: {} (wrong --storage-root? `miabctl --storage-root DIR init` creates a new one)",
+            p.display()
+        ),
+        r => Ok(r?),
+    }
+}
+
+/// `PRIMARY_HOSTNAME`: flag or env, then MIAB's /etc/mailinabox.conf, then the system's name.
+fn box_env(cli: &Cli) -> Result<BoxEnv> {
+    let from_conf = || -> Option<String> {
+        let text = std::fs::read_to_string("/etc/mailinabox.conf").ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("PRIMARY_HOSTNAME="))
+            .map(|v| v.trim().to_owned())
+    };
+    let from_system = || -> Option<String> {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    let name = cli
+        .hostname
+        .clone()
+        .or_else(from_conf)
+        .or_else(from_system)
+        .filter(|h| !h.is_empty())
+        .context("cannot tell the box's hostname; pass --hostname")?;
+    Ok(BoxEnv {
+        primary_hostname: name.to_lowercase(),
+    })
+}
+
+fn read_password(args: &PasswordArgs) -> Result<Password> {
+    if let Some(p) = &args.password {
+        eprintln!("warning: a password on the command line is visible to other local users; prefer the prompt or --password-stdin");
+        return Ok(Password::new(p.clone()));
+    }
+    if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        return Ok(Password::new(line));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to ask for the password on; use --password-stdin");
+    }
+    loop {
+        let first = rpassword::prompt_password("password: ").context("reading the password")?;
+        if first.chars().count() < userdb::password::MIN_PASSWORD_LEN {
+            println!("Passwords must be at least eight characters.");
+            continue;
+        }
+        let second = rpassword::prompt_password(" (again): ").context("reading the password")?;
+        if first != second {
+            println!("Passwords not the same. Try again.");
+            continue;
+        }
+        return Ok(Password::new(first));
+    }
+}
+
+/// MIAB runs `doveadm quota recalc -u EMAIL` after quota changes. Only possible where Dovecot
+/// runs; a failure is reported but the DB change stands, as in MIAB.
+fn quota_recalc(email: &str) {
+    if !Path::new("/run/dovecot/auth-userdb").exists() {
+        return;
+    }
+    match std::process::Command::new("doveadm")
+        .args(["quota", "recalc", "-u", email])
+        .output()
+    {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "warning: doveadm quota recalc -u {email} failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => eprintln!("warning: could not run doveadm quota recalc: {e}"),
+    }
+}
+
+fn print_outcome(o: &Outcome) {
+    println!("{}", o.text());
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    match &cli.command {
+        Command::Init => {
+            let path = db_path(cli);
+            UserDb::create(&path)?;
+            println!("created {}", path.display());
+        }
+        Command::User { command } => user(cli, command.as_ref().unwrap_or(&UserCmd::List))?,
+        Command::Alias { command } => alias(cli, command.as_ref().unwrap_or(&AliasCmd::List))?,
+        Command::Domain {
+            command: DomainCmd::List,
+        } => {
+            let db = open(cli, Access::ReadOnly)?;
+            let env = hostname_for_sorting(cli);
+            let domains: Vec<String> = db.mail_domains()?.into_iter().collect();
+            let sorted = sort::sort_domains(&domains, &env);
+            if cli.json {
+                print_json(&json!(sorted))?;
+            } else {
+                for d in sorted {
+                    println!("{d}");
+                }
+            }
+        }
+        Command::Kick => {
+            let env = box_env(cli)?;
+            let mut db = open(cli, Access::ReadWrite)?;
+            let r = db.kick(&env)?;
+            for (s, d) in &r.auto_added {
+                println!("auto alias added: {s} -> {d}");
+            }
+            for (s, d) in &r.auto_removed {
+                println!("auto alias removed: {s} -> {d}");
+            }
+            for m in &r.messages {
+                println!("{m}");
+            }
+            if r.auto_added.is_empty() && r.auto_removed.is_empty() && r.messages.is_empty() {
+                println!("auto aliases up to date");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Listings only need the hostname to order domains; never fail a listing over it.
+fn hostname_for_sorting(cli: &Cli) -> String {
+    box_env(cli).map(|e| e.primary_hostname).unwrap_or_default()
+}
+
+/// MIAB's `get_mail_users_ex(with_archived=True)`: users grouped by domain in MIAB's order.
+fn users_by_domain(cli: &Cli, db: &UserDb) -> Result<Vec<(String, Vec<serde_json::Value>)>> {
+    let users = db.users()?;
+    let active: BTreeSet<String> = users.iter().map(|u| u.email.clone()).collect();
+    let mut rows: Vec<(String, bool, serde_json::Value)> = users
+        .iter()
+        .map(|u| {
+            (
+                u.email.clone(),
+                true,
+                json!({"email": u.email, "privileges": u.privileges, "quota": u.quota, "status": "active"}),
+            )
+        })
+        .collect();
+    for (email, mailbox) in userdb::archived_mailboxes(&cli.storage_root, &active) {
+        rows.push((
+            email.clone(),
+            false,
+            json!({"email": email, "privileges": [], "status": "inactive", "mailbox": mailbox}),
+        ));
+    }
+    let display_domain = |email: &str| {
+        let d = address::domain_of(email).unwrap_or("");
+        address::domain_to_unicode(d).unwrap_or_else(|| d.to_owned())
+    };
+    let mut groups: BTreeMap<String, Vec<(String, bool, serde_json::Value)>> = BTreeMap::new();
+    for r in rows {
+        groups.entry(display_domain(&r.0)).or_default().push(r);
+    }
+    let domains: Vec<String> = groups.keys().cloned().collect();
+    let mut out = Vec::new();
+    for d in sort::sort_domains(&domains, &hostname_for_sorting(cli)) {
+        let mut v = groups.remove(&d).unwrap_or_default();
+        v.sort_by(|a, b| (!a.1, &a.0).cmp(&(!b.1, &b.0)));
+        out.push((d, v.into_iter().map(|r| r.2).collect()));
+    }
+    Ok(out)
+}
+
+fn is_admin(u: &serde_json::Value) -> bool {
+    u["privileges"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|x| x == "admin"))
+}
+
+fn user(cli: &Cli, cmd: &UserCmd) -> Result<()> {
+    match cmd {
+        UserCmd::List => {
+            let db = open(cli, Access::ReadOnly)?;
+            let groups = users_by_domain(cli, &db)?;
+            if cli.json {
+                let v: Vec<_> = groups
+                    .into_iter()
+                    .map(|(d, users)| json!({"domain": d, "users": users}))
+                    .collect();
+                return print_json(&json!(v));
+            }
+            for (_, users) in groups {
+                for u in users.iter().filter(|u| u["status"] == "active") {
+                    let star = if is_admin(u) { "*" } else { "" };
+                    println!("{}{star}", u["email"].as_str().unwrap_or_default());
+                }
+            }
+        }
+        UserCmd::Admins => {
+            let db = open(cli, Access::ReadOnly)?;
+            let admins: Vec<String> = users_by_domain(cli, &db)?
+                .into_iter()
+                .flat_map(|(_, users)| users)
+                .filter(is_admin)
+                .filter_map(|u| u["email"].as_str().map(str::to_owned))
+                .collect();
+            if cli.json {
+                return print_json(&json!(admins));
+            }
+            for a in admins {
+                println!("{a}");
+            }
+        }
+        UserCmd::Add { email, pw, quota } => {
+            let env = box_env(cli)?;
+            let mut db = open(cli, Access::ReadWrite)?;
+            let pw = read_password(pw)?;
+            let o = db.add_user(email, &pw, "", quota, &env)?;
+            quota_recalc(email);
+            print_outcome(&o);
+        }
+        UserCmd::Password { email, pw } => {
+            let mut db = open(cli, Access::ReadWrite)?;
+            let pw = read_password(pw)?;
+            print_outcome(&db.set_password(email, &pw)?);
+        }
+        UserCmd::Remove { email } => {
+            let env = box_env(cli)?;
+            let mut db = open(cli, Access::ReadWrite)?;
+            print_outcome(&db.remove_user(email, &env)?);
+        }
+        UserCmd::MakeAdmin { email } | UserCmd::RemoveAdmin { email } => {
+            let add = matches!(cmd, UserCmd::MakeAdmin { .. });
+            let mut db = open(cli, Access::ReadWrite)?;
+            print_outcome(&db.set_privilege(email, "admin", add)?);
+        }
+        UserCmd::Quota { email, quota: None } => {
+            let db = open(cli, Access::ReadOnly)?;
+            let q = db.quota(email)?;
+            if cli.json {
+                return print_json(&json!({"email": email, "quota": q}));
+            }
+            println!("{q}");
+        }
+        UserCmd::Quota {
+            email,
+            quota: Some(q),
+        } => {
+            let mut db = open(cli, Access::ReadWrite)?;
+            db.set_quota(email, q)?;
+            quota_recalc(email);
+        }
+        UserCmd::Mfa {
+            command: MfaCmd::Show { email },
+        } => {
+            let db = open(cli, Access::ReadOnly)?;
+            let rows = db.mfa(email)?;
+            if cli.json {
+                return print_json(&json!(rows));
+            }
+            let mut out = String::from("id,type,label\r\n");
+            for m in rows {
+                out.push_str(&format!(
+                    "{},{},{}\r\n",
+                    m.id,
+                    csv_field(&m.kind),
+                    csv_field(m.label.as_deref().unwrap_or(""))
+                ));
+            }
+            print!("{out}");
+        }
+        UserCmd::Mfa {
+            command: MfaCmd::Disable { email, id },
+        } => {
+            let mut db = open(cli, Access::ReadWrite)?;
+            print_outcome(&db.disable_mfa(email, *id)?);
+        }
+    }
+    Ok(())
+}
+
+/// One field as Python's `csv.writer` writes it (QUOTE_MINIMAL).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// MIAB's `get_mail_aliases`: aliases and auto-aliases, one row per address (where both tables
+/// have an address, the row SQLite's UNION would deliver last wins, as in MIAB's dict).
+fn alias_rows(cli: &Cli, db: &UserDb) -> Result<Vec<userdb::Alias>> {
+    let mut all = db.aliases()?;
+    all.sort_by(|a, b| {
+        (&a.source, &a.destination, &a.permitted_senders, a.auto).cmp(&(
+            &b.source,
+            &b.destination,
+            &b.permitted_senders,
+            b.auto,
+        ))
+    });
+    let mut by_source: BTreeMap<String, userdb::Alias> = BTreeMap::new();
+    for a in all {
+        by_source.insert(a.source.clone(), a);
+    }
+    let keys: Vec<String> = by_source.keys().cloned().collect();
+    Ok(sort::sort_email_addresses(&keys, &hostname_for_sorting(cli))
+        .into_iter()
+        .filter_map(|k| by_source.remove(&k))
+        .collect())
+}
+
+fn alias(cli: &Cli, cmd: &AliasCmd) -> Result<()> {
+    match cmd {
+        AliasCmd::List => {
+            let db = open(cli, Access::ReadOnly)?;
+            let rows = alias_rows(cli, &db)?;
+            if cli.json {
+                return print_json(&aliases_json(cli, rows));
+            }
+            let mut out = std::io::stdout().lock();
+            for a in rows {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}",
+                    a.source,
+                    a.destination,
+                    a.permitted_senders.unwrap_or_default()
+                )?;
+            }
+        }
+        AliasCmd::Add {
+            address,
+            forwards_to,
+            permitted_senders,
+            update,
+        } => {
+            let env = box_env(cli)?;
+            let mut db = open(cli, Access::ReadWrite)?;
+            print_outcome(&db.add_alias(address, forwards_to, permitted_senders, *update, &env)?);
+        }
+        AliasCmd::Remove { address } => {
+            let env = box_env(cli)?;
+            let mut db = open(cli, Access::ReadWrite)?;
+            print_outcome(&db.remove_alias(address, &env)?);
+        }
+    }
+    Ok(())
+}
+
+/// MIAB's `get_mail_aliases_ex` structure.
+fn aliases_json(cli: &Cli, rows: Vec<userdb::Alias>) -> serde_json::Value {
+    let mut groups: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    let pretty = |s: &str| address::prettify_idn_email_address(s.trim());
+    for a in rows.into_iter().filter(|a| !(a.auto && a.source.starts_with('@'))) {
+        let d = address::domain_of(&a.source).unwrap_or("");
+        let d = address::domain_to_unicode(d).unwrap_or_else(|| d.to_owned());
+        groups.entry(d).or_default().push(json!({
+            "address": a.source,
+            "address_display": pretty(&a.source),
+            "forwards_to": a.destination.split(',').map(pretty).collect::<Vec<_>>(),
+            "permitted_senders": a.permitted_senders.as_ref().map(|p| p.split(',').map(pretty).collect::<Vec<_>>()),
+            "auto": a.auto,
+        }));
+    }
+    let domains: Vec<String> = groups.keys().cloned().collect();
+    let mut out = Vec::new();
+    for d in sort::sort_domains(&domains, &hostname_for_sorting(cli)) {
+        let mut v = groups.remove(&d).unwrap_or_default();
+        v.sort_by(|a, b| {
+            (a["auto"].as_bool(), a["address"].as_str()).cmp(&(b["auto"].as_bool(), b["address"].as_str()))
+        });
+        out.push(json!({"domain": d, "aliases": v}));
+    }
+    json!(out)
+}

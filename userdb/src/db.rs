@@ -94,6 +94,7 @@ pub struct Mfa {
     /// `mfa.id`.
     pub id: i64,
     /// `totp`.
+    #[serde(rename = "type")]
     pub kind: String,
     /// Free text chosen by the user.
     pub label: Option<String>,
