@@ -1,1 +1,120 @@
+//! End-to-end test harness: throw-away Postfix and Dovecot instances on loopback, an SMTP sink,
+//! and helpers for the real clients (`swaks`, `postmap -q`, `doveadm`, Python's `imaplib`).
+//!
+//! Every instance lives in its own temporary directory with its own ports and is stopped when
+//! its value is dropped, so a failing test does not leave servers behind. The programs come
+//! from Debian's packages (`.ci/run` installs them); a missing one is a test failure, not a skip.
 
+pub mod dovecot;
+pub mod postfix;
+pub mod sink;
+pub mod tools;
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A temporary directory that system users (postfix, dovecot, mail) can traverse.
+#[derive(Debug)]
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// A new directory under `/tmp` with a short name (UNIX socket paths are short).
+    pub fn new(prefix: &str) -> Scratch {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/tmp")
+            .expect("create a temporary directory");
+        set_mode(dir.path(), 0o755);
+        Scratch { dir }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path inside it.
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Creates a subdirectory with mode 0755.
+    pub fn mkdir(&self, p: impl AsRef<Path>) -> PathBuf {
+        let d = self.join(p);
+        std::fs::create_dir_all(&d).expect("create a directory");
+        set_mode(&d, 0o755);
+        d
+    }
+}
+
+/// `chmod`.
+pub fn set_mode(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+}
+
+/// Looks up a system user's uid and gid in /etc/passwd.
+pub fn system_user(name: &str) -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&name) && f.len() > 3)
+        .map(|f| (f[2].parse().unwrap(), f[3].parse().unwrap()))
+        .unwrap_or_else(|| panic!("no system user {name}: is the Debian package installed?"))
+}
+
+/// `chown -R` to a system user.
+pub fn chown_to(p: &Path, user: &str) {
+    let (uid, gid) = system_user(user);
+    std::os::unix::fs::chown(p, Some(uid), Some(gid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Waits until something accepts connections on `127.0.0.1:port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Finds a program or fails the test with the package to install.
+pub fn require_program(path: &str, package: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(
+        p.exists(),
+        "{path} is missing: install the Debian package `{package}` (`.ci/run` does)"
+    );
+    p
+}

@@ -1,0 +1,201 @@
+//! Our `userdb` answers, checked against a real Postfix reading the same DB through MIAB's own
+//! `sqlite:` maps: single keys through `postmap -q`, and whole rewrites (recursion, `+tag`,
+//! catch-alls, domain aliases) through mail accepted by Postfix and caught by the sink.
+
+use miab_e2e::postfix::{MiabSqliteMaps, Postfix, PostfixConfig};
+use miab_e2e::{Scratch, tools};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use userdb::{BoxEnv, Delimiters, Password, UserDb};
+
+fn fixture(dir: &Scratch) -> std::path::PathBuf {
+    let db_path = dir.join("users.sqlite");
+    let mut db = UserDb::create(&db_path).unwrap();
+    let env = BoxEnv {
+        primary_hostname: "box.example.com".into(),
+    };
+    let pw = Password::new("a-long-password");
+    for u in ["me@example.com", "you@example.com", "boss@other.example"] {
+        db.add_user(u, &pw, "", "0", &env).unwrap();
+    }
+    // As setup/firstuser.sh: the first user is an admin, so administrator@ may point at it.
+    db.set_privilege("me@example.com", "admin", true).unwrap();
+    let aliases: &[(&str, &str, &str)] = &[
+        ("administrator@box.example.com", "me@example.com", ""),
+        ("hello@example.com", "me@example.com,you@example.com", ""),
+        ("chain@example.com", "hello@example.com", ""),
+        ("@catch.example", "me@example.com", ""),
+        ("@alias.example", "@example.com", ""),
+        ("you@example.com", "you@example.com,copy@external.example", "you@example.com"),
+        ("sendonly@example.com", "", "me@example.com"),
+        ("hi@bücher.example", "boss@other.example", ""),
+        ("team@other.example", "boss@other.example,me@example.com", ""),
+        ("@other.example", "boss@other.example", ""),
+    ];
+    for (a, f, p) in aliases {
+        db.add_alias(a, f, p, false, &env).unwrap();
+    }
+    miab_e2e::set_mode(&db_path, 0o644);
+    db_path
+}
+
+const KEYS: &[&str] = &[
+    "me@example.com",
+    "Me@Example.COM",
+    "me+tag@example.com",
+    "hello@example.com",
+    "hello+x@example.com",
+    "chain@example.com",
+    "nobody@example.com",
+    "anything@catch.example",
+    "any+tag@catch.example",
+    "me@catch.example",
+    "me@alias.example",
+    "me+t@alias.example",
+    "nobody@alias.example",
+    "you@example.com",
+    "sendonly@example.com",
+    "postmaster@example.com",
+    "abuse@other.example",
+    "hostmaster@box.example.com",
+    "hi@xn--bcher-kva.example",
+    "team@other.example",
+    "stranger@other.example",
+    "someone@elsewhere.example",
+    "@catch.example",
+    "@example.com",
+    "example.com",
+];
+
+#[test]
+fn single_keys_match_postmap_on_miab_sqlite_maps() {
+    let dir = Scratch::new("maps");
+    let db_path = fixture(&dir);
+    let maps = MiabSqliteMaps::write(dir.path(), &db_path);
+    let db = UserDb::open(&db_path, userdb::Access::ReadOnly).unwrap();
+    let mut checked = 0;
+    for key in KEYS {
+        // postmap folds fixed-string keys to lowercase before the query, as Postfix does.
+        let folded = key.to_ascii_lowercase();
+        let want = tools::postmap_q(None, key, &maps.aliases);
+        assert_eq!(db.alias_key(&folded).unwrap(), want, "aliases {key}");
+        let want = tools::postmap_q(None, key, &maps.senders);
+        assert_eq!(db.sender_key(&folded).unwrap(), want, "senders {key}");
+        let want = tools::postmap_q(None, key, &maps.mailboxes).is_some();
+        assert_eq!(db.mailbox_key(&folded).unwrap(), want, "mailboxes {key}");
+        checked += 3;
+    }
+    for domain in [
+        "example.com",
+        "EXAMPLE.com",
+        "catch.example",
+        "alias.example",
+        "xn--bcher-kva.example",
+        "bücher.example",
+        "box.example.com",
+        "other.example",
+        "elsewhere.example",
+        "ample.com",
+        ".example.com",
+    ] {
+        let want = tools::postmap_q(None, domain, &maps.domains).is_some();
+        assert_eq!(db.is_local_domain(domain).unwrap(), want, "domain {domain}");
+        checked += 1;
+    }
+    assert!(checked > 80);
+}
+
+/// Expands like Postfix's cleanup does with our one-level answers: recursively, an address that
+/// maps to itself is final, an unlisted address is final.
+fn expand(db: &UserDb, addr: &str, depth: usize, out: &mut BTreeSet<String>) {
+    assert!(depth < 20, "alias loop at {addr}");
+    match db.resolve_alias(addr, &Delimiters::default()).unwrap() {
+        None => {
+            out.insert(addr.to_owned());
+        }
+        Some(list) => {
+            for a in list {
+                if a.eq_ignore_ascii_case(addr) {
+                    out.insert(a);
+                } else {
+                    expand(db, &a, depth + 1, out);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn real_postfix_rewrites_as_userdb_resolves() {
+    let dir = Scratch::new("rw");
+    let db_path = fixture(&dir);
+    let maps = MiabSqliteMaps::write(dir.path(), &db_path);
+    let pf = Postfix::start(maps.main_cf(PostfixConfig::default()));
+    let db = UserDb::open(&db_path, userdb::Access::ReadOnly).unwrap();
+    let delims = Delimiters::default();
+
+    let deliverable = [
+        "me@example.com",
+        "Me+Tag@Example.com",
+        "hello@example.com",
+        "hello+x@example.com",
+        "chain@example.com",
+        "random+tag@catch.example",
+        "me+t@alias.example",
+        "you@example.com",
+        "postmaster@example.com",
+        "hi@xn--bcher-kva.example",
+        "team@other.example",
+        "stranger@other.example",
+    ];
+    for (i, rcpt) in deliverable.iter().enumerate() {
+        let marker = format!("marker-{i}-{}", rcpt.replace('@', "-at-"));
+        let r = tools::swaks(
+            pf.smtp_port(),
+            &["--to", rcpt, "--from", "sender@elsewhere.example", "--header", &format!("Subject: {marker}")],
+        );
+        assert!(r.ok(), "{rcpt} refused: {}", r.stdout);
+        assert!(db.is_local_domain(rcpt.rsplit('@').next().unwrap()).unwrap());
+        let got = miab_e2e::wait_until(Duration::from_secs(30), || {
+            let msgs: Vec<_> = pf
+                .sink
+                .messages()
+                .into_iter()
+                .filter(|m| m.data.contains(&marker))
+                .collect();
+            (!msgs.is_empty()).then_some(msgs)
+        })
+        .unwrap_or_else(|| panic!("{rcpt}: nothing delivered; queue:\n{}", pf.queue()));
+        // All recipients of one message normally arrive in one delivery; give stragglers a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        let postfix_final: BTreeSet<String> = pf
+            .sink
+            .messages()
+            .into_iter()
+            .filter(|m| m.data.contains(&marker))
+            .flat_map(|m| m.rcpt_to)
+            .collect();
+        let mut ours = BTreeSet::new();
+        expand(&db, rcpt, 0, &mut ours);
+        assert_eq!(postfix_final, ours, "final recipients of {rcpt} ({} deliveries)", got.len());
+    }
+
+    // A domain alias makes every address of its domain listed at RCPT time (it bounces later
+    // if the target does not exist), in Postfix with MIAB's maps as in userdb.
+    assert_eq!(
+        db.resolve_alias("nobody@alias.example", &delims).unwrap(),
+        Some(vec!["nobody@example.com".to_owned()])
+    );
+    for rcpt in ["nobody@example.com", "sendonly@example.com", "Nobody+x@EXAMPLE.com"] {
+        let r = tools::swaks(pf.smtp_port(), &["--to", rcpt, "--from", "sender@elsewhere.example"]);
+        assert!(!r.ok(), "{rcpt} accepted");
+        assert!(
+            r.stdout.contains("550 5.1.1 <") || r.stdout.contains("554 5.7.1 <"),
+            "{rcpt}: {}",
+            r.stdout
+        );
+        assert!(db.resolve_alias(rcpt, &delims).unwrap().is_none(), "{rcpt}");
+        assert!(!db.is_mailbox(rcpt, &delims).unwrap(), "{rcpt}");
+    }
+}
+
