@@ -16,6 +16,9 @@ use std::time::Duration;
 /// How long a reader or writer waits for another connection's lock before giving up.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest domain key worth asking about (RFC 1035's 255 octets); longer keys are not found.
+const MAX_DOMAIN_KEY: usize = 255;
+
 /// Read-only for daemons, read-write for the admin CLI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -284,7 +287,8 @@ impl UserDb {
     /// `virtual-mailbox-domains.cf` for one key: a user, alias or auto-alias in that domain.
     /// SQLite's `LIKE` is ASCII case-insensitive, as in MIAB; `%` and `_` in the key are literal.
     pub fn domain_key(&self, domain: &str) -> Result<bool> {
-        if domain.is_empty() {
+        // No DNS name is longer, and SQLite refuses LIKE patterns past 50,000 bytes.
+        if domain.is_empty() || domain.len() > MAX_DOMAIN_KEY {
             return Ok(false);
         }
         let pat = format!("%@{}", like_escape(domain));
