@@ -21,7 +21,12 @@ use userdb::{Access, BoxEnv, Outcome, Password, UserDb, address, sort};
 )]
 struct Cli {
     /// Mail-in-a-Box's STORAGE_ROOT; the DB is STORAGE_ROOT/mail/users.sqlite.
-    #[arg(long, env = "MIAB_STORAGE_ROOT", default_value = "/home/user-data", global = true)]
+    #[arg(
+        long,
+        env = "MIAB_STORAGE_ROOT",
+        default_value = "/home/user-data",
+        global = true
+    )]
     storage_root: PathBuf,
     /// The box's PRIMARY_HOSTNAME (default: /etc/mailinabox.conf, else the system host name).
     #[arg(long, env = "MIAB_HOSTNAME", global = true)]
@@ -95,7 +100,10 @@ enum UserCmd {
     /// List admins.
     Admins,
     /// Show a user's quota, or set it.
-    Quota { email: String, quota: Option<String> },
+    Quota {
+        email: String,
+        quota: Option<String>,
+    },
     /// Control-panel MFA.
     Mfa {
         #[command(subcommand)]
@@ -188,7 +196,9 @@ fn box_env(cli: &Cli) -> Result<BoxEnv> {
 
 fn read_password(args: &PasswordArgs) -> Result<Password> {
     if let Some(p) = &args.password {
-        eprintln!("warning: a password on the command line is visible to other local users; prefer the prompt or --password-stdin");
+        eprintln!(
+            "warning: a password on the command line is visible to other local users; prefer the prompt or --password-stdin"
+        );
         return Ok(Password::new(p.clone()));
     }
     if args.password_stdin {
@@ -472,10 +482,12 @@ fn alias_rows(cli: &Cli, db: &UserDb) -> Result<Vec<userdb::Alias>> {
         by_source.insert(a.source.clone(), a);
     }
     let keys: Vec<String> = by_source.keys().cloned().collect();
-    Ok(sort::sort_email_addresses(&keys, &hostname_for_sorting(cli))
-        .into_iter()
-        .filter_map(|k| by_source.remove(&k))
-        .collect())
+    Ok(
+        sort::sort_email_addresses(&keys, &hostname_for_sorting(cli))
+            .into_iter()
+            .filter_map(|k| by_source.remove(&k))
+            .collect(),
+    )
 }
 
 fn alias(cli: &Cli, cmd: &AliasCmd) -> Result<()> {
@@ -520,7 +532,10 @@ fn alias(cli: &Cli, cmd: &AliasCmd) -> Result<()> {
 fn aliases_json(cli: &Cli, rows: Vec<userdb::Alias>) -> serde_json::Value {
     let mut groups: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     let pretty = |s: &str| address::prettify_idn_email_address(s.trim());
-    for a in rows.into_iter().filter(|a| !(a.auto && a.source.starts_with('@'))) {
+    for a in rows
+        .into_iter()
+        .filter(|a| !(a.auto && a.source.starts_with('@')))
+    {
         let d = address::domain_of(&a.source).unwrap_or("");
         let d = address::domain_to_unicode(d).unwrap_or_else(|| d.to_owned());
         groups.entry(d).or_default().push(json!({
@@ -536,7 +551,8 @@ fn aliases_json(cli: &Cli, rows: Vec<userdb::Alias>) -> serde_json::Value {
     for d in sort::sort_domains(&domains, &hostname_for_sorting(cli)) {
         let mut v = groups.remove(&d).unwrap_or_default();
         v.sort_by(|a, b| {
-            (a["auto"].as_bool(), a["address"].as_str()).cmp(&(b["auto"].as_bool(), b["address"].as_str()))
+            (a["auto"].as_bool(), a["address"].as_str())
+                .cmp(&(b["auto"].as_bool(), b["address"].as_str()))
         });
         out.push(json!({"domain": d, "aliases": v}));
     }

@@ -36,7 +36,11 @@ fn imap_login_through_miab_sql_passdb_over_a_db_miabctl_wrote() {
     set_mode(&root.join("mail"), 0o755);
     set_mode(&root.join("mail/users.sqlite"), 0o644);
     assert_eq!(
-        ok(root.path(), &["user", "add", "me@example.com", "--password-stdin"], Some("first-password\n")),
+        ok(
+            root.path(),
+            &["user", "add", "me@example.com", "--password-stdin"],
+            Some("first-password\n")
+        ),
         "mail user added\n"
     );
     let dv = Dovecot::start(root.path());
@@ -50,7 +54,11 @@ fn imap_login_through_miab_sql_passdb_over_a_db_miabctl_wrote() {
 
     // A password change is seen at once, with no reload.
     assert_eq!(
-        ok(root.path(), &["user", "password", "me@example.com", "--password-stdin"], Some("second-password\n")),
+        ok(
+            root.path(),
+            &["user", "password", "me@example.com", "--password-stdin"],
+            Some("second-password\n")
+        ),
         "OK\n"
     );
     assert!(tools::imap_login(dv.imap_port(), "me@example.com", "second-password").ok());
@@ -58,8 +66,17 @@ fn imap_login_through_miab_sql_passdb_over_a_db_miabctl_wrote() {
 
     // Removing the user stops logins but keeps the maildir (MIAB's archive semantics).
     let maildir = root.join("mail/mailboxes/example.com/me");
-    assert!(maildir.is_dir(), "dovecot should have created {}", maildir.display());
-    assert_eq!(ok(root.path(), &["user", "remove", "me@example.com"], None).lines().next(), Some("mail user removed"));
+    assert!(
+        maildir.is_dir(),
+        "dovecot should have created {}",
+        maildir.display()
+    );
+    assert_eq!(
+        ok(root.path(), &["user", "remove", "me@example.com"], None)
+            .lines()
+            .next(),
+        Some("mail user removed")
+    );
     assert!(!tools::imap_login(dv.imap_port(), "me@example.com", "second-password").ok());
     assert!(maildir.is_dir());
     let listing = ok(root.path(), &["--json", "user"], None);
@@ -71,18 +88,31 @@ fn imap_login_through_miab_sql_passdb_over_a_db_miabctl_wrote() {
 fn hashes_are_interchangeable_with_doveadm() {
     let root = Scratch::new("ctl");
     ok(root.path(), &["init"], None);
-    ok(root.path(), &["user", "add", "me@example.com", "--password-stdin"], Some("pa55-word-ok\n"));
+    ok(
+        root.path(),
+        &["user", "add", "me@example.com", "--password-stdin"],
+        Some("pa55-word-ok\n"),
+    );
     let db = userdb::UserDb::open(userdb::db_path(root.path()), userdb::Access::ReadOnly).unwrap();
     let stored = db.user("me@example.com").unwrap().unwrap().password_hash;
-    assert!(tools::doveadm_pw_verify("pa55-word-ok", &stored), "{stored}");
+    assert!(
+        tools::doveadm_pw_verify("pa55-word-ok", &stored),
+        "{stored}"
+    );
     assert!(!tools::doveadm_pw_verify("pa55-word-no", &stored));
     for rounds in [None, Some(6000)] {
         let h = tools::doveadm_pw_hash("from doveadm!", rounds);
         assert_eq!(h.contains("rounds=6000"), rounds.is_some(), "{h}");
         let pw = userdb::Password::new("from doveadm!");
         assert!(userdb::password::verify_password(&pw, &h), "{h}");
-        assert!(userdb::password::verify_password(&pw, h.strip_prefix("{SHA512-CRYPT}").unwrap()));
-        assert!(!userdb::password::verify_password(&userdb::Password::new("from doveadm?"), &h));
+        assert!(userdb::password::verify_password(
+            &pw,
+            h.strip_prefix("{SHA512-CRYPT}").unwrap()
+        ));
+        assert!(!userdb::password::verify_password(
+            &userdb::Password::new("from doveadm?"),
+            &h
+        ));
     }
 }
 
@@ -95,28 +125,109 @@ fn outputs_and_error_texts_match_cli_py() {
     ok(r, &["init"], None);
     assert!(refused(r, &["init"], None).contains("already exists"));
     let pw = Some("a-good-password\n");
-    ok(r, &["user", "add", "me@example.com", "--password-stdin"], pw);
-    ok(r, &["user", "add", "amy@example.com", "--password-stdin"], pw);
-    ok(r, &["user", "add", "zed@example.com", "--password-stdin"], pw);
-    ok(r, &["user", "add", "a@box.example.com", "--password-stdin"], pw);
-    assert_eq!(refused(r, &["user", "add", "me@example.com", "--password-stdin"], pw), "User already exists.");
+    ok(
+        r,
+        &["user", "add", "me@example.com", "--password-stdin"],
+        pw,
+    );
+    ok(
+        r,
+        &["user", "add", "amy@example.com", "--password-stdin"],
+        pw,
+    );
+    ok(
+        r,
+        &["user", "add", "zed@example.com", "--password-stdin"],
+        pw,
+    );
+    ok(
+        r,
+        &["user", "add", "a@box.example.com", "--password-stdin"],
+        pw,
+    );
     assert_eq!(
-        refused(r, &["user", "add", "Me@example.com", "--password-stdin"], pw),
+        refused(
+            r,
+            &["user", "add", "me@example.com", "--password-stdin"],
+            pw
+        ),
+        "User already exists."
+    );
+    assert_eq!(
+        refused(
+            r,
+            &["user", "add", "Me@example.com", "--password-stdin"],
+            pw
+        ),
         "User account email addresses may only use the lowercase ASCII letters a-z, the digits 0-9, underscore (_), hyphen (-), and period (.)."
     );
-    assert_eq!(refused(r, &["user", "add", "not-an-address", "--password-stdin"], pw), "Invalid email address.");
-    assert_eq!(refused(r, &["user", "add", " ", "--password-stdin"], pw), "No email address provided.");
+    assert_eq!(
+        refused(
+            r,
+            &["user", "add", "not-an-address", "--password-stdin"],
+            pw
+        ),
+        "Invalid email address."
+    );
+    assert_eq!(
+        refused(r, &["user", "add", " ", "--password-stdin"], pw),
+        "No email address provided."
+    );
     let long = format!("{}@example.com", "a".repeat(300));
-    assert_eq!(refused(r, &["user", "add", &long, "--password-stdin"], pw), "Invalid email address.");
-    assert!(refused(r, &["user", "add", "postmaster@example.com", "--password-stdin"], pw).starts_with("You may not make a user account for that address"));
-    assert_eq!(refused(r, &["user", "add", "x@example.com", "--password-stdin"], Some("short\n")), "Passwords must be at least eight characters.");
-    assert_eq!(refused(r, &["user", "add", "x@example.com", "--password-stdin"], Some("\n")), "No password provided.");
-    assert_eq!(refused(r, &["user", "add", "x@example.com", "--quota", "1.5G", "--password-stdin"], pw), "Quotas cannot contain spaces, commas, or decimal points.");
+    assert_eq!(
+        refused(r, &["user", "add", &long, "--password-stdin"], pw),
+        "Invalid email address."
+    );
+    assert!(
+        refused(
+            r,
+            &["user", "add", "postmaster@example.com", "--password-stdin"],
+            pw
+        )
+        .starts_with("You may not make a user account for that address")
+    );
+    assert_eq!(
+        refused(
+            r,
+            &["user", "add", "x@example.com", "--password-stdin"],
+            Some("short\n")
+        ),
+        "Passwords must be at least eight characters."
+    );
+    assert_eq!(
+        refused(
+            r,
+            &["user", "add", "x@example.com", "--password-stdin"],
+            Some("\n")
+        ),
+        "No password provided."
+    );
+    assert_eq!(
+        refused(
+            r,
+            &[
+                "user",
+                "add",
+                "x@example.com",
+                "--quota",
+                "1.5G",
+                "--password-stdin"
+            ],
+            pw
+        ),
+        "Quotas cannot contain spaces, commas, or decimal points."
+    );
     // Without a terminal and without --password-stdin there is nothing to read.
     assert!(refused(r, &["user", "add", "x@example.com"], None).contains("--password-stdin"));
 
-    assert_eq!(ok(r, &["user", "make-admin", "me@example.com"], None), "OK\n");
-    assert_eq!(refused(r, &["user", "make-admin", "ghost@example.com"], None), "That's not a user (ghost@example.com).");
+    assert_eq!(
+        ok(r, &["user", "make-admin", "me@example.com"], None),
+        "OK\n"
+    );
+    assert_eq!(
+        refused(r, &["user", "make-admin", "ghost@example.com"], None),
+        "That's not a user (ghost@example.com)."
+    );
     // MIAB's order: the primary hostname's zone first, users sorted within a domain, admins starred.
     assert_eq!(
         ok(r, &["user"], None),
@@ -127,34 +238,151 @@ fn outputs_and_error_texts_match_cli_py() {
     assert_eq!(ok(r, &["user", "admins"], None), "");
 
     assert_eq!(ok(r, &["user", "quota", "me@example.com"], None), "0\n");
-    assert_eq!(ok(r, &["user", "quota", "me@example.com", "500m"], None), "");
+    assert_eq!(
+        ok(r, &["user", "quota", "me@example.com", "500m"], None),
+        ""
+    );
     assert_eq!(ok(r, &["user", "quota", "me@example.com"], None), "500M\n");
-    assert_eq!(refused(r, &["user", "quota", "me@example.com", "lots"], None), "Invalid quota.");
+    assert_eq!(
+        refused(r, &["user", "quota", "me@example.com", "lots"], None),
+        "Invalid quota."
+    );
 
-    assert_eq!(ok(r, &["user", "mfa", "show", "me@example.com"], None), "id,type,label\r\n");
-    assert_eq!(refused(r, &["user", "mfa", "show", "ghost@example.com"], None), "User does not exist.");
-    assert_eq!(refused(r, &["user", "mfa", "disable", "me@example.com"], None), "Invalid user or MFA id.");
+    assert_eq!(
+        ok(r, &["user", "mfa", "show", "me@example.com"], None),
+        "id,type,label\r\n"
+    );
+    assert_eq!(
+        refused(r, &["user", "mfa", "show", "ghost@example.com"], None),
+        "User does not exist."
+    );
+    assert_eq!(
+        refused(r, &["user", "mfa", "disable", "me@example.com"], None),
+        "Invalid user or MFA id."
+    );
 
-    assert_eq!(ok(r, &["alias", "add", "Hello@Bücher.example", "me@example.com, zed@example.com"], None), "alias added\n");
-    assert_eq!(refused(r, &["alias", "add", "hello@bücher.example", "me@example.com"], None), "Alias already exists (hello@xn--bcher-kva.example).");
-    assert_eq!(ok(r, &["alias", "add", "hello@bücher.example", "zed@example.com", "--update"], None), "alias updated\n");
-    assert_eq!(ok(r, &["alias", "add", "send@example.com", "", "--permitted-senders", "me@example.com"], None), "alias added\n");
-    assert_eq!(refused(r, &["alias", "add", "x@example.com", "", "--permitted-senders", "ghost@example.com"], None), "Invalid permitted sender: ghost@example.com is not a user on this system.");
-    assert_eq!(refused(r, &["alias", "add", "x@example.com", ""], None), "The alias must either forward to an address or have a permitted sender.");
-    assert_eq!(refused(r, &["alias", "add", "x@example.com", "a@b.com,bad"], None), "Invalid receiver email address (bad).");
-    assert_eq!(refused(r, &["alias", "add", "bad address", "me@example.com"], None), "Invalid email address (bad address).");
-    assert!(refused(r, &["alias", "add", "abuse@example.com", "zed@example.com"], None).starts_with("This alias can only have administrators"));
-    assert_eq!(refused(r, &["alias", "remove", "nope@example.com"], None), "That's not an alias (nope@example.com).");
+    assert_eq!(
+        ok(
+            r,
+            &[
+                "alias",
+                "add",
+                "Hello@Bücher.example",
+                "me@example.com, zed@example.com"
+            ],
+            None
+        ),
+        "alias added\n"
+    );
+    assert_eq!(
+        refused(
+            r,
+            &["alias", "add", "hello@bücher.example", "me@example.com"],
+            None
+        ),
+        "Alias already exists (hello@xn--bcher-kva.example)."
+    );
+    assert_eq!(
+        ok(
+            r,
+            &[
+                "alias",
+                "add",
+                "hello@bücher.example",
+                "zed@example.com",
+                "--update"
+            ],
+            None
+        ),
+        "alias updated\n"
+    );
+    assert_eq!(
+        ok(
+            r,
+            &[
+                "alias",
+                "add",
+                "send@example.com",
+                "",
+                "--permitted-senders",
+                "me@example.com"
+            ],
+            None
+        ),
+        "alias added\n"
+    );
+    assert_eq!(
+        refused(
+            r,
+            &[
+                "alias",
+                "add",
+                "x@example.com",
+                "",
+                "--permitted-senders",
+                "ghost@example.com"
+            ],
+            None
+        ),
+        "Invalid permitted sender: ghost@example.com is not a user on this system."
+    );
+    assert_eq!(
+        refused(r, &["alias", "add", "x@example.com", ""], None),
+        "The alias must either forward to an address or have a permitted sender."
+    );
+    assert_eq!(
+        refused(r, &["alias", "add", "x@example.com", "a@b.com,bad"], None),
+        "Invalid receiver email address (bad)."
+    );
+    assert_eq!(
+        refused(r, &["alias", "add", "bad address", "me@example.com"], None),
+        "Invalid email address (bad address)."
+    );
+    assert!(
+        refused(
+            r,
+            &["alias", "add", "abuse@example.com", "zed@example.com"],
+            None
+        )
+        .starts_with("This alias can only have administrators")
+    );
+    assert_eq!(
+        refused(r, &["alias", "remove", "nope@example.com"], None),
+        "That's not an alias (nope@example.com)."
+    );
     let tsv = ok(r, &["alias"], None);
-    assert!(tsv.contains("hello@xn--bcher-kva.example\tzed@example.com\t\n"), "{tsv}");
-    assert!(tsv.contains("send@example.com\t\tme@example.com\n"), "{tsv}");
-    assert!(tsv.contains("postmaster@example.com\tadministrator@box.example.com\t\n"), "{tsv}");
-    assert!(tsv.contains("@bücher.example\t@xn--bcher-kva.example\t\n"), "{tsv}");
+    assert!(
+        tsv.contains("hello@xn--bcher-kva.example\tzed@example.com\t\n"),
+        "{tsv}"
+    );
+    assert!(
+        tsv.contains("send@example.com\t\tme@example.com\n"),
+        "{tsv}"
+    );
+    assert!(
+        tsv.contains("postmaster@example.com\tadministrator@box.example.com\t\n"),
+        "{tsv}"
+    );
+    assert!(
+        tsv.contains("@bücher.example\t@xn--bcher-kva.example\t\n"),
+        "{tsv}"
+    );
     assert!(tsv.starts_with("abuse@box.example.com\t"), "{tsv}");
     let json: serde_json::Value = serde_json::from_str(&ok(r, &["--json", "alias"], None)).unwrap();
-    assert!(json.as_array().unwrap().iter().any(|d| d["domain"] == "bücher.example"));
-    assert_eq!(ok(r, &["alias", "remove", "hello@bücher.example"], None), "alias removed\n");
-    assert_eq!(ok(r, &["domain", "list"], None), "box.example.com\nexample.com\n");
+    assert!(
+        json.as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["domain"] == "bücher.example")
+    );
+    assert_eq!(
+        ok(r, &["alias", "remove", "hello@bücher.example"], None),
+        "alias removed\n"
+    );
+    assert_eq!(
+        ok(r, &["domain", "list"], None),
+        "box.example.com\nexample.com\n"
+    );
     assert_eq!(ok(r, &["kick"], None), "auto aliases up to date\n");
 
     // Usage errors exit 2, as cli.py's argument errors are usage errors.

@@ -38,7 +38,10 @@ impl Dovecot {
         let dovecot = require_program("/usr/sbin/dovecot", "dovecot-core");
         require_program("/usr/lib/dovecot/imap", "dovecot-imapd");
         require_program("/usr/lib/dovecot/lmtp", "dovecot-lmtpd");
-        require_program("/usr/lib/dovecot/modules/auth/libdriver_sqlite.so", "dovecot-sqlite");
+        require_program(
+            "/usr/lib/dovecot/modules/auth/libdriver_sqlite.so",
+            "dovecot-sqlite",
+        );
         let dir = Scratch::new("dvc");
         let run = dir.mkdir("run");
         let mailboxes = storage_root.join("mail").join("mailboxes");

@@ -199,7 +199,11 @@ impl Drop for Postfix {
             .arg("stop")
             .output();
         if std::thread::panicking() {
-            eprintln!("--- postfix log ({}) ---\n{}", self.config_dir.display(), self.log());
+            eprintln!(
+                "--- postfix log ({}) ---\n{}",
+                self.config_dir.display(),
+                self.log()
+            );
         }
     }
 }

@@ -26,10 +26,18 @@ fn fixture(dir: &Scratch) -> std::path::PathBuf {
         ("chain@example.com", "hello@example.com", ""),
         ("@catch.example", "me@example.com", ""),
         ("@alias.example", "@example.com", ""),
-        ("you@example.com", "you@example.com,copy@external.example", "you@example.com"),
+        (
+            "you@example.com",
+            "you@example.com,copy@external.example",
+            "you@example.com",
+        ),
         ("sendonly@example.com", "", "me@example.com"),
         ("hi@bücher.example", "boss@other.example", ""),
-        ("team@other.example", "boss@other.example,me@example.com", ""),
+        (
+            "team@other.example",
+            "boss@other.example,me@example.com",
+            "",
+        ),
         ("@other.example", "boss@other.example", ""),
     ];
     for (a, f, p) in aliases {
@@ -152,10 +160,20 @@ fn real_postfix_rewrites_as_userdb_resolves() {
         let marker = format!("marker-{i}-{}", rcpt.replace('@', "-at-"));
         let r = tools::swaks(
             pf.smtp_port(),
-            &["--to", rcpt, "--from", "sender@elsewhere.example", "--header", &format!("Subject: {marker}")],
+            &[
+                "--to",
+                rcpt,
+                "--from",
+                "sender@elsewhere.example",
+                "--header",
+                &format!("Subject: {marker}"),
+            ],
         );
         assert!(r.ok(), "{rcpt} refused: {}", r.stdout);
-        assert!(db.is_local_domain(rcpt.rsplit('@').next().unwrap()).unwrap());
+        assert!(
+            db.is_local_domain(rcpt.rsplit('@').next().unwrap())
+                .unwrap()
+        );
         let got = miab_e2e::wait_until(Duration::from_secs(30), || {
             let msgs: Vec<_> = pf
                 .sink
@@ -177,7 +195,12 @@ fn real_postfix_rewrites_as_userdb_resolves() {
             .collect();
         let mut ours = BTreeSet::new();
         expand(&db, rcpt, 0, &mut ours);
-        assert_eq!(postfix_final, ours, "final recipients of {rcpt} ({} deliveries)", got.len());
+        assert_eq!(
+            postfix_final,
+            ours,
+            "final recipients of {rcpt} ({} deliveries)",
+            got.len()
+        );
     }
 
     // A domain alias makes every address of its domain listed at RCPT time (it bounces later
@@ -186,8 +209,15 @@ fn real_postfix_rewrites_as_userdb_resolves() {
         db.resolve_alias("nobody@alias.example", &delims).unwrap(),
         Some(vec!["nobody@example.com".to_owned()])
     );
-    for rcpt in ["nobody@example.com", "sendonly@example.com", "Nobody+x@EXAMPLE.com"] {
-        let r = tools::swaks(pf.smtp_port(), &["--to", rcpt, "--from", "sender@elsewhere.example"]);
+    for rcpt in [
+        "nobody@example.com",
+        "sendonly@example.com",
+        "Nobody+x@EXAMPLE.com",
+    ] {
+        let r = tools::swaks(
+            pf.smtp_port(),
+            &["--to", rcpt, "--from", "sender@elsewhere.example"],
+        );
         assert!(!r.ok(), "{rcpt} accepted");
         assert!(
             r.stdout.contains("550 5.1.1 <") || r.stdout.contains("554 5.7.1 <"),
@@ -198,4 +228,3 @@ fn real_postfix_rewrites_as_userdb_resolves() {
         assert!(!db.is_mailbox(rcpt, &delims).unwrap(), "{rcpt}");
     }
 }
-

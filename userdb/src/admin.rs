@@ -230,7 +230,10 @@ impl UserDb {
         let path = self.path.clone();
         let tx = self.write_tx()?;
         let n = tx
-            .execute("UPDATE users SET password=?1 WHERE email=?2", params![hash, email])
+            .execute(
+                "UPDATE users SET password=?1 WHERE email=?2",
+                params![hash, email],
+            )
             .map_err(|e| Error::sqlite(&path, e))?;
         if n != 1 {
             return not_a_user(email);
@@ -286,7 +289,11 @@ impl UserDb {
         let path = self.path.clone();
         let tx = self.write_tx()?;
         let current: Option<String> = tx
-            .query_row("SELECT privileges FROM users WHERE email=?1", [email], |r| r.get(0))
+            .query_row(
+                "SELECT privileges FROM users WHERE email=?1",
+                [email],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| Error::sqlite(&path, e))?;
         let Some(current) = current else {
@@ -331,7 +338,10 @@ impl UserDb {
         let path = self.path.clone();
         let tx = self.write_tx()?;
         let n = tx
-            .execute("UPDATE users SET quota=?1 WHERE email=?2", params![quota, email])
+            .execute(
+                "UPDATE users SET quota=?1 WHERE email=?2",
+                params![quota, email],
+            )
             .map_err(|e| Error::sqlite(&path, e))?;
         if n != 1 {
             return not_a_user(email);
@@ -418,7 +428,9 @@ impl UserDb {
             validated_senders.push(login);
         }
         if validated_forwards_to.is_empty() && validated_senders.is_empty() {
-            return invalid("The alias must either forward to an address or have a permitted sender.");
+            return invalid(
+                "The alias must either forward to an address or have a permitted sender.",
+            );
         }
         if !schema.aliases_permitted_senders && !validated_senders.is_empty() {
             return Err(Error::SchemaTooOld {
@@ -493,7 +505,10 @@ impl UserDb {
     /// MIAB's `disable_mfa`: one entry by id, or all of the user's entries when `id` is `None`.
     pub fn disable_mfa(&mut self, email: &str, id: Option<i64>) -> Result<Outcome> {
         let uid = self.user_id(email)?;
-        self.require(self.schema.mfa, "this user database has no mfa table (MIAB migration 13)")?;
+        self.require(
+            self.schema.mfa,
+            "this user database has no mfa table (MIAB migration 13)",
+        )?;
         let path = self.path.clone();
         let tx = self.write_tx()?;
         let n = match id {
@@ -580,14 +595,18 @@ fn kick_tx(tx: &Transaction<'_>, path: &std::path::Path, env: &BoxEnv) -> Result
         r.map_err(e)?
     };
     let manual: Vec<(String, String)> = {
-        let mut s = tx.prepare("SELECT source, destination FROM aliases").map_err(e)?;
+        let mut s = tx
+            .prepare("SELECT source, destination FROM aliases")
+            .map_err(e)?;
         let r = s
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(Iterator::collect);
         r.map_err(e)?
     };
     let before: BTreeMap<String, String> = {
-        let mut s = tx.prepare("SELECT source, destination FROM auto_aliases").map_err(e)?;
+        let mut s = tx
+            .prepare("SELECT source, destination FROM auto_aliases")
+            .map_err(e)?;
         let r = s
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(Iterator::collect);
@@ -647,9 +666,18 @@ mod tests {
         let err = |q: &str| validate_quota(q).unwrap_err().to_string();
         assert_eq!(err(""), "No quota provided.");
         assert_eq!(err("  "), "No quota provided.");
-        assert_eq!(err("1.5G"), "Quotas cannot contain spaces, commas, or decimal points.");
-        assert_eq!(err("1 G"), "Quotas cannot contain spaces, commas, or decimal points.");
-        assert_eq!(err("1,000"), "Quotas cannot contain spaces, commas, or decimal points.");
+        assert_eq!(
+            err("1.5G"),
+            "Quotas cannot contain spaces, commas, or decimal points."
+        );
+        assert_eq!(
+            err("1 G"),
+            "Quotas cannot contain spaces, commas, or decimal points."
+        );
+        assert_eq!(
+            err("1,000"),
+            "Quotas cannot contain spaces, commas, or decimal points."
+        );
         assert_eq!(err("G"), "Invalid quota.");
         assert_eq!(err("10K"), "Invalid quota.");
         assert_eq!(err("10GM"), "Invalid quota.");
@@ -670,9 +698,15 @@ mod tests {
         };
         let users = vec!["me@example.com".to_owned()];
         let aliases = vec![
-            ("hi@xn--bcher-kva.example".to_owned(), "me@example.com".to_owned()),
+            (
+                "hi@xn--bcher-kva.example".to_owned(),
+                "me@example.com".to_owned(),
+            ),
             ("@catchonly.org".to_owned(), "me@example.com".to_owned()),
-            ("postmaster@adminonly.net".to_owned(), "me@example.com".to_owned()),
+            (
+                "postmaster@adminonly.net".to_owned(),
+                "me@example.com".to_owned(),
+            ),
         ];
         let (auto, required) = compute_auto_aliases(&users, &aliases, &env);
         let admin = "administrator@box.example.com".to_owned();

@@ -147,9 +147,7 @@ fn keys(address: &str, delims: &Delimiters) -> Keys {
         let key = address::fold(&format!("{base}{}", domain.unwrap_or("")));
         (key, ext.to_owned())
     });
-    let at_domain = domain
-        .filter(|_| !local.is_empty())
-        .map(address::fold);
+    let at_domain = domain.filter(|_| !local.is_empty()).map(address::fold);
     Keys {
         full: address::fold(address),
         stripped,
@@ -212,7 +210,8 @@ impl UserDb {
             Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
             Access::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE,
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(|e| Error::sqlite(&path, e))?;
+        let conn =
+            Connection::open_with_flags(&path, flags).map_err(|e| Error::sqlite(&path, e))?;
         conn.busy_timeout(busy_timeout)
             .map_err(|e| Error::sqlite(&path, e))?;
         let schema = Schema::detect(&conn).map_err(|e| detect_error(&path, e))?;
@@ -234,12 +233,14 @@ impl UserDb {
             )));
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = Connection::open_with_flags(&path, flags).map_err(|e| Error::sqlite(&path, e))?;
+        let mut conn =
+            Connection::open_with_flags(&path, flags).map_err(|e| Error::sqlite(&path, e))?;
         conn.busy_timeout(DEFAULT_BUSY_TIMEOUT)
             .map_err(|e| Error::sqlite(&path, e))?;
         schema::create_fresh(&mut conn).map_err(|e| Error::sqlite(&path, e))?;
@@ -297,7 +298,9 @@ impl UserDb {
              OR EXISTS (SELECT 1 FROM aliases WHERE source LIKE ?1 ESCAPE '\\')",
         );
         if self.schema.auto_aliases {
-            sql.push_str(" OR EXISTS (SELECT 1 FROM auto_aliases WHERE source LIKE ?1 ESCAPE '\\')");
+            sql.push_str(
+                " OR EXISTS (SELECT 1 FROM auto_aliases WHERE source LIKE ?1 ESCAPE '\\')",
+            );
         }
         self.conn
             .prepare_cached(&sql)
@@ -447,8 +450,16 @@ impl UserDb {
     fn user_select(&self) -> String {
         format!(
             "SELECT id, email, password, {}, {} FROM users",
-            if self.schema.users_privileges { "privileges" } else { "''" },
-            if self.schema.users_quota { "quota" } else { "'0'" },
+            if self.schema.users_privileges {
+                "privileges"
+            } else {
+                "''"
+            },
+            if self.schema.users_quota {
+                "quota"
+            } else {
+                "'0'"
+            },
         )
     }
 
@@ -490,7 +501,9 @@ impl UserDb {
         };
         let mut sql = format!("SELECT source, destination, {ps}, 0 FROM aliases");
         if self.schema.auto_aliases {
-            sql.push_str(" UNION ALL SELECT source, destination, permitted_senders, 1 FROM auto_aliases");
+            sql.push_str(
+                " UNION ALL SELECT source, destination, permitted_senders, 1 FROM auto_aliases",
+            );
         }
         let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
@@ -596,9 +609,15 @@ mod tests {
 
     #[test]
     fn alias_answers_as_postfix_maps_them() {
-        assert_eq!(map_alias_answer("a@x,b@y", "hello+t", Some("+t")), ["a+t@x", "b+t@y"]);
+        assert_eq!(
+            map_alias_answer("a@x,b@y", "hello+t", Some("+t")),
+            ["a+t@x", "b+t@y"]
+        );
         assert_eq!(map_alias_answer("a@x, b@y", "hello", None), ["a@x", "b@y"]);
-        assert_eq!(map_alias_answer("@b.org", "Random+Tag", None), ["Random+Tag@b.org"]);
+        assert_eq!(
+            map_alias_answer("@b.org", "Random+Tag", None),
+            ["Random+Tag@b.org"]
+        );
         assert_eq!(map_alias_answer("@b.org", "a+t", Some("+t")), ["a+t@b.org"]);
     }
 }

@@ -153,8 +153,14 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(h.verify_password(Password::new("12345678"), user.password_hash.clone()).await);
-        assert!(!h.verify_password(Password::new("12345679"), user.password_hash).await);
+        assert!(
+            h.verify_password(Password::new("12345678"), user.password_hash.clone())
+                .await
+        );
+        assert!(
+            !h.verify_password(Password::new("12345679"), user.password_hash)
+                .await
+        );
         // A change by another connection is visible to the next read, with no reopen.
         db.add_alias("hello@example.com", "me@example.com", "", false, &env)
             .unwrap();

@@ -55,13 +55,7 @@ pub fn hash_password(pw: &Password) -> Result<String> {
     let mut salt = [0u8; SALT_BYTES];
     getrandom::fill(&mut salt).map_err(|e| Error::Random(e.to_string()))?;
     let hash = ShaCrypt::SHA512
-        .hash_password_customized(
-            pw.0.as_bytes(),
-            &salt,
-            None,
-            None,
-            Params::RECOMMENDED,
-        )
+        .hash_password_customized(pw.0.as_bytes(), &salt, None, None, Params::RECOMMENDED)
         .map_err(|e| Error::Random(e.to_string()))?
         .to_string();
     // The crate always writes `rounds=5000$`; Dovecot omits the field at the default, and the
@@ -137,7 +131,10 @@ mod tests {
         assert!(verify_password(&Password::new("Hello world!"), v));
         let r = "$6$rounds=10000$saltstringsaltst$OW1/O6BYHV6BcXZu8QVeXbDWra3Oeqh0sbHbbMCVNSnCM/UrjmM0Dp8vOuZeHBy/YTBmSK6H9qs/y3RnOaw5v.";
         assert!(verify_password(&Password::new("Hello world!"), r));
-        assert!(verify_password(&Password::new("Hello world!"), &format!("{{SHA512-CRYPT}}{r}")));
+        assert!(verify_password(
+            &Password::new("Hello world!"),
+            &format!("{{SHA512-CRYPT}}{r}")
+        ));
         assert!(!verify_password(&Password::new("Hello world?"), r));
         let s256 = "$5$saltstring$5B8vYYiY.CVt1RlTTf8KbXBH3hsxY/GNooZaBBGWEc5";
         assert!(verify_password(&Password::new("Hello world!"), s256));
@@ -148,7 +145,10 @@ mod tests {
         let pw = Password::new("correct horse");
         assert!(verify_password(&pw, DOVEADM_DEFAULT));
         assert!(verify_password(&pw, DOVEADM_6000));
-        assert!(!verify_password(&Password::new("correct horsf"), DOVEADM_6000));
+        assert!(!verify_password(
+            &Password::new("correct horsf"),
+            DOVEADM_6000
+        ));
         let bare = DOVEADM_DEFAULT.strip_prefix("{SHA512-CRYPT}").unwrap();
         assert!(verify_password(&pw, bare));
         assert!(verify_password(&pw, &format!("{{CRYPT}}{bare}")));
@@ -165,10 +165,17 @@ mod tests {
 
     #[test]
     fn validation_texts() {
-        let err = |p: &str| validate_password(&Password::new(p)).unwrap_err().to_string();
+        let err = |p: &str| {
+            validate_password(&Password::new(p))
+                .unwrap_err()
+                .to_string()
+        };
         assert_eq!(err(""), "No password provided.");
         assert_eq!(err("        "), "No password provided.");
-        assert_eq!(err("1234567"), "Passwords must be at least eight characters.");
+        assert_eq!(
+            err("1234567"),
+            "Passwords must be at least eight characters."
+        );
         assert!(validate_password(&Password::new("12345678")).is_ok());
         assert!(validate_password(&Password::new("ünïcödé!")).is_ok());
     }

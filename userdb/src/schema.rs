@@ -125,9 +125,11 @@ pub(crate) fn sidecar_version(conn: &Connection) -> rusqlite::Result<u32> {
     if !exists {
         return Ok(0);
     }
-    conn.query_row(&format!("SELECT max(version) FROM {COUNTER_TABLE}"), [], |r| {
-        r.get::<_, Option<u32>>(0)
-    })
+    conn.query_row(
+        &format!("SELECT max(version) FROM {COUNTER_TABLE}"),
+        [],
+        |r| r.get::<_, Option<u32>>(0),
+    )
     .map(Option::unwrap_or_default)
 }
 
@@ -199,7 +201,11 @@ mod tests {
         create_fresh(&mut conn).unwrap();
         migrate(&mut conn, MIGRATIONS).unwrap();
         let n: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE 'miab_sidecar%'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name LIKE 'miab_sidecar%'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(n, 0);
     }
@@ -225,9 +231,16 @@ mod tests {
     #[test]
     fn refuses_foreign_db() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE users (name TEXT)").unwrap();
-        assert!(matches!(Schema::detect(&conn), Err(DetectError::Missing(_))));
+        conn.execute_batch("CREATE TABLE users (name TEXT)")
+            .unwrap();
+        assert!(matches!(
+            Schema::detect(&conn),
+            Err(DetectError::Missing(_))
+        ));
         let empty = Connection::open_in_memory().unwrap();
-        assert!(matches!(Schema::detect(&empty), Err(DetectError::Missing(_))));
+        assert!(matches!(
+            Schema::detect(&empty),
+            Err(DetectError::Missing(_))
+        ));
     }
 }

@@ -30,7 +30,10 @@ pub fn sort_domains<S: AsRef<str>>(domains: &[S], primary_hostname: &str) -> Vec
         |z: &str| z == primary_hostname || primary_hostname.ends_with(&format!(".{z}"));
     zones.sort_by(|a, b| (!holds_primary(a), *a).cmp(&(!holds_primary(b), *b)));
     let key = |d: &str| {
-        let zone_index = zones.iter().position(|z| *z == zone_of[d]).unwrap_or(usize::MAX);
+        let zone_index = zones
+            .iter()
+            .position(|z| *z == zone_of[d])
+            .unwrap_or(usize::MAX);
         let rev: Vec<String> = d.split('.').rev().map(str::to_owned).collect();
         (
             zone_index,
@@ -40,7 +43,7 @@ pub fn sort_domains<S: AsRef<str>>(domains: &[S], primary_hostname: &str) -> Vec
         )
     };
     let mut out: Vec<&str> = domains.iter().map(AsRef::as_ref).collect();
-    out.sort_by(|a, b| key(a).cmp(&key(b)));
+    out.sort_by_key(|d| key(d));
     out.into_iter().map(str::to_owned).collect()
 }
 
@@ -55,7 +58,11 @@ pub fn sort_email_addresses<S: AsRef<str>>(addrs: &[S], primary_hostname: &str) 
     let mut out = Vec::with_capacity(rest.len());
     for d in sort_domains(&domains, primary_hostname) {
         let suffix = format!("@{d}");
-        let mine: Vec<&str> = rest.iter().copied().filter(|a| a.ends_with(&suffix)).collect();
+        let mine: Vec<&str> = rest
+            .iter()
+            .copied()
+            .filter(|a| a.ends_with(&suffix))
+            .collect();
         for a in mine {
             rest.remove(a);
             out.push(a.to_owned());
@@ -96,7 +103,14 @@ mod tests {
 
     #[test]
     fn addresses_by_domain_then_name() {
-        let a = ["b@x.org", "a@x.org", "z@box.example", "@x.org", "b@x.org", "odd"];
+        let a = [
+            "b@x.org",
+            "a@x.org",
+            "z@box.example",
+            "@x.org",
+            "b@x.org",
+            "odd",
+        ];
         assert_eq!(
             sort_email_addresses(&a, "box.example"),
             ["z@box.example", "@x.org", "a@x.org", "b@x.org", "odd"]

@@ -38,7 +38,11 @@ fn sqlite3(db: &Path, sql: &str) {
         .arg(sql)
         .output()
         .expect("the sqlite3 command (Debian package sqlite3) is needed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 type SchemaRow = (String, String, Option<String>);
@@ -59,7 +63,7 @@ fn tmpdb(dir: &tempfile::TempDir) -> PathBuf {
 }
 
 fn v(xs: &[&str]) -> Option<Vec<String>> {
-    Some(xs.iter().map(|s| s.to_string()).collect())
+    Some(xs.iter().map(ToString::to_string).collect())
 }
 
 #[test]
@@ -105,8 +109,14 @@ fn reads_and_writes_a_2014_db_upgraded_by_miab() {
         db.resolve_alias("hello@example.com", &d).unwrap(),
         v(&["old@example.com"])
     );
-    db.add_user("new@example.com", &Password::new("12345678"), "", "1G", &env())
-        .unwrap();
+    db.add_user(
+        "new@example.com",
+        &Password::new("12345678"),
+        "",
+        "1G",
+        &env(),
+    )
+    .unwrap();
     db.set_privilege("old@example.com", "admin", true).unwrap();
     db.add_alias(
         "team@example.com",
@@ -117,8 +127,14 @@ fn reads_and_writes_a_2014_db_upgraded_by_miab() {
     )
     .unwrap();
     assert_eq!(db.quota("new@example.com").unwrap(), "1G");
-    assert!(db.may_send_as("new@example.com", "team@example.com", &d).unwrap());
-    assert!(!db.may_send_as("old@example.com", "team@example.com", &d).unwrap());
+    assert!(
+        db.may_send_as("new@example.com", "team@example.com", &d)
+            .unwrap()
+    );
+    assert!(
+        !db.may_send_as("old@example.com", "team@example.com", &d)
+            .unwrap()
+    );
     // MIAB's tables were written, never altered.
     assert_eq!(schema_text(&path), before);
 }
@@ -209,7 +225,11 @@ fn alias_priority_cases() {
     // Several destinations, the tag on each.
     assert_eq!(
         r("list+x@example.com"),
-        v(&["me+x@example.com", "you+x@example.com", "friend+x@elsewhere.example"])
+        v(&[
+            "me+x@example.com",
+            "you+x@example.com",
+            "friend+x@elsewhere.example"
+        ])
     );
     // A send-only alias does not receive.
     assert_eq!(r("sendonly@example.com"), None);
@@ -224,7 +244,10 @@ fn alias_priority_cases() {
         r("postmaster@example.com"),
         v(&["administrator@box.example.com"])
     );
-    assert_eq!(r("abuse@example.net"), v(&["administrator@box.example.com"]));
+    assert_eq!(
+        r("abuse@example.net"),
+        v(&["administrator@box.example.com"])
+    );
     // IDN: the alias is stored in IDNA; the Unicode domain is an auto domain alias.
     assert_eq!(r("hi@xn--mnchen-3ya.example"), v(&["me@example.com"]));
     assert_eq!(r("hi@münchen.example"), v(&["hi@xn--mnchen-3ya.example"]));
@@ -259,14 +282,21 @@ fn sender_owner_cases() {
     assert!(may("you@example.com", "list@example.com"));
     assert_eq!(
         b.db.sender_owners("list@example.com", &d).unwrap(),
-        v(&["me@example.com", "you@example.com", "friend@elsewhere.example"])
+        v(&[
+            "me@example.com",
+            "you@example.com",
+            "friend@elsewhere.example"
+        ])
     );
     // An alias on a user's own address takes the right away from the user (MIAB #511).
     assert!(!may("shadow@example.com", "shadow@example.com"));
     assert!(may("me@example.com", "shadow@example.com"));
     // Auto-aliases are not consulted.
     assert!(!may("me@example.com", "postmaster@example.com"));
-    assert_eq!(b.db.sender_owners("postmaster@example.com", &d).unwrap(), None);
+    assert_eq!(
+        b.db.sender_owners("postmaster@example.com", &d).unwrap(),
+        None
+    );
     // A catch-all's destination may send as any unmatched address of the domain.
     assert!(may("me@example.com", "anything@example.net"));
     assert!(may("other@example.net", "other@example.net"));
@@ -279,7 +309,10 @@ fn sender_owner_cases() {
     // Send-only alias.
     assert!(may("you@example.com", "sendonly@example.com"));
     // Nobody owns an unknown address or the null sender.
-    assert_eq!(b.db.sender_owners("ghost@elsewhere.example", &d).unwrap(), None);
+    assert_eq!(
+        b.db.sender_owners("ghost@elsewhere.example", &d).unwrap(),
+        None
+    );
     assert_eq!(b.db.sender_owners("", &d).unwrap(), None);
 }
 
@@ -288,9 +321,8 @@ fn kick_removes_unneeded_legacy_admin_aliases() {
     let mut b = fixture();
     // A manual admin@ alias to the administrator, for a domain with nothing else: MIAB's kick
     // removes it again at once, and says so.
-    let o = b
-        .db
-        .add_alias(
+    let o =
+        b.db.add_alias(
             "admin@gone.example",
             "administrator@box.example.com",
             "",
@@ -340,7 +372,13 @@ fn missing_foreign_and_readonly_files() {
     UserDb::create(&path).unwrap();
     let mut ro = UserDb::open(&path, Access::ReadOnly).unwrap();
     let e = ro
-        .add_user("me@example.com", &Password::new("12345678"), "", "0", &env())
+        .add_user(
+            "me@example.com",
+            &Password::new("12345678"),
+            "",
+            "0",
+            &env(),
+        )
         .unwrap_err();
     assert!(matches!(e, Error::ReadOnly(_)), "{e}");
     assert!(ro.users().unwrap().is_empty());
@@ -351,8 +389,14 @@ fn a_held_lock_fails_cleanly_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = tmpdb(&dir);
     let mut db = UserDb::create(&path).unwrap();
-    db.add_user("me@example.com", &Password::new("12345678"), "", "0", &env())
-        .unwrap();
+    db.add_user(
+        "me@example.com",
+        &Password::new("12345678"),
+        "",
+        "0",
+        &env(),
+    )
+    .unwrap();
     let before = db.aliases().unwrap();
     let short = std::time::Duration::from_millis(200);
 
@@ -363,18 +407,33 @@ fn a_held_lock_fails_cleanly_and_writes_nothing() {
         .unwrap();
     let mut w = UserDb::open_with_timeout(&path, Access::ReadWrite, short).unwrap();
     let e = w
-        .add_user("you@example.com", &Password::new("12345678"), "", "0", &env())
+        .add_user(
+            "you@example.com",
+            &Password::new("12345678"),
+            "",
+            "0",
+            &env(),
+        )
         .unwrap_err();
     assert!(matches!(e, Error::Busy(_)) && e.is_temporary(), "{e}");
     assert!(e.to_string().contains("nothing was changed"));
     // Readers still read (rollback journal: the writer has not committed).
     let r = UserDb::open_with_timeout(&path, Access::ReadOnly, short).unwrap();
-    assert!(r.is_mailbox("me@example.com", &Delimiters::default()).unwrap());
+    assert!(
+        r.is_mailbox("me@example.com", &Delimiters::default())
+            .unwrap()
+    );
     holder.execute_batch("ROLLBACK").unwrap();
     assert!(w.user("you@example.com").unwrap().is_none());
     assert_eq!(w.aliases().unwrap(), before);
-    w.add_user("you@example.com", &Password::new("12345678"), "", "0", &env())
-        .unwrap();
+    w.add_user(
+        "you@example.com",
+        &Password::new("12345678"),
+        "",
+        "0",
+        &env(),
+    )
+    .unwrap();
 
     // An exclusive lock (a writer committing) makes readers wait, then report a temporary error.
     let holder = Connection::open(&path).unwrap();
@@ -384,7 +443,10 @@ fn a_held_lock_fails_cleanly_and_writes_nothing() {
         .unwrap_err();
     assert!(e.is_temporary(), "{e}");
     holder.execute_batch("ROLLBACK").unwrap();
-    assert!(r.is_mailbox("you@example.com", &Delimiters::default()).unwrap());
+    assert!(
+        r.is_mailbox("you@example.com", &Delimiters::default())
+            .unwrap()
+    );
 }
 
 #[test]
@@ -406,7 +468,10 @@ fn hostile_input_is_refused_without_writing() {
         long.as_str(),
     ] {
         assert!(
-            matches!(b.db.add_user(bad, &pw, "", "0", &env()), Err(Error::Invalid(_))),
+            matches!(
+                b.db.add_user(bad, &pw, "", "0", &env()),
+                Err(Error::Invalid(_))
+            ),
             "{bad:?}"
         );
         assert!(
