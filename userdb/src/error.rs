@@ -30,6 +30,9 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// A background task failed (a panic or a closed pool); a bug, reported rather than hidden.
+    #[error("internal error in the user DB handle: {0}")]
+    Internal(String),
     /// The OS could not provide randomness for a salt.
     #[error("no randomness available for a password salt: {0}")]
     Random(String),

@@ -82,7 +82,7 @@ impl AsyncUserDb {
             .db_permits
             .acquire()
             .await
-            .map_err(|_| Error::Invalid("user DB handle closed".into()))?;
+            .map_err(|_| Error::Internal("user DB handle closed".into()))?;
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let pooled = inner.idle.lock().ok().and_then(|mut v| v.pop());
@@ -105,7 +105,7 @@ impl AsyncUserDb {
             out
         })
         .await
-        .map_err(|e| Error::Invalid(format!("user DB task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("user DB task failed: {e}")))?
     }
 
     /// Verifies a password against a stored hash on the bounded hashing pool.
