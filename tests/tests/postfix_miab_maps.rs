@@ -184,17 +184,21 @@ fn real_postfix_rewrites_as_userdb_resolves() {
             (!msgs.is_empty()).then_some(msgs)
         })
         .unwrap_or_else(|| panic!("{rcpt}: nothing delivered; queue:\n{}", pf.queue()));
-        // All recipients of one message normally arrive in one delivery; give stragglers a moment.
-        std::thread::sleep(Duration::from_millis(300));
-        let postfix_final: BTreeSet<String> = pf
-            .sink
-            .messages()
-            .into_iter()
-            .filter(|m| m.data.contains(&marker))
-            .flat_map(|m| m.rcpt_to)
-            .collect();
         let mut ours = BTreeSet::new();
         expand(&db, rcpt, 0, &mut ours);
+        // Recipients on different transports arrive in separate deliveries: wait for them all.
+        let final_set = || -> BTreeSet<String> {
+            pf.sink
+                .messages()
+                .into_iter()
+                .filter(|m| m.data.contains(&marker))
+                .flat_map(|m| m.rcpt_to)
+                .collect()
+        };
+        miab_e2e::wait_until(Duration::from_secs(10), || {
+            (final_set() == ours).then_some(())
+        });
+        let postfix_final = final_set();
         assert_eq!(
             postfix_final,
             ours,
