@@ -309,6 +309,31 @@ fn hostname_for_sorting(cli: &Cli) -> String {
     box_env(cli).map(|e| e.primary_hostname).unwrap_or_default()
 }
 
+/// MIAB's `get_domain(addr)`: the domain part, shown in Unicode when it is valid IDNA.
+fn display_domain(addr: &str) -> String {
+    let d = address::domain_of(addr).unwrap_or("");
+    address::domain_to_unicode(d).unwrap_or_else(|| d.to_owned())
+}
+
+/// Groups `(address, item)` pairs by [`display_domain`], the groups in MIAB's domain order.
+fn group_by_domain<T>(
+    items: impl IntoIterator<Item = (String, T)>,
+    primary_hostname: &str,
+) -> Vec<(String, Vec<T>)> {
+    let mut groups: BTreeMap<String, Vec<T>> = BTreeMap::new();
+    for (addr, item) in items {
+        groups.entry(display_domain(&addr)).or_default().push(item);
+    }
+    let domains: Vec<String> = groups.keys().cloned().collect();
+    sort::sort_domains(&domains, primary_hostname)
+        .into_iter()
+        .map(|d| {
+            let v = groups.remove(&d).unwrap_or_default();
+            (d, v)
+        })
+        .collect()
+}
+
 /// MIAB's `get_mail_users_ex(with_archived=True)`: users grouped by domain in MIAB's order.
 fn users_by_domain(cli: &Cli, db: &UserDb) -> Result<Vec<(String, Vec<serde_json::Value>)>> {
     let users = db.users()?;
@@ -330,18 +355,12 @@ fn users_by_domain(cli: &Cli, db: &UserDb) -> Result<Vec<(String, Vec<serde_json
             json!({"email": email, "privileges": [], "status": "inactive", "mailbox": mailbox}),
         ));
     }
-    let display_domain = |email: &str| {
-        let d = address::domain_of(email).unwrap_or("");
-        address::domain_to_unicode(d).unwrap_or_else(|| d.to_owned())
-    };
-    let mut groups: BTreeMap<String, Vec<(String, bool, serde_json::Value)>> = BTreeMap::new();
-    for r in rows {
-        groups.entry(display_domain(&r.0)).or_default().push(r);
-    }
-    let domains: Vec<String> = groups.keys().cloned().collect();
-    let mut out = Vec::new();
-    for d in sort::sort_domains(&domains, &hostname_for_sorting(cli)) {
-        let mut v = groups.remove(&d).unwrap_or_default();
+    let grouped = group_by_domain(
+        rows.into_iter().map(|r| (r.0.clone(), r)),
+        &hostname_for_sorting(cli),
+    );
+    let mut out = Vec::with_capacity(grouped.len());
+    for (d, mut v) in grouped {
         v.sort_by(|a, b| (!a.1, &a.0).cmp(&(!b.1, &b.0)));
         out.push((d, v.into_iter().map(|r| r.2).collect()));
     }
@@ -467,7 +486,7 @@ fn csv_field(s: &str) -> String {
 
 /// MIAB's `get_mail_aliases`: aliases and auto-aliases, one row per address (where both tables
 /// have an address, the row SQLite's UNION would deliver last wins, as in MIAB's dict).
-fn alias_rows(cli: &Cli, db: &UserDb) -> Result<Vec<userdb::Alias>> {
+fn alias_rows(db: &UserDb, primary_hostname: &str) -> Result<Vec<userdb::Alias>> {
     let mut all = db.aliases()?;
     all.sort_by(|a, b| {
         (&a.source, &a.destination, &a.permitted_senders, a.auto).cmp(&(
@@ -482,21 +501,20 @@ fn alias_rows(cli: &Cli, db: &UserDb) -> Result<Vec<userdb::Alias>> {
         by_source.insert(a.source.clone(), a);
     }
     let keys: Vec<String> = by_source.keys().cloned().collect();
-    Ok(
-        sort::sort_email_addresses(&keys, &hostname_for_sorting(cli))
-            .into_iter()
-            .filter_map(|k| by_source.remove(&k))
-            .collect(),
-    )
+    Ok(sort::sort_email_addresses(&keys, primary_hostname)
+        .into_iter()
+        .filter_map(|k| by_source.remove(&k))
+        .collect())
 }
 
 fn alias(cli: &Cli, cmd: &AliasCmd) -> Result<()> {
     match cmd {
         AliasCmd::List => {
             let db = open(cli, Access::ReadOnly)?;
-            let rows = alias_rows(cli, &db)?;
+            let primary = hostname_for_sorting(cli);
+            let rows = alias_rows(&db, &primary)?;
             if cli.json {
-                return print_json(&aliases_json(cli, rows));
+                return print_json(&aliases_json(rows, &primary));
             }
             let mut out = std::io::stdout().lock();
             for a in rows {
@@ -529,27 +547,23 @@ fn alias(cli: &Cli, cmd: &AliasCmd) -> Result<()> {
 }
 
 /// MIAB's `get_mail_aliases_ex` structure.
-fn aliases_json(cli: &Cli, rows: Vec<userdb::Alias>) -> serde_json::Value {
-    let mut groups: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+fn aliases_json(rows: Vec<userdb::Alias>, primary_hostname: &str) -> serde_json::Value {
     let pretty = |s: &str| address::prettify_idn_email_address(s.trim());
-    for a in rows
+    let items = rows
         .into_iter()
         .filter(|a| !(a.auto && a.source.starts_with('@')))
-    {
-        let d = address::domain_of(&a.source).unwrap_or("");
-        let d = address::domain_to_unicode(d).unwrap_or_else(|| d.to_owned());
-        groups.entry(d).or_default().push(json!({
-            "address": a.source,
-            "address_display": pretty(&a.source),
-            "forwards_to": a.destination.split(',').map(pretty).collect::<Vec<_>>(),
-            "permitted_senders": a.permitted_senders.as_ref().map(|p| p.split(',').map(pretty).collect::<Vec<_>>()),
-            "auto": a.auto,
-        }));
-    }
-    let domains: Vec<String> = groups.keys().cloned().collect();
+        .map(|a| {
+            let item = json!({
+                "address": a.source,
+                "address_display": pretty(&a.source),
+                "forwards_to": a.destination.split(',').map(pretty).collect::<Vec<_>>(),
+                "permitted_senders": a.permitted_senders.as_ref().map(|p| p.split(',').map(pretty).collect::<Vec<_>>()),
+                "auto": a.auto,
+            });
+            (a.source, item)
+        });
     let mut out = Vec::new();
-    for d in sort::sort_domains(&domains, &hostname_for_sorting(cli)) {
-        let mut v = groups.remove(&d).unwrap_or_default();
+    for (d, mut v) in group_by_domain(items, primary_hostname) {
         v.sort_by(|a, b| {
             (a["auto"].as_bool(), a["address"].as_str())
                 .cmp(&(b["auto"].as_bool(), b["address"].as_str()))

@@ -594,24 +594,17 @@ fn kick_tx(tx: &Transaction<'_>, path: &std::path::Path, env: &BoxEnv) -> Result
         let r = s.query_map([], |r| r.get(0)).and_then(Iterator::collect);
         r.map_err(e)?
     };
-    let manual: Vec<(String, String)> = {
-        let mut s = tx
-            .prepare("SELECT source, destination FROM aliases")
-            .map_err(e)?;
+    let pairs = |sql: &str| -> Result<Vec<(String, String)>> {
+        let mut s = tx.prepare(sql).map_err(e)?;
         let r = s
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(Iterator::collect);
-        r.map_err(e)?
+        r.map_err(e)
     };
-    let before: BTreeMap<String, String> = {
-        let mut s = tx
-            .prepare("SELECT source, destination FROM auto_aliases")
-            .map_err(e)?;
-        let r = s
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(Iterator::collect);
-        r.map_err(e)?
-    };
+    let manual = pairs("SELECT source, destination FROM aliases")?;
+    let before: BTreeMap<String, String> = pairs("SELECT source, destination FROM auto_aliases")?
+        .into_iter()
+        .collect();
     let (auto, required) = compute_auto_aliases(&users, &manual, env);
 
     let mut report = KickReport::default();

@@ -43,7 +43,8 @@ pub fn sort_domains<S: AsRef<str>>(domains: &[S], primary_hostname: &str) -> Vec
         )
     };
     let mut out: Vec<&str> = domains.iter().map(AsRef::as_ref).collect();
-    out.sort_by_key(|d| key(d));
+    // The key allocates; compute it once per domain, not once per comparison.
+    out.sort_by_cached_key(|d| key(d));
     out.into_iter().map(str::to_owned).collect()
 }
 
