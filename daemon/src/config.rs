@@ -3,8 +3,11 @@
 //! Every field has a default, so no file at all is a valid configuration. Unknown fields are an
 //! error, so a typo is reported instead of silently ignored.
 
+use crate::listen::{ListenAddr, UnixOptions, parse_mode};
+use crate::serve::Limits;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where the file is looked for when neither `--config` nor `MIAB_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/miab/sidecars.toml";
@@ -23,6 +26,69 @@ pub struct Config {
     pub recipient_delimiter: String,
     /// How long a DB reader waits for a writer's lock, in milliseconds. Default 5000.
     pub db_busy_timeout_ms: u64,
+    /// `[lookup]`: the socketmap daemon.
+    pub lookup: LookupConfig,
+}
+
+/// `[lookup]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LookupConfig {
+    /// Where to listen, in Postfix notation. Default `inet:127.0.0.1:10029`.
+    pub listen: ListenAddr,
+    /// Mode of a UNIX socket, octal. Default `"0660"`.
+    pub socket_mode: String,
+    /// Group of a UNIX socket (Postfix needs access: `postfix`). Default: the daemon's group.
+    pub socket_group: Option<String>,
+    /// Connections served at once. Default 512 (Postfix keeps one per process and map server).
+    pub max_connections: usize,
+    /// Seconds a started request may take to arrive, and a reply to be written. Default 10.
+    pub io_timeout_secs: u64,
+    /// Seconds a connection may sit idle (Postfix closes its own after 10). Default 300.
+    pub idle_timeout_secs: u64,
+    /// Seconds shutdown waits for connections to finish. Default 5.
+    pub drain_timeout_secs: u64,
+    /// DB connections (and lookups running at once). Default 4.
+    pub db_connections: usize,
+    /// Answers remembered per DB connection; the memo is dropped whenever the DB changes.
+    /// Default 4096; 0 turns it off.
+    pub cache_entries: usize,
+}
+
+impl Default for LookupConfig {
+    fn default() -> Self {
+        LookupConfig {
+            listen: ListenAddr::Inet(([127, 0, 0, 1], 10029).into()),
+            socket_mode: "0660".into(),
+            socket_group: None,
+            max_connections: 512,
+            io_timeout_secs: 10,
+            idle_timeout_secs: 300,
+            drain_timeout_secs: 5,
+            db_connections: 4,
+            cache_entries: 4096,
+        }
+    }
+}
+
+impl LookupConfig {
+    /// The listener settings, with the socket mode checked.
+    pub fn unix_options(&self) -> Result<UnixOptions, String> {
+        Ok(UnixOptions {
+            mode: parse_mode(&self.socket_mode)?,
+            group: self.socket_group.clone(),
+        })
+    }
+
+    /// The connection limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            io_timeout: Duration::from_secs(self.io_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+        }
+    }
 }
 
 impl Default for Config {
@@ -32,6 +98,7 @@ impl Default for Config {
             hostname: None,
             recipient_delimiter: "+".into(),
             db_busy_timeout_ms: 5000,
+            lookup: LookupConfig::default(),
         }
     }
 }
@@ -90,6 +157,11 @@ impl Config {
     pub fn db_path(&self) -> PathBuf {
         self.storage_root.join("mail").join("users.sqlite")
     }
+
+    /// The DB busy timeout.
+    pub fn db_busy_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_busy_timeout_ms)
+    }
 }
 
 #[cfg(test)]
@@ -116,6 +188,16 @@ mod tests {
         let e = Config::from_toml("storage_rot = \"/x\"", Path::new("/etc/x.toml")).unwrap_err();
         assert!(e.to_string().contains("/etc/x.toml") && e.to_string().contains("storage_rot"));
         assert!(Config::from_toml("db_busy_timeout_ms = \"soon\"", Path::new("x")).is_err());
+        let c = Config::from_toml(
+            "[lookup]\nlisten = \"unix:/run/l.sock\"\nsocket_group = \"postfix\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.lookup.listen, ListenAddr::Unix("/run/l.sock".into()));
+        assert_eq!(c.lookup.unix_options().unwrap().mode, 0o660);
+        let e = Config::from_toml("[lookup]\nlisten = \"tcp:1\"\n", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("tcp:1"), "{e}");
+        assert!(Config::from_toml("[lookup]\nlisen = 1\n", Path::new("x")).is_err());
     }
 
     #[test]

@@ -1,9 +1,16 @@
-//! Plumbing shared by the sidecar daemons. For now: the configuration file with its embedded
-//! defaults, and logging. Listeners, the accept loop and shutdown join with the first daemon.
+//! Plumbing shared by the sidecar daemons: the configuration file with its embedded defaults,
+//! the common flags, listeners in Postfix notation, the accept loop with its limits and graceful
+//! shutdown, and logging.
 
+pub mod cli;
 pub mod config;
+pub mod listen;
+pub mod serve;
 
-pub use config::{Config, ConfigError};
+pub use cli::CommonArgs;
+pub use config::{Config, ConfigError, LookupConfig};
+pub use listen::{ListenAddr, Listener, Peer, Stream, UnixOptions};
+pub use serve::{Conn, Limits, Shutdown, Trigger, serve, shutdown_on_signals, timed};
 
 /// Logs to stderr (journald adds timestamps); `RUST_LOG` overrides the `info` default.
 pub fn init_logging() {

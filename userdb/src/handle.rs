@@ -4,10 +4,14 @@
 //! runtime worker thread. Two semaphores bound them: one for DB connections (each blocking task
 //! takes a pooled read-only connection) and one for hash verification, which costs milliseconds
 //! of CPU and must not starve the DB lookups.
+//!
+//! Each pooled connection can also remember answers ([`AsyncUserDb::memo`]). The memo is exact:
+//! it is dropped as soon as SQLite's `data_version` says another connection committed.
 
 use crate::db::{Access, UserDb};
 use crate::error::{Error, Result};
 use crate::password::{self, Password};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +26,8 @@ pub struct HandleConfig {
     pub max_hashers: usize,
     /// SQLite busy timeout per connection. Default 5 s; keep it below the client's own timeout.
     pub busy_timeout: Duration,
+    /// Answers [`AsyncUserDb::memo`] keeps per connection; 0 turns the memo off. Default 4096.
+    pub memo_entries: usize,
 }
 
 impl Default for HandleConfig {
@@ -30,15 +36,29 @@ impl Default for HandleConfig {
             max_connections: 4,
             max_hashers: std::thread::available_parallelism().map_or(2, usize::from),
             busy_timeout: crate::db::DEFAULT_BUSY_TIMEOUT,
+            memo_entries: 4096,
         }
     }
+}
+
+/// Remembered answers of one connection, valid for one `data_version`.
+#[derive(Debug, Default)]
+struct Memo {
+    version: Option<i64>,
+    answers: HashMap<(u8, String), Option<String>>,
+}
+
+#[derive(Debug)]
+struct Pooled {
+    db: UserDb,
+    memo: Memo,
 }
 
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
     config: HandleConfig,
-    idle: Mutex<Vec<UserDb>>,
+    idle: Mutex<Vec<Pooled>>,
     db_permits: Semaphore,
     hash_permits: Semaphore,
 }
@@ -58,7 +78,10 @@ impl AsyncUserDb {
             inner: Arc::new(Inner {
                 db_permits: Semaphore::new(config.max_connections.max(1)),
                 hash_permits: Semaphore::new(config.max_hashers.max(1)),
-                idle: Mutex::new(vec![first]),
+                idle: Mutex::new(vec![Pooled {
+                    db: first,
+                    memo: Memo::default(),
+                }]),
                 path,
                 config,
             }),
@@ -77,6 +100,45 @@ impl AsyncUserDb {
         F: FnOnce(&UserDb) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
+        self.with_pooled(move |p| f(&p.db)).await
+    }
+
+    /// Like [`read`](Self::read) for a single-valued answer, remembered per connection under
+    /// `(kind, key)` until the DB changes. `f` gets the connection and the key.
+    pub async fn memo<F>(&self, kind: u8, key: String, f: F) -> Result<Option<String>>
+    where
+        F: FnOnce(&UserDb, &str) -> Result<Option<String>> + Send + 'static,
+    {
+        let limit = self.inner.config.memo_entries;
+        if limit == 0 {
+            return self.read(move |db| f(db, &key)).await;
+        }
+        self.with_pooled(move |p| {
+            let version = p.db.data_version()?;
+            if p.memo.version != Some(version) {
+                p.memo.answers.clear();
+                p.memo.version = Some(version);
+            }
+            let slot = (kind, key);
+            if let Some(hit) = p.memo.answers.get(&slot) {
+                return Ok(hit.clone());
+            }
+            let out = f(&p.db, &slot.1)?;
+            // Crude but bounded: a flood of distinct keys starts the memo over.
+            if p.memo.answers.len() >= limit {
+                p.memo.answers.clear();
+            }
+            p.memo.answers.insert(slot, out.clone());
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn with_pooled<F, R>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&mut Pooled) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
         let _permit = self
             .inner
             .db_permits
@@ -86,21 +148,24 @@ impl AsyncUserDb {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let pooled = inner.idle.lock().ok().and_then(|mut v| v.pop());
-            let mut db = match pooled {
-                Some(db) => db,
-                None => UserDb::open_with_timeout(
-                    &inner.path,
-                    Access::ReadOnly,
-                    inner.config.busy_timeout,
-                )?,
+            let mut p = match pooled {
+                Some(p) => p,
+                None => Pooled {
+                    db: UserDb::open_with_timeout(
+                        &inner.path,
+                        Access::ReadOnly,
+                        inner.config.busy_timeout,
+                    )?,
+                    memo: Memo::default(),
+                },
             };
-            db.refresh_schema()?;
-            let out = f(&db);
+            p.db.refresh_schema()?;
+            let out = f(&mut p);
             // A connection that just failed is dropped rather than reused.
             if out.is_ok()
                 && let Ok(mut idle) = inner.idle.lock()
             {
-                idle.push(db);
+                idle.push(p);
             }
             out
         })
@@ -169,5 +234,44 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r, Some(vec!["me@example.com".to_owned()]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memo_is_dropped_when_the_db_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.sqlite");
+        let mut db = UserDb::create(&path).unwrap();
+        let env = BoxEnv {
+            primary_hostname: "box.example.com".into(),
+        };
+        db.add_user("me@example.com", &Password::new("12345678"), "", "0", &env)
+            .unwrap();
+        let config = HandleConfig {
+            max_connections: 1,
+            ..HandleConfig::default()
+        };
+        let h = AsyncUserDb::open(&path, config).unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ask = |key: &str| {
+            let calls = Arc::clone(&calls);
+            h.memo(1, key.to_owned(), move |db, k| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                db.alias_key(k)
+            })
+        };
+        assert_eq!(ask("new@example.com").await.unwrap(), None);
+        assert_eq!(ask("new@example.com").await.unwrap(), None);
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "remembered"
+        );
+        db.add_alias("new@example.com", "me@example.com", "", false, &env)
+            .unwrap();
+        assert_eq!(
+            ask("new@example.com").await.unwrap().as_deref(),
+            Some("me@example.com")
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }
