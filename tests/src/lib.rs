@@ -6,7 +6,9 @@
 //! from Debian's packages (`.ci/run` installs them); a missing one is a test failure, not a skip.
 
 pub mod dovecot;
+pub mod fixture;
 pub mod postfix;
+pub mod process;
 pub mod sink;
 pub mod tools;
 

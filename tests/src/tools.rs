@@ -69,7 +69,19 @@ pub fn swaks(port: u16, args: &[&str]) -> Run {
 }
 
 /// `postmap -q KEY MAP` (with `-c DIR` when given): the value, or `None` when not found.
+/// Panics on a table error.
 pub fn postmap_q(config_dir: Option<&Path>, key: &str, map: &str) -> Option<String> {
+    postmap_lookup(config_dir, key, map)
+        .unwrap_or_else(|e| panic!("postmap -q {key} {map} failed: {e}"))
+}
+
+/// `postmap -q KEY MAP`, telling a table error (a `TEMP`/`PERM` socketmap answer, a dead
+/// server: postmap exits 1 with a fatal message) from "not found" (exit 1, silent).
+pub fn postmap_lookup(
+    config_dir: Option<&Path>,
+    key: &str,
+    map: &str,
+) -> Result<Option<String>, String> {
     let postmap = require_program("/usr/sbin/postmap", "postfix");
     let mut cmd = Command::new(postmap);
     if let Some(d) = config_dir {
@@ -77,9 +89,9 @@ pub fn postmap_q(config_dir: Option<&Path>, key: &str, map: &str) -> Option<Stri
     }
     let r = run(cmd.arg("-q").arg(key).arg(map), None);
     match r.code {
-        0 => Some(r.stdout.trim_end_matches('\n').to_owned()),
-        1 => None,
-        _ => panic!("postmap -q {key} {map} failed: {}", r.stderr),
+        0 => Ok(Some(r.stdout.trim_end_matches('\n').to_owned())),
+        1 if !r.stderr.contains("fatal") && !r.stderr.contains("error") => Ok(None),
+        _ => Err(r.stderr),
     }
 }
 

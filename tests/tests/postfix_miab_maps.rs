@@ -2,78 +2,16 @@
 //! `sqlite:` maps: single keys through `postmap -q`, and whole rewrites (recursion, `+tag`,
 //! catch-alls, domain aliases) through mail accepted by Postfix and caught by the sink.
 
+use miab_e2e::fixture::{self, ADDRESS_KEYS, DOMAIN_KEYS};
 use miab_e2e::postfix::{MiabSqliteMaps, Postfix, PostfixConfig};
 use miab_e2e::{Scratch, tools};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use userdb::{BoxEnv, Delimiters, Password, UserDb};
+use userdb::{Delimiters, UserDb};
 
 fn fixture(dir: &Scratch) -> std::path::PathBuf {
-    let db_path = dir.join("users.sqlite");
-    let mut db = UserDb::create(&db_path).unwrap();
-    let env = BoxEnv {
-        primary_hostname: "box.example.com".into(),
-    };
-    let pw = Password::new("a-long-password");
-    for u in ["me@example.com", "you@example.com", "boss@other.example"] {
-        db.add_user(u, &pw, "", "0", &env).unwrap();
-    }
-    // As setup/firstuser.sh: the first user is an admin, so administrator@ may point at it.
-    db.set_privilege("me@example.com", "admin", true).unwrap();
-    let aliases: &[(&str, &str, &str)] = &[
-        ("administrator@box.example.com", "me@example.com", ""),
-        ("hello@example.com", "me@example.com,you@example.com", ""),
-        ("chain@example.com", "hello@example.com", ""),
-        ("@catch.example", "me@example.com", ""),
-        ("@alias.example", "@example.com", ""),
-        (
-            "you@example.com",
-            "you@example.com,copy@external.example",
-            "you@example.com",
-        ),
-        ("sendonly@example.com", "", "me@example.com"),
-        ("hi@bücher.example", "boss@other.example", ""),
-        (
-            "team@other.example",
-            "boss@other.example,me@example.com",
-            "",
-        ),
-        ("@other.example", "boss@other.example", ""),
-    ];
-    for (a, f, p) in aliases {
-        db.add_alias(a, f, p, false, &env).unwrap();
-    }
-    miab_e2e::set_mode(&db_path, 0o644);
-    db_path
+    fixture::miab_box(dir.path())
 }
-
-const KEYS: &[&str] = &[
-    "me@example.com",
-    "Me@Example.COM",
-    "me+tag@example.com",
-    "hello@example.com",
-    "hello+x@example.com",
-    "chain@example.com",
-    "nobody@example.com",
-    "anything@catch.example",
-    "any+tag@catch.example",
-    "me@catch.example",
-    "me@alias.example",
-    "me+t@alias.example",
-    "nobody@alias.example",
-    "you@example.com",
-    "sendonly@example.com",
-    "postmaster@example.com",
-    "abuse@other.example",
-    "hostmaster@box.example.com",
-    "hi@xn--bcher-kva.example",
-    "team@other.example",
-    "stranger@other.example",
-    "someone@elsewhere.example",
-    "@catch.example",
-    "@example.com",
-    "example.com",
-];
 
 #[test]
 fn single_keys_match_postmap_on_miab_sqlite_maps() {
@@ -82,7 +20,7 @@ fn single_keys_match_postmap_on_miab_sqlite_maps() {
     let maps = MiabSqliteMaps::write(dir.path(), &db_path);
     let db = UserDb::open(&db_path, userdb::Access::ReadOnly).unwrap();
     let mut checked = 0;
-    for key in KEYS {
+    for key in ADDRESS_KEYS {
         // postmap folds fixed-string keys to lowercase before the query, as Postfix does.
         let folded = key.to_ascii_lowercase();
         let want = tools::postmap_q(None, key, &maps.aliases);
@@ -93,19 +31,7 @@ fn single_keys_match_postmap_on_miab_sqlite_maps() {
         assert_eq!(db.mailbox_key(&folded).unwrap(), want, "mailboxes {key}");
         checked += 3;
     }
-    for domain in [
-        "example.com",
-        "EXAMPLE.com",
-        "catch.example",
-        "alias.example",
-        "xn--bcher-kva.example",
-        "bücher.example",
-        "box.example.com",
-        "other.example",
-        "elsewhere.example",
-        "ample.com",
-        ".example.com",
-    ] {
+    for domain in DOMAIN_KEYS {
         let want = tools::postmap_q(None, domain, &maps.domains).is_some();
         assert_eq!(db.is_local_domain(domain).unwrap(), want, "domain {domain}");
         checked += 1;

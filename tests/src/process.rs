@@ -1,0 +1,74 @@
+//! One of our daemons run as a child process, the way systemd runs it: its stderr goes to a
+//! log file, readiness is its "ready" log line, SIGTERM stops it, and drop kills what is left.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `bin` with `args` and waits for a log line containing `ready`.
+    pub fn start(bin: &Path, args: &[&str], log: PathBuf) -> DaemonProcess {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("MIAB_CONFIG")
+            .env_remove("MIAB_STORAGE_ROOT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let mut d = DaemonProcess { child, log };
+        let ready = crate::wait_until(Duration::from_secs(20), || {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("{} exited with {status}:\n{}", bin.display(), d.log());
+            }
+            d.log().contains("ready").then_some(())
+        });
+        assert!(ready.is_some(), "{} not ready:\n{}", bin.display(), d.log());
+        d
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().unwrap()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- daemon log ({}) ---\n{}",
+                self.log.display(),
+                self.log()
+            );
+        }
+    }
+}
