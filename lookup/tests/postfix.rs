@@ -1,0 +1,181 @@
+//! A real Postfix using the four socketmaps, side by side with the same Postfix using MIAB's
+//! `sqlite:` maps over the same DB: the same recipients accepted and refused, the same final
+//! recipients after rewriting (`+tag` included), and with the DB locked a 4xx that turns into a delivery once the lock is gone.
+
+use miab_e2e::fixture::{self, HOSTNAME};
+use miab_e2e::postfix::{MiabSqliteMaps, Postfix, PostfixConfig};
+use miab_e2e::process::DaemonProcess;
+use miab_e2e::{Scratch, tools};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+fn socketmap_config(sock: &Path) -> PostfixConfig {
+    let map = |name: &str| format!("socketmap:unix:{}:{name}", sock.display());
+    PostfixConfig::default()
+        .set("virtual_mailbox_domains", map("domains"))
+        .set("virtual_mailbox_maps", map("mailboxes"))
+        .set("virtual_alias_maps", map("aliases"))
+        .set("local_recipient_maps", "$virtual_mailbox_maps")
+        .set("smtpd_sender_login_maps", map("senders"))
+        .set("recipient_delimiter", "+")
+}
+
+/// Sends one message and returns the envelope recipients it finally reached.
+fn final_recipients(pf: &Postfix, rcpt: &str, marker: &str) -> BTreeSet<String> {
+    let r = tools::swaks(
+        pf.smtp_port(),
+        &[
+            "--to",
+            rcpt,
+            "--from",
+            "sender@elsewhere.example",
+            "--header",
+            &format!("Subject: {marker}"),
+        ],
+    );
+    assert!(r.ok(), "{rcpt} refused: {}", r.stdout);
+    let collect = || -> BTreeSet<String> {
+        pf.sink
+            .messages()
+            .into_iter()
+            .filter(|m| m.data.contains(marker))
+            .flat_map(|m| m.rcpt_to)
+            .collect()
+    };
+    miab_e2e::wait_until(Duration::from_secs(30), || {
+        let got = collect();
+        (!got.is_empty() && pf.queue().contains("Mail queue is empty")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{rcpt}: not delivered; queue:\n{}", pf.queue()));
+    collect()
+}
+
+/// The SMTP reply code of the first refused command, else of RCPT TO.
+fn smtp_code(pf: &Postfix, rcpt: &str) -> String {
+    let r = tools::swaks(
+        pf.smtp_port(),
+        &[
+            "--to",
+            rcpt,
+            "--from",
+            "sender@elsewhere.example",
+            "--quit-after",
+            "RCPT",
+        ],
+    );
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("<**"))
+        .or_else(|| {
+            let rcpt_at = lines.iter().position(|l| l.starts_with(" -> RCPT TO"))?;
+            lines[rcpt_at..].iter().find(|l| l.starts_with("<-"))
+        })
+        .unwrap_or_else(|| panic!("no reply found:\n{}", r.stdout));
+    line.trim_start_matches(['<', '-', '*', ' '])
+        .chars()
+        .take(3)
+        .collect()
+}
+
+#[test]
+fn postfix_with_socketmaps_behaves_as_with_miab_sqlite_maps() {
+    let dir = Scratch::new("lkpf");
+    let root = dir.mkdir("data");
+    let db = fixture::miab_box(&root);
+    let sock = dir.join("lookup.sock");
+    let config = dir.join("sidecars.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage_root = \"{}\"\ndb_busy_timeout_ms = 300\n[lookup]\nlisten = \"unix:{}\"\nsocket_mode = \"0660\"\nsocket_group = \"postfix\"\n",
+            root.display(),
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let daemon = DaemonProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_miab-lookup")),
+        &["--config", config.to_str().unwrap()],
+        dir.join("lookup.log"),
+    );
+    let maps = MiabSqliteMaps::write(dir.path(), &db);
+    let sqlite = Postfix::start(maps.main_cf(PostfixConfig::default()));
+    let ours = Postfix::start(socketmap_config(&sock));
+
+    let deliverable = [
+        "me@example.com",
+        "Me+Tag@Example.com",
+        "hello@example.com",
+        "hello+x@example.com",
+        "chain@example.com",
+        "random+tag@catch.example",
+        "me+t@alias.example",
+        "nobody@alias.example",
+        "you@example.com",
+        "you+x@example.com",
+        "postmaster@example.com",
+        "abuse@other.example",
+        &format!("hostmaster@{HOSTNAME}"),
+        "hi@xn--bcher-kva.example",
+        "team+x@other.example",
+        "stranger@other.example",
+    ];
+    for (i, rcpt) in deliverable.iter().enumerate() {
+        let marker = format!("marker-{i}");
+        let want = final_recipients(&sqlite, rcpt, &marker);
+        let got = final_recipients(&ours, rcpt, &marker);
+        assert_eq!(got, want, "final recipients of {rcpt}");
+    }
+
+    for rcpt in [
+        "nobody@example.com",
+        "Nobody+x@EXAMPLE.com",
+        "sendonly@example.com",
+    ] {
+        let want = smtp_code(&sqlite, rcpt);
+        assert!(want.starts_with('5'), "{rcpt}: sqlite gave {want}");
+        assert_eq!(smtp_code(&ours, rcpt), want, "RCPT {rcpt}");
+    }
+    assert_eq!(smtp_code(&ours, "nobody@example.com"), "550");
+
+    // The DB locked by a writer: a temporary refusal, then delivery once the lock is gone.
+    let locker = rusqlite::Connection::open(&db).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let r = tools::swaks(
+        ours.smtp_port(),
+        &[
+            "--to",
+            "me+locked@example.com",
+            "--from",
+            "sender@elsewhere.example",
+        ],
+    );
+    assert!(!r.ok());
+    assert!(r.stdout.contains("<** 451 4.3.0"), "{}", r.stdout);
+    locker.execute_batch("COMMIT").unwrap();
+    let delivered = miab_e2e::wait_until(Duration::from_secs(30), || {
+        let r = tools::swaks(
+            ours.smtp_port(),
+            &[
+                "--to",
+                "me+locked@example.com",
+                "--from",
+                "sender@elsewhere.example",
+                "--header",
+                "Subject: after-the-lock",
+            ],
+        );
+        r.ok().then_some(())
+    });
+    assert!(delivered.is_some(), "{}", ours.log());
+    let msg = ours
+        .sink
+        .wait_for("after-the-lock", Duration::from_secs(30));
+    assert_eq!(
+        msg.expect("delivered after the lock").rcpt_to,
+        vec!["me+locked@example.com".to_owned()]
+    );
+    assert!(daemon.log().contains("answering TEMP"));
+}
