@@ -50,7 +50,7 @@ pub struct LookupConfig {
     pub drain_timeout_secs: u64,
     /// DB connections (and lookups running at once). Default 4.
     pub db_connections: usize,
-    /// Answers remembered per DB connection; the memo is dropped whenever the DB changes.
+    /// Answers remembered; the memo is dropped whenever the DB changes.
     /// Default 4096; 0 turns it off.
     pub cache_entries: usize,
 }

@@ -5,8 +5,11 @@
 //! takes a pooled read-only connection) and one for hash verification, which costs milliseconds
 //! of CPU and must not starve the DB lookups.
 //!
-//! Each pooled connection can also remember answers ([`AsyncUserDb::memo`]). The memo is exact:
-//! it is dropped as soon as SQLite's `data_version` says another connection committed.
+//! The handle can also remember answers ([`AsyncUserDb::memo`]). The memo is exact: it belongs
+//! to one value of the DB file's change counter (bytes 24-27 of the header, which SQLite bumps on
+//! every commit in rollback-journal mode, the only mode MIAB uses), read with one `pread`. A hit
+//! therefore costs no SQLite call and no trip to the blocking pool. In WAL mode the counter is
+//! not maintained, so the memo stays off.
 
 use crate::db::{Access, UserDb};
 use crate::error::{Error, Result};
@@ -26,7 +29,7 @@ pub struct HandleConfig {
     pub max_hashers: usize,
     /// SQLite busy timeout per connection. Default 5 s; keep it below the client's own timeout.
     pub busy_timeout: Duration,
-    /// Answers [`AsyncUserDb::memo`] keeps per connection; 0 turns the memo off. Default 4096.
+    /// Answers [`AsyncUserDb::memo`] keeps; 0 turns the memo off. Default 4096.
     pub memo_entries: usize,
 }
 
@@ -41,24 +44,21 @@ impl Default for HandleConfig {
     }
 }
 
-/// Remembered answers of one connection, valid for one `data_version`.
+/// Remembered answers, valid for one value of the file change counter.
 #[derive(Debug, Default)]
 struct Memo {
-    version: Option<i64>,
+    counter: Option<u32>,
     answers: HashMap<(u8, String), Option<String>>,
-}
-
-#[derive(Debug)]
-struct Pooled {
-    db: UserDb,
-    memo: Memo,
 }
 
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
     config: HandleConfig,
-    idle: Mutex<Vec<Pooled>>,
+    idle: Mutex<Vec<UserDb>>,
+    memo: Mutex<Memo>,
+    /// The DB file, opened once to read its header.
+    file: std::fs::File,
     db_permits: Semaphore,
     hash_permits: Semaphore,
 }
@@ -78,10 +78,9 @@ impl AsyncUserDb {
             inner: Arc::new(Inner {
                 db_permits: Semaphore::new(config.max_connections.max(1)),
                 hash_permits: Semaphore::new(config.max_hashers.max(1)),
-                idle: Mutex::new(vec![Pooled {
-                    db: first,
-                    memo: Memo::default(),
-                }]),
+                idle: Mutex::new(vec![first]),
+                memo: Mutex::new(Memo::default()),
+                file: std::fs::File::open(&path).map_err(|_| Error::Missing(path.clone()))?,
                 path,
                 config,
             }),
@@ -100,45 +99,6 @@ impl AsyncUserDb {
         F: FnOnce(&UserDb) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        self.with_pooled(move |p| f(&p.db)).await
-    }
-
-    /// Like [`read`](Self::read) for a single-valued answer, remembered per connection under
-    /// `(kind, key)` until the DB changes. `f` gets the connection and the key.
-    pub async fn memo<F>(&self, kind: u8, key: String, f: F) -> Result<Option<String>>
-    where
-        F: FnOnce(&UserDb, &str) -> Result<Option<String>> + Send + 'static,
-    {
-        let limit = self.inner.config.memo_entries;
-        if limit == 0 {
-            return self.read(move |db| f(db, &key)).await;
-        }
-        self.with_pooled(move |p| {
-            let version = p.db.data_version()?;
-            if p.memo.version != Some(version) {
-                p.memo.answers.clear();
-                p.memo.version = Some(version);
-            }
-            let slot = (kind, key);
-            if let Some(hit) = p.memo.answers.get(&slot) {
-                return Ok(hit.clone());
-            }
-            let out = f(&p.db, &slot.1)?;
-            // Crude but bounded: a flood of distinct keys starts the memo over.
-            if p.memo.answers.len() >= limit {
-                p.memo.answers.clear();
-            }
-            p.memo.answers.insert(slot, out.clone());
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn with_pooled<F, R>(&self, f: F) -> Result<R>
-    where
-        F: FnOnce(&mut Pooled) -> Result<R> + Send + 'static,
-        R: Send + 'static,
-    {
         let _permit = self
             .inner
             .db_permits
@@ -148,29 +108,75 @@ impl AsyncUserDb {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let pooled = inner.idle.lock().ok().and_then(|mut v| v.pop());
-            let mut p = match pooled {
-                Some(p) => p,
-                None => Pooled {
-                    db: UserDb::open_with_timeout(
-                        &inner.path,
-                        Access::ReadOnly,
-                        inner.config.busy_timeout,
-                    )?,
-                    memo: Memo::default(),
-                },
+            let mut db = match pooled {
+                Some(db) => db,
+                None => UserDb::open_with_timeout(
+                    &inner.path,
+                    Access::ReadOnly,
+                    inner.config.busy_timeout,
+                )?,
             };
-            p.db.refresh_schema()?;
-            let out = f(&mut p);
+            db.refresh_schema()?;
+            let out = f(&db);
             // A connection that just failed is dropped rather than reused.
             if out.is_ok()
                 && let Ok(mut idle) = inner.idle.lock()
             {
-                idle.push(p);
+                idle.push(db);
             }
             out
         })
         .await
         .map_err(|e| Error::Internal(format!("user DB task failed: {e}")))?
+    }
+
+    /// Like [`read`](Self::read) for a single-valued answer, remembered under `(kind, key)`
+    /// until the DB changes. `f` gets the connection and the key.
+    pub async fn memo<F>(&self, kind: u8, key: String, f: F) -> Result<Option<String>>
+    where
+        F: FnOnce(&UserDb, &str) -> Result<Option<String>> + Send + 'static,
+    {
+        let limit = self.inner.config.memo_entries;
+        let counter = if limit == 0 {
+            None
+        } else {
+            self.change_counter()
+        };
+        let Some(counter) = counter else {
+            return self.read(move |db| f(db, &key)).await;
+        };
+        let slot = (kind, key);
+        if let Ok(m) = self.inner.memo.lock()
+            && m.counter == Some(counter)
+            && let Some(hit) = m.answers.get(&slot)
+        {
+            return Ok(hit.clone());
+        }
+        let key = slot.1.clone();
+        let out = self.read(move |db| f(db, &key)).await?;
+        // Filed under the counter read before the query: if a commit came in between, the
+        // next request sees a newer counter and starts over, so nothing stale is served.
+        if let Ok(mut m) = self.inner.memo.lock() {
+            // Crude but bounded: a flood of distinct keys starts the memo over.
+            if m.counter != Some(counter) || m.answers.len() >= limit {
+                m.answers.clear();
+                m.counter = Some(counter);
+            }
+            m.answers.insert(slot, out.clone());
+        }
+        Ok(out)
+    }
+
+    /// The header's file change counter; `None` in WAL mode or if the header cannot be read.
+    fn change_counter(&self) -> Option<u32> {
+        use std::os::unix::fs::FileExt;
+        let mut h = [0u8; 10];
+        self.inner.file.read_exact_at(&mut h, 18).ok()?;
+        // Bytes 18 and 19: file format write/read versions, 2 for WAL.
+        if h[0] != 1 || h[1] != 1 {
+            return None;
+        }
+        Some(u32::from_be_bytes([h[6], h[7], h[8], h[9]]))
     }
 
     /// Verifies a password against a stored hash on the bounded hashing pool.
@@ -246,11 +252,7 @@ mod tests {
         };
         db.add_user("me@example.com", &Password::new("12345678"), "", "0", &env)
             .unwrap();
-        let config = HandleConfig {
-            max_connections: 1,
-            ..HandleConfig::default()
-        };
-        let h = AsyncUserDb::open(&path, config).unwrap();
+        let h = AsyncUserDb::open(&path, HandleConfig::default()).unwrap();
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ask = |key: &str| {
             let calls = Arc::clone(&calls);
@@ -273,5 +275,15 @@ mod tests {
             Some("me@example.com")
         );
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        // In WAL mode the change counter is not kept up to date: no memo at all.
+        drop(db);
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .unwrap();
+        drop(c);
+        ask("new@example.com").await.unwrap();
+        ask("new@example.com").await.unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
     }
 }

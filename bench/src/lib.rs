@@ -1,0 +1,98 @@
+//! Measuring helpers shared by the benchmarks: CPU time and memory of processes read from
+//! `/proc`, of finished children through `getrusage`, and latency percentiles.
+
+use std::path::Path;
+use std::time::Duration;
+
+/// Clock ticks per second in `/proc/PID/stat` (Linux reports 100 on every architecture).
+const TICKS: f64 = 100.0;
+
+/// CPU seconds of a process and its reaped children (user + system).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime is field 14 overall.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 / TICKS
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+/// The parent pid of a process.
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A Postfix instance's master and its live children.
+pub fn postfix_pids(master_pid_file: &Path) -> Vec<u32> {
+    let Some(master) = std::fs::read_to_string(master_pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return Vec::new();
+    };
+    let mut pids = vec![master];
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+                && ppid(pid) == Some(master)
+            {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// CPU seconds used so far by finished children of this process (`RUSAGE_CHILDREN`), and the
+/// largest peak RSS among them in KiB.
+pub fn children_usage() -> (f64, u64) {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let Ok(u) = getrusage(UsageWho::RUSAGE_CHILDREN) else {
+        return (0.0, 0);
+    };
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    (
+        secs(u.user_time()) + secs(u.system_time()),
+        u.max_rss().max(0) as u64,
+    )
+}
+
+/// The `p`-th percentile (0-100) of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p / 100.0).round() as usize;
+    sorted[i]
+}
+
+/// `a / b` formatted as a ratio, or `-` when `b` is zero.
+pub fn ratio(a: f64, b: f64) -> String {
+    if b == 0.0 {
+        "-".into()
+    } else {
+        format!("{:.2}x", a / b)
+    }
+}
