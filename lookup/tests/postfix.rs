@@ -1,6 +1,7 @@
 //! A real Postfix using the four socketmaps, side by side with the same Postfix using MIAB's
 //! `sqlite:` maps over the same DB: the same recipients accepted and refused, the same final
-//! recipients after rewriting (`+tag` included), and with the DB locked a 4xx that turns into a delivery once the lock is gone.
+//! recipients after rewriting (`+tag` included), with the DB locked a 4xx that turns into a
+//! delivery once the lock is gone, and with the daemon stopped a 4xx too.
 
 use miab_e2e::fixture::{self, HOSTNAME};
 use miab_e2e::postfix::{MiabSqliteMaps, Postfix, PostfixConfig};
@@ -95,7 +96,7 @@ fn postfix_with_socketmaps_behaves_as_with_miab_sqlite_maps() {
         ),
     )
     .unwrap();
-    let daemon = DaemonProcess::start(
+    let mut daemon = DaemonProcess::start(
         Path::new(env!("CARGO_BIN_EXE_miab-lookup")),
         &["--config", config.to_str().unwrap()],
         dir.join("lookup.log"),
@@ -178,4 +179,17 @@ fn postfix_with_socketmaps_behaves_as_with_miab_sqlite_maps() {
         vec!["me+locked@example.com".to_owned()]
     );
     assert!(daemon.log().contains("answering TEMP"));
+
+    // The daemon gone: Postfix defers (4xx), it does not bounce.
+    assert!(daemon.terminate().success());
+    let r = tools::swaks(
+        ours.smtp_port(),
+        &[
+            "--to",
+            "me+down@example.com",
+            "--from",
+            "sender@elsewhere.example",
+        ],
+    );
+    assert!(r.stdout.contains("<** 451 4.3.0"), "{}", r.stdout);
 }
