@@ -4,53 +4,11 @@
 //! delivery once the lock is gone, and with the daemon stopped a 4xx too.
 
 use miab_e2e::fixture::{self, HOSTNAME};
-use miab_e2e::postfix::{MiabSqliteMaps, Postfix, PostfixConfig};
+use miab_e2e::postfix::{MiabSqliteMaps, Postfix, PostfixConfig, lookup_socketmaps};
 use miab_e2e::process::DaemonProcess;
 use miab_e2e::{Scratch, tools};
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
-
-fn socketmap_config(sock: &Path) -> PostfixConfig {
-    let map = |name: &str| format!("socketmap:unix:{}:{name}", sock.display());
-    PostfixConfig::default()
-        .set("virtual_mailbox_domains", map("domains"))
-        .set("virtual_mailbox_maps", map("mailboxes"))
-        .set("virtual_alias_maps", map("aliases"))
-        .set("local_recipient_maps", "$virtual_mailbox_maps")
-        .set("smtpd_sender_login_maps", map("senders"))
-        .set("recipient_delimiter", "+")
-}
-
-/// Sends one message and returns the envelope recipients it finally reached.
-fn final_recipients(pf: &Postfix, rcpt: &str, marker: &str) -> BTreeSet<String> {
-    let r = tools::swaks(
-        pf.smtp_port(),
-        &[
-            "--to",
-            rcpt,
-            "--from",
-            "sender@elsewhere.example",
-            "--header",
-            &format!("Subject: {marker}"),
-        ],
-    );
-    assert!(r.ok(), "{rcpt} refused: {}", r.stdout);
-    let collect = || -> BTreeSet<String> {
-        pf.sink
-            .messages()
-            .into_iter()
-            .filter(|m| m.data.contains(marker))
-            .flat_map(|m| m.rcpt_to)
-            .collect()
-    };
-    miab_e2e::wait_until(Duration::from_secs(30), || {
-        let got = collect();
-        (!got.is_empty() && pf.queue().contains("Mail queue is empty")).then_some(())
-    })
-    .unwrap_or_else(|| panic!("{rcpt}: not delivered; queue:\n{}", pf.queue()));
-    collect()
-}
 
 /// The SMTP reply code of the first refused command, else of RCPT TO.
 fn smtp_code(pf: &Postfix, rcpt: &str) -> String {
@@ -103,7 +61,10 @@ fn postfix_with_socketmaps_behaves_as_with_miab_sqlite_maps() {
     );
     let maps = MiabSqliteMaps::write(dir.path(), &db);
     let sqlite = Postfix::start(maps.main_cf(PostfixConfig::default()));
-    let ours = Postfix::start(socketmap_config(&sock));
+    let ours = Postfix::start(lookup_socketmaps(
+        &format!("unix:{}", sock.display()),
+        PostfixConfig::default(),
+    ));
 
     let deliverable = [
         "me@example.com",
@@ -125,8 +86,8 @@ fn postfix_with_socketmaps_behaves_as_with_miab_sqlite_maps() {
     ];
     for (i, rcpt) in deliverable.iter().enumerate() {
         let marker = format!("marker-{i}");
-        let want = final_recipients(&sqlite, rcpt, &marker);
-        let got = final_recipients(&ours, rcpt, &marker);
+        let want = sqlite.final_recipients(rcpt, &marker);
+        let got = ours.final_recipients(rcpt, &marker);
         assert_eq!(got, want, "final recipients of {rcpt}");
     }
 

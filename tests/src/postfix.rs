@@ -2,7 +2,8 @@
 //! port, and every delivery (local domains and the rest) sent to an [`SmtpSink`].
 
 use crate::sink::SmtpSink;
-use crate::{Scratch, chown_to, free_port, require_program, wait_for_port};
+use crate::{Scratch, chown_to, free_port, require_program, tools, wait_for_port, wait_until};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -181,6 +182,38 @@ smtpd_hard_error_limit = 1000
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Sends one message to `rcpt` with `marker` in its subject, waits until the queue is empty,
+    /// and returns the envelope recipients it finally reached (`+tag` included).
+    pub fn final_recipients(&self, rcpt: &str, marker: &str) -> BTreeSet<String> {
+        let subject = format!("Subject: {marker}");
+        let r = tools::swaks(
+            self.smtp_port,
+            &[
+                "--to",
+                rcpt,
+                "--from",
+                "sender@elsewhere.example",
+                "--header",
+                &subject,
+            ],
+        );
+        assert!(r.ok(), "{rcpt} refused: {}", r.stdout);
+        let collect = || -> BTreeSet<String> {
+            self.sink
+                .messages()
+                .into_iter()
+                .filter(|m| m.data.contains(marker))
+                .flat_map(|m| m.rcpt_to)
+                .collect()
+        };
+        // Recipients on different transports arrive in separate deliveries: wait for them all.
+        wait_until(Duration::from_secs(30), || {
+            (!collect().is_empty() && self.queue().contains("Mail queue is empty")).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{rcpt}: not delivered; queue:\n{}", self.queue()));
+        collect()
+    }
+
     /// Asks the queue manager to retry deferred mail now.
     pub fn flush(&self) {
         let _ = Command::new("/usr/sbin/postqueue")
@@ -260,4 +293,17 @@ impl MiabSqliteMaps {
             .set("smtpd_sender_login_maps", &self.senders)
             .set("recipient_delimiter", "+")
     }
+}
+
+/// The `main.cf` lines that point the same four settings at `miab-lookup` on `endpoint`
+/// (`unix:/path` or `inet:host:port`), as `packaging/postfix-main.cf` does.
+pub fn lookup_socketmaps(endpoint: &str, config: PostfixConfig) -> PostfixConfig {
+    let map = |name: &str| format!("socketmap:{endpoint}:{name}");
+    config
+        .set("virtual_mailbox_domains", map("domains"))
+        .set("virtual_mailbox_maps", map("mailboxes"))
+        .set("virtual_alias_maps", map("aliases"))
+        .set("local_recipient_maps", "$virtual_mailbox_maps")
+        .set("smtpd_sender_login_maps", map("senders"))
+        .set("recipient_delimiter", "+")
 }

@@ -196,16 +196,22 @@ mod tests {
     use crate::address::Delimiters;
     use crate::admin::BoxEnv;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reads_and_verifies_off_the_runtime() {
+    /// A DB with the user me@example.com; the directory must outlive the test.
+    fn one_user_box() -> (tempfile::TempDir, UserDb, BoxEnv) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users.sqlite");
-        let mut db = UserDb::create(&path).unwrap();
+        let mut db = UserDb::create(dir.path().join("users.sqlite")).unwrap();
         let env = BoxEnv {
             primary_hostname: "box.example.com".into(),
         };
         db.add_user("me@example.com", &Password::new("12345678"), "", "0", &env)
             .unwrap();
+        (dir, db, env)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_and_verifies_off_the_runtime() {
+        let (dir, mut db, env) = one_user_box();
+        let path = dir.path().join("users.sqlite");
         let h = AsyncUserDb::open(&path, HandleConfig::default()).unwrap();
         let mut tasks = Vec::new();
         for _ in 0..16 {
@@ -244,14 +250,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn memo_is_dropped_when_the_db_changes() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, mut db, env) = one_user_box();
         let path = dir.path().join("users.sqlite");
-        let mut db = UserDb::create(&path).unwrap();
-        let env = BoxEnv {
-            primary_hostname: "box.example.com".into(),
-        };
-        db.add_user("me@example.com", &Password::new("12345678"), "", "0", &env)
-            .unwrap();
         let h = AsyncUserDb::open(&path, HandleConfig::default()).unwrap();
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ask = |key: &str| {

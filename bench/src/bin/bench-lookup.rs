@@ -12,9 +12,9 @@
 
 use lookup::proto;
 use miab_bench::{children_usage, cpu_seconds, percentile, postfix_pids, ratio, status_kib};
-use miab_e2e::postfix::{MiabSqliteMaps, Postfix, PostfixConfig};
+use miab_e2e::postfix::{MiabSqliteMaps, Postfix, PostfixConfig, lookup_socketmaps};
 use miab_e2e::process::DaemonProcess;
-use miab_e2e::{Scratch, fixture, free_port};
+use miab_e2e::{Scratch, fixture, free_port, tools};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -154,7 +154,10 @@ fn main() {
             .set("smtp_destination_concurrency_limit", "50")
     };
     let sqlite = Postfix::start(tune(maps.main_cf(PostfixConfig::default())));
-    let socketmap = Postfix::start(tune(socketmap_config(&sock)));
+    let socketmap = Postfix::start(tune(lookup_socketmaps(
+        &format!("unix:{}", sock.display()),
+        PostfixConfig::default(),
+    )));
     let messages = 3000 / scale;
     println!("{messages} messages of 5 recipients each (catch-all addresses), 16 sessions.\n");
     println!(
@@ -300,37 +303,19 @@ fn postmap_batch(map: &str, keys: &[&str], daemon: Option<u32>) -> (Duration, f6
     let (cpu0, _) = children_usage();
     let d0 = daemon.map_or(0.0, cpu_seconds);
     let t = Instant::now();
-    let mut child = Command::new("/usr/sbin/postmap")
-        .args(["-q", "-", map])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    let r = tools::run(
+        Command::new("/usr/sbin/postmap").args(["-q", "-", map]),
+        Some(&input),
+    );
     assert!(
-        child.wait().unwrap().code().unwrap_or(2) <= 1,
-        "postmap failed on {map}"
+        r.code <= 1 && !r.stderr.contains("fatal"),
+        "postmap on {map}: {}",
+        r.stderr
     );
     let elapsed = t.elapsed();
     let (cpu1, _) = children_usage();
     let d1 = daemon.map_or(0.0, cpu_seconds);
     (elapsed, (cpu1 - cpu0) + (d1 - d0))
-}
-
-fn socketmap_config(sock: &Path) -> PostfixConfig {
-    let map = |name: &str| format!("socketmap:unix:{}:{name}", sock.display());
-    PostfixConfig::default()
-        .set("virtual_mailbox_domains", map("domains"))
-        .set("virtual_mailbox_maps", map("mailboxes"))
-        .set("virtual_alias_maps", map("aliases"))
-        .set("local_recipient_maps", "$virtual_mailbox_maps")
-        .set("smtpd_sender_login_maps", map("senders"))
-        .set("recipient_delimiter", "+")
 }
 
 fn smtp_source(pf: &Postfix, messages: usize) {
