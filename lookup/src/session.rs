@@ -8,6 +8,7 @@ use crate::proto::{self, MAX_REQUEST, Reply};
 use daemon::{Conn, timed};
 use std::io;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Bytes asked of the socket per read.
@@ -25,12 +26,16 @@ pub(crate) async fn run(state: Arc<State>, conn: Conn) {
     let mut chunk = [0u8; READ_CHUNK];
     let mut out = Vec::with_capacity(512);
     let mut seq = 0u64;
+    // When the first byte of the frame being read arrived: the I/O limit covers the whole
+    // frame, so a peer trickling one byte at a time cannot hold a connection for long.
+    let mut frame_start: Option<Instant> = None;
     loop {
         match proto::decode(&buf, MAX_REQUEST) {
             Ok(Some((payload, used))) => {
                 seq += 1;
                 let reply = answer(&state, payload, id, seq).await;
                 buf.drain(..used);
+                frame_start = (!buf.is_empty()).then(Instant::now);
                 out.clear();
                 reply.encode(&mut out);
                 if let Err(e) = timed(limits.io_timeout, stream.write_all(&out)).await {
@@ -48,11 +53,10 @@ pub(crate) async fn run(state: Arc<State>, conn: Conn) {
                 return;
             }
         }
-        // Between requests the idle limit applies; inside one, the I/O limit.
-        let (limit, between) = if buf.is_empty() {
-            (limits.idle_timeout, true)
-        } else {
-            (limits.io_timeout, false)
+        // Between requests the idle limit applies; inside one, what is left of the I/O limit.
+        let (limit, between) = match frame_start {
+            None => (limits.idle_timeout, true),
+            Some(t) => (limits.io_timeout.saturating_sub(t.elapsed()), false),
         };
         let read = tokio::select! {
             r = timed(limit, stream.read(&mut chunk)) => r,
@@ -64,7 +68,10 @@ pub(crate) async fn run(state: Arc<State>, conn: Conn) {
                 tracing::warn!(conn = id, %peer, buffered = buf.len(), "connection closed in the middle of a request");
                 return;
             }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                frame_start.get_or_insert_with(Instant::now);
+                buf.extend_from_slice(&chunk[..n]);
+            }
             Err(e) if e.kind() == io::ErrorKind::TimedOut && between => {
                 tracing::debug!(conn = id, %peer, "idle connection closed");
                 return;

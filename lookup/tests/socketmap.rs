@@ -247,6 +247,16 @@ fn bad_input_gets_a_clear_answer_and_the_daemon_keeps_serving() {
         t.elapsed() < Duration::from_secs(5),
         "io timeout not applied"
     );
+    // So is one trickled a byte at a time, each gap shorter than the timeout.
+    let mut c = b.connect();
+    c.write_all(b"25:mailboxes").unwrap();
+    let t = Instant::now();
+    let cut = (0..16).any(|_| {
+        std::thread::sleep(Duration::from_millis(300));
+        c.write_all(b"x").is_err()
+    });
+    assert!(cut, "a trickled frame was never cut off");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     // The first connection and new ones still work.
     assert_eq!(ask(&mut s, b"mailboxes me@example.com"), "OK 1");
     assert_eq!(
