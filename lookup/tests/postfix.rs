@@ -3,11 +3,12 @@
 //! recipients after rewriting (`+tag` included), with the DB locked a 4xx that turns into a
 //! delivery once the lock is gone, and with the daemon stopped a 4xx too.
 
+mod common;
+
+use common::start_lookup;
 use miab_e2e::fixture::{self, HOSTNAME};
 use miab_e2e::postfix::{MiabSqliteMaps, Postfix, PostfixConfig, lookup_socketmaps};
-use miab_e2e::process::DaemonProcess;
 use miab_e2e::{Scratch, tools};
-use std::path::Path;
 use std::time::Duration;
 
 /// The SMTP reply code of the first refused command, else of RCPT TO.
@@ -44,20 +45,14 @@ fn postfix_with_socketmaps_behaves_as_with_miab_sqlite_maps() {
     let root = dir.mkdir("data");
     let db = fixture::miab_box(&root);
     let sock = dir.join("lookup.sock");
-    let config = dir.join("sidecars.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let mut daemon = start_lookup(
+        &dir,
+        &format!(
             "storage_root = \"{}\"\ndb_busy_timeout_ms = 300\n[lookup]\nlisten = \"unix:{}\"\nsocket_mode = \"0660\"\nsocket_group = \"postfix\"\n",
             root.display(),
             sock.display()
         ),
-    )
-    .unwrap();
-    let mut daemon = DaemonProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_miab-lookup")),
-        &["--config", config.to_str().unwrap()],
-        dir.join("lookup.log"),
+        &[],
     );
     let maps = MiabSqliteMaps::write(dir.path(), &db);
     let sqlite = Postfix::start(maps.main_cf(PostfixConfig::default()));
@@ -103,31 +98,21 @@ fn postfix_with_socketmaps_behaves_as_with_miab_sqlite_maps() {
     assert_eq!(smtp_code(&ours, "nobody@example.com"), "550");
 
     // The DB locked by a writer: a temporary refusal, then delivery once the lock is gone.
+    let send = |rcpt: &str, extra: &[&str]| {
+        let mut args = vec!["--to", rcpt, "--from", "sender@elsewhere.example"];
+        args.extend_from_slice(extra);
+        tools::swaks(ours.smtp_port(), &args)
+    };
     let locker = rusqlite::Connection::open(&db).unwrap();
     locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let r = tools::swaks(
-        ours.smtp_port(),
-        &[
-            "--to",
-            "me+locked@example.com",
-            "--from",
-            "sender@elsewhere.example",
-        ],
-    );
+    let r = send("me+locked@example.com", &[]);
     assert!(!r.ok());
     assert!(r.stdout.contains("<** 451 4.3.0"), "{}", r.stdout);
     locker.execute_batch("COMMIT").unwrap();
     let delivered = miab_e2e::wait_until(Duration::from_secs(30), || {
-        let r = tools::swaks(
-            ours.smtp_port(),
-            &[
-                "--to",
-                "me+locked@example.com",
-                "--from",
-                "sender@elsewhere.example",
-                "--header",
-                "Subject: after-the-lock",
-            ],
+        let r = send(
+            "me+locked@example.com",
+            &["--header", "Subject: after-the-lock"],
         );
         r.ok().then_some(())
     });
@@ -143,14 +128,6 @@ fn postfix_with_socketmaps_behaves_as_with_miab_sqlite_maps() {
 
     // The daemon gone: Postfix defers (4xx), it does not bounce.
     assert!(daemon.terminate().success());
-    let r = tools::swaks(
-        ours.smtp_port(),
-        &[
-            "--to",
-            "me+down@example.com",
-            "--from",
-            "sender@elsewhere.example",
-        ],
-    );
+    let r = send("me+down@example.com", &[]);
     assert!(r.stdout.contains("<** 451 4.3.0"), "{}", r.stdout);
 }

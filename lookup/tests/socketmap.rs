@@ -2,6 +2,9 @@
 //! compared with MIAB's own `sqlite:` maps queried in Postfix's partial-key order over the same
 //! DB; and raw-socket tests for bad input, concurrency, DB changes, a locked DB and shutdown.
 
+mod common;
+
+use common::start_lookup;
 use lookup::proto;
 use miab_e2e::fixture::{self, ADDRESS_KEYS, DOMAIN_KEYS};
 use miab_e2e::postfix::MiabSqliteMaps;
@@ -9,7 +12,7 @@ use miab_e2e::process::DaemonProcess;
 use miab_e2e::{Scratch, tools};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 struct Box {
@@ -26,25 +29,17 @@ fn start(extra_lookup: &str) -> Box {
     let root = dir.mkdir("data");
     let db = fixture::miab_box(&root);
     let sock = dir.join("lookup.sock");
-    let config = dir.join("sidecars.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let daemon = start_lookup(
+        &dir,
+        &format!(
             "storage_root = \"/nonexistent\"\ndb_busy_timeout_ms = 300\n[lookup]\nsocket_mode = \"0666\"\n{extra_lookup}\n"
         ),
-    )
-    .unwrap();
-    let daemon = DaemonProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_miab-lookup")),
         &[
-            "--config",
-            config.to_str().unwrap(),
             "--storage-root",
             root.to_str().unwrap(),
             "--listen",
             &format!("unix:{}", sock.display()),
         ],
-        dir.join("lookup.log"),
     );
     Box {
         dir,
