@@ -1,5 +1,5 @@
 //! Measuring helpers shared by the benchmarks: CPU time and memory of processes read from
-//! `/proc`, of finished children through `getrusage`, and latency percentiles.
+//! `/proc`, CPU time of finished children through `getrusage`, and latency percentiles.
 
 use std::path::Path;
 use std::time::Duration;
@@ -65,18 +65,14 @@ pub fn postfix_pids(master_pid_file: &Path) -> Vec<u32> {
     pids
 }
 
-/// CPU seconds used so far by finished children of this process (`RUSAGE_CHILDREN`), and the
-/// largest peak RSS among them in KiB.
-pub fn children_usage() -> (f64, u64) {
+/// CPU seconds used so far by finished children of this process (`RUSAGE_CHILDREN`).
+pub fn children_cpu_seconds() -> f64 {
     use nix::sys::resource::{UsageWho, getrusage};
     let Ok(u) = getrusage(UsageWho::RUSAGE_CHILDREN) else {
-        return (0.0, 0);
+        return 0.0;
     };
     let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-    (
-        secs(u.user_time()) + secs(u.system_time()),
-        u.max_rss().max(0) as u64,
-    )
+    secs(u.user_time()) + secs(u.system_time())
 }
 
 /// The `p`-th percentile (0-100) of sorted samples.

@@ -11,7 +11,7 @@
 //! `cargo build --release -p lookup -p miab-bench && target/release/bench-lookup`
 
 use lookup::proto;
-use miab_bench::{children_usage, cpu_seconds, percentile, postfix_pids, ratio, status_kib};
+use miab_bench::{children_cpu_seconds, cpu_seconds, percentile, postfix_pids, ratio, status_kib};
 use miab_e2e::postfix::{MiabSqliteMaps, Postfix, PostfixConfig, lookup_socketmaps};
 use miab_e2e::process::DaemonProcess;
 use miab_e2e::{Scratch, fixture, free_port, tools};
@@ -300,7 +300,7 @@ fn hammer(
 /// plus, when given, the daemon.
 fn postmap_batch(map: &str, keys: &[&str], daemon: Option<u32>) -> (Duration, f64) {
     let input = keys.join("\n") + "\n";
-    let (cpu0, _) = children_usage();
+    let cpu0 = children_cpu_seconds();
     let d0 = daemon.map_or(0.0, cpu_seconds);
     let t = Instant::now();
     let r = tools::run(
@@ -313,7 +313,7 @@ fn postmap_batch(map: &str, keys: &[&str], daemon: Option<u32>) -> (Duration, f6
         r.stderr
     );
     let elapsed = t.elapsed();
-    let (cpu1, _) = children_usage();
+    let cpu1 = children_cpu_seconds();
     let d1 = daemon.map_or(0.0, cpu_seconds);
     (elapsed, (cpu1 - cpu0) + (d1 - d0))
 }
