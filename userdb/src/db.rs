@@ -271,14 +271,6 @@ impl UserDb {
         Ok(())
     }
 
-    /// SQLite's `data_version`: changes whenever another connection commits. Lets callers keep
-    /// a cache exact.
-    pub fn data_version(&self) -> Result<i64> {
-        self.conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .map_err(|e| self.err(e))
-    }
-
     pub(crate) fn err(&self, e: rusqlite::Error) -> Error {
         Error::sqlite(&self.path, e)
     }
