@@ -283,7 +283,7 @@ fn bad_input_gets_a_clear_answer_and_the_daemon_keeps_serving() {
 }
 
 #[test]
-fn db_changes_show_at_once_and_a_locked_db_answers_temp() {
+fn db_changes_show_at_once_and_a_locked_or_unreadable_db_answers_temp() {
     let mut b = start("");
     let mut s = b.connect();
     assert_eq!(ask(&mut s, b"aliases new@example.com"), "NOTFOUND ");
@@ -321,6 +321,17 @@ fn db_changes_show_at_once_and_a_locked_db_answers_temp() {
     locker.execute_batch("COMMIT").unwrap();
     assert_eq!(ask(&mut s, b"mailboxes me@example.com"), "OK 1");
     assert!(b.daemon.log().contains("answering TEMP"));
+
+    // A DB that cannot be read (its bytes overwritten in place): TEMP too, and still serving.
+    std::fs::write(&b.db, vec![0x5a; 8192]).unwrap();
+    assert_eq!(
+        ask(&mut s, b"mailboxes me@example.com"),
+        "TEMP user database unavailable"
+    );
+    assert_eq!(
+        ask(&mut s, b"nosuchmap x"),
+        "PERM unknown map \"nosuchmap\": this server answers domains, mailboxes, aliases, senders"
+    );
 
     // SIGTERM: a clean exit, and the socket file is gone.
     drop(s);
