@@ -3,9 +3,13 @@
 //! Every field has a default, so no file at all is a valid configuration. Unknown fields are an
 //! error, so a typo is reported instead of silently ignored.
 
+mod policyd;
+
 use crate::listen::{ListenAddr, UnixOptions, parse_mode};
 use crate::serve::Limits;
+pub use policyd::{DnsblConfig, GreylistConfig, ListConfig, PolicydConfig, RateLimitConfig};
 use serde::Deserialize;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,8 +30,49 @@ pub struct Config {
     pub recipient_delimiter: String,
     /// How long a DB reader waits for a writer's lock, in milliseconds. Default 5000.
     pub db_busy_timeout_ms: u64,
+    /// `[dns]`: how the daemons reach DNS.
+    pub dns: DnsConfig,
     /// `[lookup]`: the socketmap daemon.
     pub lookup: LookupConfig,
+    /// `[policyd]`: the policy daemon.
+    pub policyd: PolicydConfig,
+}
+
+/// `[dns]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Recursive resolvers as `IP:PORT`. Default: the `nameserver` lines of
+    /// `/etc/resolv.conf` (MIAB runs its own resolver on 127.0.0.1, which Spamhaus requires).
+    pub nameservers: Vec<SocketAddr>,
+    /// Milliseconds one DNS query may take. Default 2000.
+    pub timeout_ms: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout_ms: 2000,
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The per-query timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Connection limits from a section's fields.
+fn server_limits(max_connections: usize, io: u64, idle: u64, drain: u64) -> Limits {
+    Limits {
+        max_connections,
+        io_timeout: Duration::from_secs(io),
+        idle_timeout: Duration::from_secs(idle),
+        drain_timeout: Duration::from_secs(drain),
+    }
 }
 
 /// `[lookup]`.
@@ -82,12 +127,12 @@ impl LookupConfig {
 
     /// The connection limits.
     pub fn limits(&self) -> Limits {
-        Limits {
-            max_connections: self.max_connections,
-            io_timeout: Duration::from_secs(self.io_timeout_secs),
-            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
-            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
-        }
+        server_limits(
+            self.max_connections,
+            self.io_timeout_secs,
+            self.idle_timeout_secs,
+            self.drain_timeout_secs,
+        )
     }
 }
 
@@ -98,7 +143,9 @@ impl Default for Config {
             hostname: None,
             recipient_delimiter: "+".into(),
             db_busy_timeout_ms: 5000,
+            dns: DnsConfig::default(),
             lookup: LookupConfig::default(),
+            policyd: PolicydConfig::default(),
         }
     }
 }

@@ -8,7 +8,10 @@ pub mod listen;
 pub mod serve;
 
 pub use cli::CommonArgs;
-pub use config::{Config, ConfigError, LookupConfig};
+pub use config::{
+    Config, ConfigError, DnsConfig, DnsblConfig, GreylistConfig, ListConfig, LookupConfig,
+    PolicydConfig, RateLimitConfig,
+};
 pub use listen::{ListenAddr, Listener, Peer, Stream, UnixOptions};
 pub use serve::{Conn, Limits, Shutdown, Trigger, serve, shutdown_on_signals, timed};
 

@@ -1,0 +1,66 @@
+//! The one DNS resolver the daemon shares (hickory, caching answers for their TTL), and SPF
+//! through mail-auth over it.
+
+use daemon::DnsConfig;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{MessageAuthenticator, SpfResult};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Builds the resolver: the configured name servers, else `/etc/resolv.conf`; one attempt
+/// per server with the configured timeout, so a dead server costs one timeout, not five.
+pub fn authenticator(config: &DnsConfig) -> Result<MessageAuthenticator, String> {
+    let (resolver_config, mut opts) = if config.nameservers.is_empty() {
+        hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| format!("/etc/resolv.conf: {e}"))?
+    } else {
+        let servers = config
+            .nameservers
+            .iter()
+            .map(|sa| {
+                let conn = |mut c: ConnectionConfig| {
+                    c.port = sa.port();
+                    c
+                };
+                NameServerConfig::new(
+                    sa.ip(),
+                    true,
+                    vec![conn(ConnectionConfig::udp()), conn(ConnectionConfig::tcp())],
+                )
+            })
+            .collect();
+        (
+            ResolverConfig::from_name_servers(servers),
+            ResolverOpts::default(),
+        )
+    };
+    opts.timeout = config.timeout();
+    opts.attempts = 1;
+    // Block lists answer inside 127.0.0.0/8; nothing may be filtered out.
+    opts.deny_answers.clear();
+    MessageAuthenticator::new(resolver_config, opts).map_err(|e| e.to_string())
+}
+
+/// The resolver inside an authenticator, for plain lookups.
+pub fn resolver(auth: &MessageAuthenticator) -> TokioResolver {
+    auth.resolver().clone()
+}
+
+/// Does the sender's domain's SPF record authorise `ip`? `None` when no answer came in
+/// `limit` (SPF may take up to ten lookups).
+pub async fn spf_passes(
+    auth: &MessageAuthenticator,
+    ip: IpAddr,
+    helo: &str,
+    host: &str,
+    sender: &str,
+    limit: Duration,
+) -> Option<SpfResult> {
+    let params = SpfParameters::verify_mail_from(ip, helo, host, sender);
+    tokio::time::timeout(limit, auth.verify_spf(params))
+        .await
+        .ok()
+        .map(|o| o.result())
+}

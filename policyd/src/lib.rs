@@ -1,0 +1,244 @@
+//! `miab-policyd`: a Postfix policy delegation server for a Mail-in-a-Box box: postgrey-style
+//! greylisting, Spamhaus DNSBL/DBL checks, sender-login enforcement and per-login rate limits.
+//!
+//! - [`proto`]: the request/reply codec, without I/O.
+//! - [`handler`]: which checks run and the texts they answer with, as plain functions.
+//! - [`policy`]: runs the checks over the user DB, DNS and the greylist store.
+//! - [`greylist`], [`dnsbl`], [`dns`]: the checks' own parts.
+//! - `session`: one connection's read-decide-write loop.
+//! - [`run`]: serves a listener until shutdown.
+
+pub mod dns;
+pub mod dnsbl;
+pub mod greylist;
+pub mod handler;
+pub mod net;
+pub mod policy;
+pub mod proto;
+mod session;
+pub mod syslog;
+
+use daemon::{Config, Limits, Listener, Shutdown};
+use greylist::store::{Counts, Store};
+use greylist::whitelist::{self, ClientList, RecipientList};
+use greylist::{Timing, store};
+use handler::Check;
+use policy::{Greylisting, Policy, RateLimits};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use userdb::{AsyncUserDb, Delimiters, HandleConfig};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("[policyd] {0}")]
+    Config(String),
+    #[error("user DB: {0}")]
+    UserDb(#[from] userdb::Error),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("DNS resolver: {0}")]
+    Dns(String),
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct State {
+    pub policy: Policy,
+    limits: Limits,
+}
+
+/// What start-up found, for its log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub greylist_db: Option<PathBuf>,
+    pub greylist_entries: Option<Counts>,
+    pub whitelist_entries: usize,
+    pub skipped_lines: usize,
+}
+
+/// The greylist DB's path.
+pub fn greylist_db_path(config: &Config) -> PathBuf {
+    config.policyd.greylist.db.clone().unwrap_or_else(|| {
+        config
+            .storage_root
+            .join("mail")
+            .join("policyd")
+            .join("greylist.sqlite")
+    })
+}
+
+/// The host name for headers: the configured one, else the system's.
+pub fn hostname(config: &Config) -> String {
+    config.hostname.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into())
+    })
+}
+
+impl State {
+    /// Builds everything from the configuration. Must run inside a tokio runtime.
+    pub fn open(config: &Config) -> Result<(State, Report), StartError> {
+        let p = &config.policyd;
+        let bad = StartError::Config;
+        let checks = p
+            .checks
+            .iter()
+            .map(|c| Check::parse(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let trusted = p
+            .trusted_clients
+            .iter()
+            .map(|c| {
+                net::Cidr::parse(c).ok_or_else(|| format!("trusted_clients: bad network {c:?}"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let dqs = p.dnsbl.dqs_key.as_deref();
+        let lists = |ls: &[daemon::ListConfig]| {
+            ls.iter()
+                .map(|l| dnsbl::List::new(&l.zone, &l.codes, &l.action, dqs))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let client_lists = lists(&p.dnsbl.client_lists).map_err(bad)?;
+        let sender_lists = lists(&p.dnsbl.sender_lists).map_err(bad)?;
+        let auth = dns::authenticator(&config.dns).map_err(StartError::Dns)?;
+        let db = AsyncUserDb::open(
+            config.db_path(),
+            HandleConfig {
+                max_connections: p.db_connections.max(1),
+                busy_timeout: config.db_busy_timeout(),
+                ..HandleConfig::default()
+            },
+        )?;
+        let mut report = Report {
+            greylist_db: None,
+            greylist_entries: None,
+            whitelist_entries: 0,
+            skipped_lines: 0,
+        };
+        let greylist = if checks.contains(&Check::Greylist) {
+            Some(open_greylist(config, &mut report)?)
+        } else {
+            None
+        };
+        let policy = Policy {
+            checks,
+            fail_action: p.fail_action.clone(),
+            trusted,
+            hostname: hostname(config),
+            db,
+            delims: Arc::new(Delimiters::new(config.recipient_delimiter.clone())),
+            lists: dnsbl::Checker::new(dns::resolver(&auth)),
+            auth,
+            dns_timeout: config.dns.timeout(),
+            client_lists,
+            sender_lists,
+            greylist,
+            rate: RateLimits::per_hour(
+                p.rate_limit.messages_per_hour,
+                p.rate_limit.recipients_per_hour,
+            ),
+        };
+        Ok((
+            State {
+                policy,
+                limits: p.limits(),
+            },
+            report,
+        ))
+    }
+}
+
+fn open_greylist(config: &Config, report: &mut Report) -> Result<Greylisting, StartError> {
+    let g = &config.policyd.greylist;
+    let day = 86_400i64;
+    let secs = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let timing = Timing {
+        delay: secs(g.delay_secs),
+        max_age: secs(g.max_age_days).saturating_mul(day),
+        retry_window: secs(g.retry_window_hours).saturating_mul(3600),
+        awl_threshold: g.auto_whitelist_clients,
+        awl_interval: secs(g.auto_whitelist_interval_secs),
+    };
+    let path = greylist_db_path(config);
+    let (store, counts) = Store::start(
+        &path,
+        timing,
+        Duration::from_secs(g.expire_interval_secs.max(1)),
+    )?;
+    let mut clients = ClientList::default();
+    let mut recipients = RecipientList::default();
+    let mut skipped = whitelist::load_files(&g.whitelist_clients, |t, n| clients.add_text(t, n));
+    skipped.extend(whitelist::load_files(&g.whitelist_recipients, |t, n| {
+        recipients.add_text(t, n)
+    }));
+    for s in &skipped {
+        tracing::warn!(file = %s.file, line = s.line, reason = %s.reason, "whitelist entry ignored");
+    }
+    report.greylist_db = Some(path);
+    report.greylist_entries = Some(counts);
+    report.whitelist_entries = clients.len() + recipients.len();
+    report.skipped_lines = skipped.len();
+    Ok(Greylisting {
+        store,
+        clients,
+        recipients,
+        v4_prefix: g.ipv4_prefix,
+        v6_prefix: g.ipv6_prefix,
+        action: g.action.clone(),
+        text: g.text.clone(),
+        header: g.header.clone(),
+        spf_pool: g.spf_pool,
+        dry_run: g.dry_run,
+        syslog: syslog::Syslog::connect(&g.syslog_socket),
+    })
+}
+
+/// Serves `listener` until `shutdown` fires, then drains.
+pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<()> {
+    let limits = state.limits.clone();
+    let sweeper = {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                state.policy.rate.retain_recent();
+            }
+        })
+    };
+    let served = daemon::serve(listener, &limits, shutdown, move |conn| {
+        session::run(Arc::clone(&state), conn)
+    })
+    .await;
+    sweeper.abort();
+    served
+}
+
+/// The fuzz target's body: decode requests from arbitrary bytes in arbitrary pieces and
+/// check the codec's invariants.
+pub fn fuzz_decode(data: &[u8]) {
+    let split = data.first().map_or(1, |b| usize::from(*b % 16) + 1);
+    let mut d = proto::Decoder::new();
+    for piece in data.chunks(split) {
+        d.push(piece);
+        loop {
+            match d.next_request() {
+                Ok(Some(req)) => {
+                    let mut out = Vec::new();
+                    proto::encode_reply(&req.sender, &mut out);
+                    assert!(out.starts_with(b"action=") && out.ends_with(b"\n\n"));
+                    assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 2);
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+            assert!(d.buffered() <= proto::MAX_REQUEST + 16);
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Runs the configured checks for one request: gathers what each needs (user DB, DNS, the
+//! greylist store) and turns the answers into verdicts through [`crate::handler`].
+//!
+//! A check that cannot finish (DB locked, store down) gives the configured fail action and a
+//! log line; a DNS failure inside a block-list or SPF check is not an error at all, it only
+//! means "no opinion".
+
+use crate::dns;
+use crate::dnsbl::{self, Checker, List, ListAction, Verdict as ListVerdict};
+use crate::greylist::store::{Store, unix_now};
+use crate::greylist::whitelist::{ClientList, RecipientList};
+use crate::greylist::{Outcome, normalize};
+use crate::handler::{self, Check, Verdict};
+use crate::net::{Cidr, any_contains};
+use crate::proto::Request;
+use crate::syslog::Syslog;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use mail_auth::{MessageAuthenticator, SpfResult};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+use userdb::{AsyncUserDb, Delimiters};
+
+/// Memo kinds in the user DB handle.
+const MEMO_SENDER: u8 = 1;
+const MEMO_DOMAIN: u8 = 2;
+
+/// Greylisting's settings and state.
+#[derive(Debug)]
+pub struct Greylisting {
+    pub store: Store,
+    pub clients: ClientList,
+    pub recipients: RecipientList,
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    pub action: String,
+    pub text: String,
+    pub header: String,
+    pub spf_pool: bool,
+    pub dry_run: bool,
+    pub syslog: Syslog,
+}
+
+/// Per-login limiters; `None` when the limit is 0.
+#[derive(Debug, Default)]
+pub struct RateLimits {
+    pub messages: Option<(u32, DefaultKeyedRateLimiter<String>)>,
+    pub recipients: Option<(u32, DefaultKeyedRateLimiter<String>)>,
+}
+
+impl RateLimits {
+    /// Limiters for `messages` and `recipients` per hour.
+    pub fn per_hour(messages: u32, recipients: u32) -> RateLimits {
+        let limiter =
+            |n: u32| NonZeroU32::new(n).map(|n| (n.get(), RateLimiter::keyed(Quota::per_hour(n))));
+        RateLimits {
+            messages: limiter(messages),
+            recipients: limiter(recipients),
+        }
+    }
+
+    /// Drops limiter state for idle logins (called now and then, keeps memory bounded).
+    pub fn retain_recent(&self) {
+        for (_, l) in self.messages.iter().chain(&self.recipients) {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+}
+
+/// Everything a decision may need. Shared by all connections.
+pub struct Policy {
+    pub checks: Vec<Check>,
+    pub fail_action: String,
+    pub trusted: Vec<Cidr>,
+    pub hostname: String,
+    pub db: AsyncUserDb,
+    pub delims: Arc<Delimiters>,
+    pub auth: MessageAuthenticator,
+    pub dns_timeout: Duration,
+    pub lists: Checker,
+    pub client_lists: Vec<List>,
+    pub sender_lists: Vec<List>,
+    pub greylist: Option<Greylisting>,
+    pub rate: RateLimits,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("checks", &self.checks)
+            .field("fail_action", &self.fail_action)
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one connection remembers between requests (one smtpd process, one message at a
+/// time).
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// The message that already got an X-Greylist header (postgrey adds one per message).
+    header_instance: String,
+    /// The message already counted by the message rate limit.
+    counted_instance: String,
+}
+
+/// A check that could not decide.
+#[derive(Debug)]
+struct Failed(String);
+
+impl Policy {
+    /// The action for one request.
+    pub async fn evaluate(&self, req: &Request, conn: &mut ConnState, id: (u64, u64)) -> String {
+        let client_ip: Option<IpAddr> = req.client_address.parse().ok();
+        let trusted = client_ip.is_some_and(|ip| any_contains(&self.trusted, ip));
+        let mut verdicts = Vec::new();
+        for check in handler::checks_for(&req.policy_context, &self.checks) {
+            let v = match check {
+                Check::SenderLogin => self.sender_login(req).await,
+                Check::ForgedSender => self.forged_sender(req, client_ip, trusted).await,
+                Check::RateLimit => Ok(self.rate_limit(req, conn)),
+                Check::Rhsbl => Ok(self.rhsbl(req).await),
+                Check::Dnsbl => Ok(self.dnsbl(req, client_ip, trusted).await),
+                Check::Greylist => self.greylist(req, client_ip, trusted, conn).await,
+            };
+            match v {
+                Ok(v @ Verdict::Stop(_)) => {
+                    verdicts.push(v);
+                    break;
+                }
+                Ok(v) => verdicts.push(v),
+                Err(Failed(why)) => {
+                    tracing::warn!(
+                        conn = id.0, req = id.1, check = check.name(), error = %why,
+                        action = %self.fail_action, "check failed; answering the fail action"
+                    );
+                    verdicts.push(Verdict::Stop(self.fail_action.clone()));
+                    break;
+                }
+            }
+        }
+        handler::combine(verdicts)
+    }
+
+    async fn sender_login(&self, req: &Request) -> Result<Verdict, Failed> {
+        // Postfix skips the null sender, and unauthenticated clients are not its business.
+        if !req.is_authenticated() || req.sender.is_empty() {
+            return Ok(Verdict::Dunno);
+        }
+        let login = req.sasl_username.clone();
+        let key = format!("{login}\n{}", req.sender);
+        let delims = Arc::clone(&self.delims);
+        let owned = self
+            .db
+            .memo(MEMO_SENDER, key, move |db, k| {
+                let (login, sender) = k.split_once('\n').unwrap_or((k, ""));
+                Ok(db
+                    .may_send_as(login, sender, &delims)?
+                    .then(|| "1".to_owned()))
+            })
+            .await
+            .map_err(|e| Failed(e.to_string()))?;
+        if owned.is_some() {
+            return Ok(Verdict::Dunno);
+        }
+        tracing::info!(login = %req.sasl_username, sender = %req.sender, client = %req.client_address,
+            "sender address not owned by the login; rejected");
+        Ok(Verdict::Stop(handler::sender_not_owned(&req.sasl_username)))
+    }
+
+    async fn forged_sender(
+        &self,
+        req: &Request,
+        ip: Option<IpAddr>,
+        trusted: bool,
+    ) -> Result<Verdict, Failed> {
+        let Some(domain) = handler::domain_of(&req.sender) else {
+            return Ok(Verdict::Dunno);
+        };
+        if req.is_authenticated() || trusted {
+            return Ok(Verdict::Dunno);
+        }
+        let ours = self
+            .db
+            .memo(MEMO_DOMAIN, domain.clone(), |db, d| {
+                Ok(db.is_local_domain(d)?.then(|| "1".to_owned()))
+            })
+            .await
+            .map_err(|e| Failed(e.to_string()))?;
+        if ours.is_none() {
+            return Ok(Verdict::Dunno);
+        }
+        if let Some(ip) = ip
+            && self.spf(ip, req).await == Some(SpfResult::Pass)
+        {
+            return Ok(Verdict::Dunno);
+        }
+        tracing::info!(sender = %req.sender, client = %req.client_address,
+            "unauthenticated mail from one of our domains; rejected");
+        Ok(Verdict::Stop(handler::sender_not_logged_in()))
+    }
+
+    fn rate_limit(&self, req: &Request, conn: &mut ConnState) -> Verdict {
+        if !req.is_authenticated() {
+            return Verdict::Dunno;
+        }
+        let login = req.sasl_username.to_lowercase();
+        if let Some((n, lim)) = &self.rate.messages
+            && conn.counted_instance != req.instance
+        {
+            if lim.check_key(&login).is_err() {
+                tracing::warn!(login = %login, client = %req.client_address, limit = n,
+                    "message rate limit reached; deferred");
+                return Verdict::Stop(format!(
+                    "450 4.7.1 rate limit: {login} may send {n} messages per hour"
+                ));
+            }
+            conn.counted_instance.clone_from(&req.instance);
+        }
+        if let Some((n, lim)) = &self.rate.recipients
+            && !req.recipient.is_empty()
+            && lim.check_key(&login).is_err()
+        {
+            tracing::warn!(login = %login, client = %req.client_address, limit = n,
+                "recipient rate limit reached; deferred");
+            return Verdict::Stop(format!(
+                "450 4.7.1 rate limit: {login} may send to {n} recipients per hour"
+            ));
+        }
+        Verdict::Dunno
+    }
+
+    async fn rhsbl(&self, req: &Request) -> Verdict {
+        let Some(domain) = handler::domain_of(&req.sender) else {
+            return Verdict::Dunno;
+        };
+        for list in &self.sender_lists {
+            let v = self
+                .list_verdict(list, &domain, "Sender address", &req.sender, req)
+                .await;
+            if v != Verdict::Dunno {
+                return v;
+            }
+        }
+        Verdict::Dunno
+    }
+
+    async fn dnsbl(&self, req: &Request, ip: Option<IpAddr>, trusted: bool) -> Verdict {
+        let Some(ip) = ip else {
+            return Verdict::Dunno;
+        };
+        if req.is_authenticated() || trusted {
+            return Verdict::Dunno;
+        }
+        let name = dnsbl::reversed(ip);
+        for list in &self.client_lists {
+            let v = self
+                .list_verdict(list, &name, "Client host", &req.client_address, req)
+                .await;
+            if v != Verdict::Dunno {
+                return v;
+            }
+        }
+        Verdict::Dunno
+    }
+
+    async fn list_verdict(
+        &self,
+        list: &List,
+        name: &str,
+        class: &str,
+        what: &str,
+        req: &Request,
+    ) -> Verdict {
+        let ListVerdict::Listed(code) = self.lists.check(list, name).await else {
+            return Verdict::Dunno;
+        };
+        let reason = self.lists.reason(list, name).await;
+        let text = dnsbl::reply_text(class, what, &list.name, reason.as_deref());
+        tracing::info!(list = %list.name, %code, client = %req.client_address, sender = %req.sender,
+            recipient = %req.recipient, action = ?list.action, "listed");
+        match list.action {
+            ListAction::Reject => Verdict::Stop(format!("554 5.7.1 {text}")),
+            ListAction::Defer => Verdict::Stop(format!("450 4.7.1 {text}")),
+            ListAction::Warn => Verdict::Dunno,
+        }
+    }
+
+    async fn spf(&self, ip: IpAddr, req: &Request) -> Option<SpfResult> {
+        // SPF may need ten lookups; give it a few timeouts' worth.
+        let limit = self.dns_timeout.saturating_mul(3);
+        dns::spf_passes(
+            &self.auth,
+            ip,
+            &req.helo_name,
+            &self.hostname,
+            &req.sender,
+            limit,
+        )
+        .await
+    }
+
+    async fn greylist(
+        &self,
+        req: &Request,
+        ip: Option<IpAddr>,
+        trusted: bool,
+        conn: &mut ConnState,
+    ) -> Result<Verdict, Failed> {
+        let Some(g) = &self.greylist else {
+            return Ok(Verdict::Dunno);
+        };
+        if req.is_authenticated() || trusted || req.recipient.is_empty() {
+            return Ok(Verdict::Dunno);
+        }
+        let log = |action: &str, reason: &str, delay: Option<i64>| {
+            let line = handler::postgrey_line(action, reason, delay, req);
+            g.syslog.send(&line);
+            tracing::info!(target: "postgrey", "{line}");
+        };
+        if g.clients.matches(&req.client_name, &req.client_address) {
+            log("pass", "client whitelist", None);
+            return Ok(Verdict::Dunno);
+        }
+        if g.recipients.matches(&req.recipient) {
+            log("pass", "recipient whitelist", None);
+            return Ok(Verdict::Dunno);
+        }
+        let mut net = normalize::client_net(&req.client_address, g.v4_prefix, g.v6_prefix);
+        if g.spf_pool
+            && let (Some(ip), Some(domain)) = (ip, handler::domain_of(&req.sender))
+            && self.spf(ip, req).await == Some(SpfResult::Pass)
+        {
+            // The sender's own SPF vouches for this address: any address it lists may retry.
+            net = format!("spf:{domain}");
+        }
+        let key = format!(
+            "{net}/{}/{}",
+            normalize::sender(&req.sender),
+            req.recipient.to_lowercase()
+        );
+        let now = unix_now();
+        let (outcome, writes) = g
+            .store
+            .decide(key, req.client_address.clone(), now)
+            .await
+            .map_err(|e| Failed(e.to_string()))?;
+        let (action, reason, delay) = handler::outcome_words(&outcome);
+        log(action, &reason, delay);
+        if writes.newly_whitelisted {
+            let who = if req.client_name.is_empty() || req.client_name == "unknown" {
+                &req.client_address
+            } else {
+                &req.client_name
+            };
+            let line = format!("whitelisted: {who}");
+            g.syslog.send(&line);
+            tracing::info!(target: "postgrey", "{line}");
+        }
+        Ok(match outcome {
+            Outcome::Greylist { remaining, .. } if !g.dry_run => Verdict::Stop(format!(
+                "{} {}",
+                g.action,
+                handler::greylist_text(&g.text, req, remaining)
+            )),
+            Outcome::Pass {
+                delayed: Some(delayed),
+            } if !g.header.is_empty() && conn.header_instance != req.instance => {
+                conn.header_instance.clone_from(&req.instance);
+                Verdict::Prepend(handler::greylist_header(
+                    &g.header,
+                    delayed,
+                    &self.hostname,
+                    now,
+                ))
+            }
+            _ => Verdict::Dunno,
+        })
+    }
+}
