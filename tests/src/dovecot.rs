@@ -83,6 +83,11 @@ service imap-login {{
     port = 0
   }}
 }}
+service auth {{
+  unix_listener auth-client {{
+    mode = 0666
+  }}
+}}
 service lmtp {{
   inet_listener lmtp {{
     address = 127.0.0.1
@@ -132,6 +137,11 @@ protocol lmtp {{
     /// LMTP on 127.0.0.1.
     pub fn lmtp_port(&self) -> u16 {
         self.lmtp_port
+    }
+
+    /// The auth-client socket Postfix's `smtpd_sasl_type = dovecot` talks to (mode 0666).
+    pub fn auth_client_socket(&self) -> PathBuf {
+        self.dir.join("run").join("auth-client")
     }
 
     /// The config file, for `doveadm -c`.

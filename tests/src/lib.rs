@@ -5,6 +5,7 @@
 //! its value is dropped, so a failing test does not leave servers behind. The programs come
 //! from Debian's packages (`.ci/run` installs them); a missing one is a test failure, not a skip.
 
+pub mod dns;
 pub mod dovecot;
 pub mod fixture;
 pub mod postfix;

@@ -1,0 +1,350 @@
+//! The real `miab-policyd` over a raw socket: the protocol's edge cases, greylisting step by
+//! step, block lists against a test DNS server, postgrey's syslog lines, and crash safety.
+
+mod common;
+
+use common::{Client, config, request, start};
+use miab_e2e::Scratch;
+use miab_e2e::dns::TestDns;
+use miab_e2e::fixture::miab_box;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+fn greylist_only(dir: &Scratch, dns: &TestDns, extra: &str) -> String {
+    config(dir, dns.addr(), "checks = [\"greylist\"]", extra)
+}
+
+#[test]
+fn bad_input_gets_a_clear_answer_or_a_close() {
+    let dir = Scratch::new("pol");
+    miab_box(dir.path());
+    let dns = TestDns::start();
+    let d = start(&dir, &greylist_only(&dir, &dns, ""));
+    let mut c = Client::connect(d.port);
+
+    // No request= attribute: the fail action, and the connection stays usable.
+    c.send(b"sender=a@b.example\nrecipient=c@d.example\n\n");
+    assert_eq!(c.reply().as_deref(), Some("DUNNO"));
+    // Unknown attributes are ignored; a pipelined second request is answered too.
+    let mut two = request(&[("future_attribute", "x"), ("client_address", "192.0.2.1")]);
+    two.extend(request(&[
+        ("client_address", "192.0.2.1"),
+        ("instance", "2"),
+    ]));
+    c.send(&two);
+    assert!(
+        c.reply()
+            .unwrap()
+            .starts_with("DEFER_IF_PERMIT 4.2.0 Greylisted")
+    );
+    assert!(
+        c.reply()
+            .unwrap()
+            .starts_with("DEFER_IF_PERMIT 4.2.0 Greylisted")
+    );
+    // Invalid UTF-8 is carried through, not fatal.
+    assert!(
+        c.ask(&[
+            ("sender", "caf\u{e9}@b.example"),
+            ("client_address", "192.0.2.2")
+        ])
+        .starts_with("DEFER_IF_PERMIT")
+    );
+    c.send(b"request=smtpd_access_policy\nsender=\xff\xfe@x.example\nrecipient=me@example.com\nclient_address=192.0.2.3\n\n");
+    assert!(c.reply().unwrap().starts_with("DEFER_IF_PERMIT"));
+
+    let closes: Vec<(&str, Vec<u8>)> = vec![
+        ("oversized line", {
+            let mut v = b"request=smtpd_access_policy\nsender=".to_vec();
+            v.extend(std::iter::repeat_n(b'a', 20_000));
+            v
+        }),
+        (
+            "too many attributes",
+            (0..200)
+                .flat_map(|i| format!("x{i}=1\n").into_bytes())
+                .collect(),
+        ),
+        (
+            "garbage",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n\n".to_vec(),
+        ),
+        ("no '='", b"hello there\n\n".to_vec()),
+    ];
+    for (what, bytes) in closes {
+        let mut bad = Client::connect(d.port);
+        bad.send(&bytes);
+        assert_eq!(bad.reply(), None, "{what}: closed without a reply");
+    }
+    // Still serving.
+    assert!(
+        Client::connect(d.port)
+            .ask(&[])
+            .starts_with("DEFER_IF_PERMIT")
+    );
+    let log = d.process.log();
+    for msg in [
+        "line longer than",
+        "more than 128 attributes",
+        "NUL byte",
+        "line without '='",
+    ] {
+        assert!(log.contains(msg), "log lacks {msg:?}:\n{log}");
+    }
+}
+
+#[test]
+fn greylisting_steps_and_postgrey_log_lines() {
+    let dir = Scratch::new("pol");
+    miab_box(dir.path());
+    let dns = TestDns::start();
+    let syslog_path = dir.join("syslog");
+    let syslog = UnixDatagram::bind(&syslog_path).unwrap();
+    syslog
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let extra = format!(
+        "delay_secs = 2\nauto_whitelist_clients = 2\nauto_whitelist_interval_secs = 0\nsyslog_socket = \"{}\"",
+        syslog_path.display()
+    );
+    let cfg = greylist_only(&dir, &dns, &extra).replace("syslog_socket = \"\"\n", "");
+    let d = start(&dir, &cfg);
+    let mut c = Client::connect(d.port);
+    let from = |ip: &'static str, inst: &'static str| {
+        vec![
+            ("client_address", ip),
+            ("instance", inst),
+            ("client_name", "unknown"),
+        ]
+    };
+
+    assert_eq!(
+        c.ask(&from("198.51.100.7", "a")),
+        "DEFER_IF_PERMIT 4.2.0 Greylisted, see http://postgrey.schweikert.ch/help/example.com.html"
+    );
+    // Same /24, VERP-style sender: the same triplet.
+    let mut early = from("198.51.100.99", "a");
+    early.push(("sender", "Alice+list@Example.NET"));
+    assert!(c.ask(&early).starts_with("DEFER_IF_PERMIT"));
+    std::thread::sleep(Duration::from_millis(2100));
+    let pass = c.ask(&from("198.51.100.7", "b"));
+    assert!(pass.starts_with("PREPEND X-Greylist: delayed "), "{pass}");
+    assert!(pass.contains(" seconds by miab-policyd-0."), "{pass}");
+    assert!(pass.contains(" at box.example.com; "), "{pass}");
+    // One header per message: a second recipient of the same message gets none.
+    let mut second = from("198.51.100.7", "b");
+    second.push(("recipient", "you@example.com"));
+    assert!(
+        c.ask(&second).starts_with("DEFER_IF_PERMIT"),
+        "a new triplet"
+    );
+    assert_eq!(c.ask(&from("198.51.100.7", "c")), "DUNNO", "already passed");
+    // Two passes whitelisted 198.51.100.7: any new triplet passes now.
+    let mut fresh = from("198.51.100.7", "d");
+    fresh.push(("recipient", "boss@other.example"));
+    assert_eq!(c.ask(&fresh), "DUNNO");
+
+    // Every line matches the regex MIAB's mail_log.py applies to program "postgrey".
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = syslog.recv(&mut buf) {
+        lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        if lines.len() == 7 {
+            break;
+        }
+    }
+    let script = r#"
+import re, sys
+for line in sys.stdin.read().split("\n"):
+    m = re.match(r"<22>postgrey\[\d+\]: (.*)", line)
+    log = m.group(1)
+    if log.startswith("whitelisted: "):
+        print("WL", log[13:]); continue
+    m = re.match("action=(greylist|pass), reason=(.*?), (?:delay=\\d+, )?client_name=(.*), client_address=(.*), sender=(.*), recipient=(.*)", log)
+    print("|".join(m.groups()))
+"#;
+    let out = miab_e2e::tools::run(
+        std::process::Command::new("python3").arg("-c").arg(script),
+        Some(&lines.join("\n")),
+    );
+    assert!(out.ok(), "{out:?}");
+    let mut parsed: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        parsed[1].starts_with("greylist|early-retry ("),
+        "{parsed:?}"
+    );
+    parsed[1] = "early";
+    assert_eq!(
+        parsed,
+        [
+            "greylist|new|unknown|198.51.100.7|alice@example.net|me@example.com",
+            "early",
+            "pass|triplet found|unknown|198.51.100.7|alice@example.net|me@example.com",
+            "greylist|new|unknown|198.51.100.7|alice@example.net|you@example.com",
+            "pass|triplet found|unknown|198.51.100.7|alice@example.net|me@example.com",
+            "WL 198.51.100.7",
+            "pass|client AWL|unknown|198.51.100.7|alice@example.net|boss@other.example",
+        ]
+    );
+    assert!(
+        lines[2].contains(", delay=2, ") || lines[2].contains(", delay=3, "),
+        "{}",
+        lines[2]
+    );
+}
+
+#[test]
+fn dry_run_logs_but_never_defers() {
+    let dir = Scratch::new("pol");
+    miab_box(dir.path());
+    let dns = TestDns::start();
+    let d = start(&dir, &greylist_only(&dir, &dns, "dry_run = true"));
+    assert_eq!(Client::connect(d.port).ask(&[]), "DUNNO");
+    assert!(d.process.log().contains("action=greylist, reason=new"));
+}
+
+#[test]
+fn block_lists_and_their_failures() {
+    let dir = Scratch::new("pol");
+    miab_box(dir.path());
+    let dns = TestDns::start();
+    dns.add_a("2.0.0.127.zen.spamhaus.org", "127.0.0.2".parse().unwrap());
+    dns.add_txt(
+        "2.0.0.127.zen.spamhaus.org",
+        "https://www.spamhaus.org/query/ip/127.0.0.2",
+    );
+    dns.add_a(
+        "20.2.0.192.zen.spamhaus.org",
+        "127.255.255.254".parse().unwrap(),
+    );
+    dns.add_a("21.2.0.192.zen.spamhaus.org", "127.0.0.30".parse().unwrap());
+    dns.add_a(
+        "spam.example.dbl.spamhaus.org",
+        "127.0.1.2".parse().unwrap(),
+    );
+    dns.add_a(
+        "abused.example.dbl.spamhaus.org",
+        "127.0.1.102".parse().unwrap(),
+    );
+    dns.fail("22.2.0.192.zen.spamhaus.org");
+    let d = start(
+        &dir,
+        &config(&dir, dns.addr(), "checks = [\"rhsbl\", \"dnsbl\"]", ""),
+    );
+    let mut c = Client::connect(d.port);
+    assert_eq!(
+        c.ask(&[("client_address", "127.0.0.2")]),
+        "554 5.7.1 Service unavailable; Client host [127.0.0.2] blocked using zen.spamhaus.org; https://www.spamhaus.org/query/ip/127.0.0.2"
+    );
+    for ip in ["192.0.2.20", "192.0.2.21", "192.0.2.22", "192.0.2.23"] {
+        assert_eq!(c.ask(&[("client_address", ip)]), "DUNNO", "{ip}");
+    }
+    assert_eq!(
+        c.ask(&[
+            ("sender", "x@Spam.Example"),
+            ("client_address", "192.0.2.23")
+        ]),
+        "554 5.7.1 Service unavailable; Sender address [x@Spam.Example] blocked using dbl.spamhaus.org"
+    );
+    assert_eq!(c.ask(&[("sender", "x@abused.example")]), "DUNNO");
+    // Authenticated clients skip the client list, not the sender list (as MIAB's main.cf).
+    assert_eq!(
+        c.ask(&[
+            ("client_address", "127.0.0.2"),
+            ("sasl_username", "me@example.com")
+        ]),
+        "DUNNO"
+    );
+    // A dead DNS server: every query times out, nothing is rejected.
+    dns.set_silent(true);
+    assert_eq!(
+        c.ask(&[
+            ("client_address", "192.0.2.30"),
+            ("sender", "y@new.example")
+        ]),
+        "DUNNO"
+    );
+    dns.set_silent(false);
+    assert_eq!(c.ask(&[("client_address", "192.0.2.31")]), "DUNNO");
+    let log = d.process.log();
+    assert!(
+        log.contains("127.255.255.254: query through a public or open resolver"),
+        "{log}"
+    );
+    assert!(log.contains("answering again"), "{log}");
+    let unusable = log.matches("DNS block list unusable").count();
+    assert!(
+        (2..=4).contains(&unusable),
+        "logged once per state change, not per request:\n{log}"
+    );
+    assert!(
+        dns.queries()
+            .contains(&"30.2.0.192.zen.spamhaus.org".to_owned())
+    );
+}
+
+#[test]
+fn kill_9_under_load_keeps_the_greylist_db() {
+    let dir = Scratch::new("pol");
+    miab_box(dir.path());
+    let dns = TestDns::start();
+    let cfg = greylist_only(&dir, &dns, "delay_secs = 1");
+    let d = start(&dir, &cfg);
+    let port = d.port;
+    // The triplet answered before the crash must be remembered after it.
+    assert!(
+        Client::connect(port)
+            .ask(&[])
+            .starts_with("DEFER_IF_PERMIT")
+    );
+    let load: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port);
+                let mut answered = 0;
+                for i in 0.. {
+                    let rcpt = format!("r{t}-{i}@example.com");
+                    c.send(&request(&[("recipient", &rcpt)]));
+                    if c.reply().is_none() {
+                        break;
+                    }
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.process.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let answered: usize = load.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(answered > 100, "load ran ({answered} answers)");
+    drop(d);
+
+    let db = dir.join("mail/policyd/greylist.sqlite");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM triplets", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        n as usize >= answered,
+        "every answered triplet was committed: {n} < {answered}"
+    );
+    drop(conn);
+
+    std::thread::sleep(Duration::from_millis(1000));
+    let d = start(&dir, &cfg);
+    assert!(d.process.log().contains("triplets:"), "{}", d.process.log());
+    let again = Client::connect(d.port).ask(&[]);
+    assert!(
+        again.starts_with("PREPEND X-Greylist"),
+        "remembered across the crash: {again}"
+    );
+}
