@@ -250,7 +250,10 @@ mod tests {
     #[test]
     fn sample_config_parses() {
         let sample = include_str!("../../packaging/sidecars.toml");
-        Config::from_toml(sample, Path::new("packaging/sidecars.toml")).unwrap();
+        let c = Config::from_toml(sample, Path::new("packaging/sidecars.toml")).unwrap();
+        // The sample documents the defaults.
+        assert_eq!(c.dns, DnsConfig::default());
+        assert_eq!(c.policyd, PolicydConfig::default());
     }
 
     #[test]
