@@ -84,6 +84,15 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// Pins this process (and the threads it starts afterwards) to core 1, leaving core 0 to the
+/// daemon under test.
+pub fn pin_self_to_core_1() {
+    let _ = std::process::Command::new("/usr/bin/taskset")
+        .args(["-p", "-c", "1", &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status();
+}
+
 /// `a / b` formatted as a ratio, or `-` when `b` is zero.
 pub fn ratio(a: f64, b: f64) -> String {
     if b == 0.0 {

@@ -35,7 +35,10 @@ fn start(args: Args) -> anyhow::Result<()> {
         .unix_options()
         .map_err(anyhow::Error::msg)
         .context("[policyd] socket_mode")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: a policy answer is microseconds of work, and the greylist store's group
+    // commit runs inline, where a hand-off to another thread and back costs more than the
+    // commit. User DB reads still run on the blocking pool.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {

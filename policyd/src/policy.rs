@@ -316,9 +316,8 @@ impl Policy {
             return Ok(Verdict::Dunno);
         }
         let log = |action: &str, reason: &str, delay: Option<i64>| {
-            let line = handler::postgrey_line(action, reason, delay, req);
-            g.syslog.send(&line);
-            tracing::info!(target: "postgrey", "{line}");
+            g.syslog
+                .postgrey(&handler::postgrey_line(action, reason, delay, req));
         };
         if g.clients.matches(&req.client_name, &req.client_address) {
             log("pass", "client whitelist", None);
@@ -355,9 +354,7 @@ impl Policy {
             } else {
                 &req.client_name
             };
-            let line = format!("whitelisted: {who}");
-            g.syslog.send(&line);
-            tracing::info!(target: "postgrey", "{line}");
+            g.syslog.postgrey(&format!("whitelisted: {who}"));
         }
         Ok(match outcome {
             Outcome::Greylist { remaining, .. } if !g.dry_run => Verdict::Stop(format!(

@@ -37,6 +37,16 @@ impl Syslog {
         self.sock.is_some()
     }
 
+    /// Logs a postgrey line: to syslog when connected (journald or rsyslog get it there, so
+    /// it is not written twice), else to the daemon's own log.
+    pub fn postgrey(&self, line: &str) {
+        if self.sock.is_some() {
+            self.send(line);
+        } else {
+            tracing::info!(target: "postgrey", "{line}");
+        }
+    }
+
     /// Sends one line; dropped if the socket is gone or full.
     pub fn send(&self, line: &str) {
         if let Some(s) = &self.sock {

@@ -11,7 +11,10 @@
 //! `cargo build --release -p lookup -p miab-bench && target/release/bench-lookup`
 
 use lookup::proto;
-use miab_bench::{children_cpu_seconds, cpu_seconds, percentile, postfix_pids, ratio, status_kib};
+use miab_bench::{
+    children_cpu_seconds, cpu_seconds, percentile, pin_self_to_core_1, postfix_pids, ratio,
+    status_kib,
+};
 use miab_e2e::postfix::{MiabSqliteMaps, Postfix, PostfixConfig, lookup_socketmaps};
 use miab_e2e::process::DaemonProcess;
 use miab_e2e::{Scratch, fixture, free_port, tools};
@@ -238,13 +241,6 @@ fn key_mix() -> Vec<(&'static str, String)> {
         keys.push(("senders", format!("x{i}@elsewhere.example")));
     }
     keys
-}
-
-fn pin_self_to_core_1() {
-    let _ = Command::new("/usr/bin/taskset")
-        .args(["-p", "-c", "1", &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status();
 }
 
 /// `conns` connections share `total` lookups; returns the wall time and every latency.

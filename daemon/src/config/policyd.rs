@@ -127,7 +127,7 @@ pub struct GreylistConfig {
     pub spf_pool: bool,
     /// Log what would be greylisted but never defer. Default false.
     pub dry_run: bool,
-    /// Seconds between expiry rounds, each deleting a bounded batch. Default 60.
+    /// Seconds between expiry rounds; each examines 5,000 entries per table. Default 10.
     pub expire_interval_secs: u64,
     /// The syslog socket postgrey-format lines go to (program `postgrey`, facility mail),
     /// where MIAB's mail_log.py reads them; empty turns them off. Default `/dev/log`.
@@ -158,7 +158,7 @@ impl Default for GreylistConfig {
             ],
             spf_pool: true,
             dry_run: false,
-            expire_interval_secs: 60,
+            expire_interval_secs: 10,
             syslog_socket: "/dev/log".into(),
         }
     }

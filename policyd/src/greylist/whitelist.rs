@@ -9,21 +9,61 @@
 //! optional `+ext`, else a domain and its subdomains.
 
 use crate::net::Cidr;
-use regex::{Regex, RegexBuilder};
+use regex::{RegexSet, RegexSetBuilder};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
+
+/// Regexes matched in one pass: a request costs one automaton run, not one per line of a
+/// 300-line file.
+#[derive(Debug, Default)]
+struct Patterns {
+    sources: Vec<String>,
+    set: Option<RegexSet>,
+}
+
+impl Patterns {
+    /// Checks and adds one pattern.
+    fn add(&mut self, pattern: String) -> Result<(), String> {
+        build(std::slice::from_ref(&pattern))?;
+        self.sources.push(pattern);
+        self.set = None;
+        Ok(())
+    }
+
+    /// Compiles the set once all files are read.
+    fn seal(&mut self) {
+        if self.set.is_none() && !self.sources.is_empty() {
+            self.set = build(&self.sources).ok();
+        }
+    }
+
+    fn is_match(&self, s: &str) -> bool {
+        self.set.as_ref().is_some_and(|set| set.is_match(s))
+    }
+}
+
+fn build(patterns: &[String]) -> Result<RegexSet, String> {
+    RegexSetBuilder::new(patterns)
+        .case_insensitive(true)
+        .size_limit(8 << 20)
+        .build()
+        .map_err(|e| e.to_string())
+}
 
 /// The client whitelist.
 #[derive(Debug, Default)]
 pub struct ClientList {
-    names: Vec<Regex>,
+    regexes: Patterns,
+    /// Host names, lowercased: each matches itself and its subdomains.
+    hosts: HashSet<String>,
     nets: Vec<Cidr>,
 }
 
 /// The recipient whitelist.
 #[derive(Debug, Default)]
 pub struct RecipientList {
-    patterns: Vec<Regex>,
+    patterns: Patterns,
 }
 
 /// A line that could not be used, for the start-up log.
@@ -32,14 +72,6 @@ pub struct Skipped {
     pub file: String,
     pub line: usize,
     pub reason: String,
-}
-
-fn regex(pattern: &str) -> Result<Regex, String> {
-    RegexBuilder::new(pattern)
-        .case_insensitive(true)
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| e.to_string())
 }
 
 /// Meaningful lines of a whitelist file: comments cut, trimmed, blank lines dropped.
@@ -91,7 +123,7 @@ impl ClientList {
         let mut skipped = Vec::new();
         for (n, line) in lines(text) {
             let result = if let Some(re) = slashed(line) {
-                regex(re).map(|r| self.names.push(r))
+                self.regexes.add(re.to_owned())
             } else if let Some(net) = ipv4_partial(line) {
                 net.map(|c| self.nets.push(c))
             } else if line.contains(':') {
@@ -99,8 +131,9 @@ impl ClientList {
                     .map(|c| self.nets.push(c))
                     .ok_or_else(|| "not an IPv6 address or network".to_owned())
             } else if !line.contains(char::is_whitespace) {
-                let name = regex::escape(line.trim_start_matches('.'));
-                regex(&format!(r"(?:^|\.){name}$")).map(|r| self.names.push(r))
+                self.hosts
+                    .insert(line.trim_start_matches('.').to_ascii_lowercase());
+                Ok(())
             } else {
                 Err("doesn't look like a host name or address".to_owned())
             };
@@ -112,6 +145,7 @@ impl ClientList {
                 });
             }
         }
+        self.regexes.seal();
         skipped
     }
 
@@ -122,12 +156,27 @@ impl ClientList {
         {
             return true;
         }
-        !client_name.is_empty() && self.names.iter().any(|r| r.is_match(client_name))
+        if client_name.is_empty() {
+            return false;
+        }
+        let name = client_name.trim_end_matches('.').to_ascii_lowercase();
+        // The name and every parent domain of it.
+        let mut rest = name.as_str();
+        loop {
+            if self.hosts.contains(rest) {
+                return true;
+            }
+            match rest.split_once('.') {
+                Some((_, parent)) => rest = parent,
+                None => break,
+            }
+        }
+        self.regexes.is_match(client_name)
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.names.len() + self.nets.len()
+        self.regexes.sources.len() + self.hosts.len() + self.nets.len()
     }
 
     /// No entries?
@@ -156,10 +205,7 @@ impl RecipientList {
             } else {
                 Ok(format!(r"@(?:.+\.)?{}$", regex::escape(line)))
             };
-            if let Err(reason) = pattern
-                .and_then(|p| regex(&p))
-                .map(|r| self.patterns.push(r))
-            {
+            if let Err(reason) = pattern.and_then(|p| self.patterns.add(p)) {
                 skipped.push(Skipped {
                     file: file.to_owned(),
                     line: n,
@@ -167,22 +213,23 @@ impl RecipientList {
                 });
             }
         }
+        self.patterns.seal();
         skipped
     }
 
     /// Is the recipient whitelisted?
     pub fn matches(&self, recipient: &str) -> bool {
-        self.patterns.iter().any(|r| r.is_match(recipient))
+        self.patterns.is_match(recipient)
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.patterns.len()
+        self.patterns.sources.len()
     }
 
     /// No entries?
     pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
+        self.len() == 0
     }
 }
 

@@ -1,0 +1,274 @@
+//! `bench-policyd`: miab-policyd side by side with postgrey (Debian's package) on the same
+//! stream of policy requests, in one run. Each daemon is pinned to core 0, the client to core 1;
+//! both greylist with the same settings and the same whitelist files, and both answer every
+//! request from their on-disk state (BerkeleyDB for postgrey, SQLite for us).
+//!
+//! The stream: `conns` connections, each sending requests one at a time as smtpd does. Four
+//! in five are new triplets (postgrey's own benchmark advice: its `--delay=0` means 300 s), one
+//! in five repeats an earlier one. Reports requests/s, p50/p99 latency, CPU per request and
+//! peak RSS, and the ratios.
+//!
+//! Build and run (as root; `apt-get install postgrey`):
+//! `cargo build --release -p policyd -p miab-bench && target/release/bench-policyd [--quick]`
+
+use miab_bench::{cpu_seconds, percentile, pin_self_to_core_1, ratio, status_kib};
+use miab_e2e::process::DaemonProcess;
+use miab_e2e::{Scratch, chown_to, fixture, free_port, wait_for_port};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CONNS: usize = 16;
+
+#[derive(Debug)]
+struct Run {
+    name: &'static str,
+    wall: Duration,
+    requests: usize,
+    latencies: Vec<Duration>,
+    cpu: f64,
+    rss_kib: u64,
+    deferred: usize,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.wall.as_secs_f64()
+    }
+    fn cpu_per_request_ms(&self) -> f64 {
+        self.cpu * 1000.0 / self.requests as f64
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let per_conn = if quick { 250 } else { 2500 };
+    let bin = std::env::current_exe()
+        .unwrap()
+        .with_file_name("miab-policyd");
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build --release -p policyd -p miab-bench",
+        bin.display()
+    );
+    let postgrey = Path::new("/usr/sbin/postgrey");
+    assert!(
+        postgrey.exists(),
+        "postgrey missing: apt-get install postgrey"
+    );
+
+    // Both daemons log every decision to syslog, as on a real box. Without a syslog daemon
+    // here, the bench stands in for one.
+    let _syslog = SyslogSink::open();
+    let dir = Scratch::new("bench");
+    let root = dir.mkdir("data");
+    fixture::miab_box(&root);
+    let streams = streams(CONNS, per_conn);
+
+    // postgrey, as MIAB runs it (delay 180), in the foreground.
+    let pg_db = dir.mkdir("postgrey-db");
+    chown_to(&pg_db, "postgrey");
+    let pg_port = free_port();
+    let mut pg: Child = Command::new("/usr/bin/taskset")
+        .args(["-c", "0", "/usr/sbin/postgrey"])
+        .arg(format!("--inet=127.0.0.1:{pg_port}"))
+        .arg(format!("--dbdir={}", pg_db.display()))
+        .args(["--delay=180", "--user=postgrey", "--group=postgrey"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start postgrey");
+    assert!(
+        wait_for_port(pg_port, Duration::from_secs(20)),
+        "postgrey did not listen"
+    );
+
+    // miab-policyd with the same settings: greylisting only, the same whitelist files, no
+    // DNS (SPF pool keying off: postgrey has no equivalent to compare with).
+    let port = free_port();
+    let config = dir.join("policyd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage_root = \"{}\"\nhostname = \"bench.example\"\n[policyd]\nlisten = \"inet:127.0.0.1:{port}\"\n\
+             checks = [\"greylist\"]\ntrusted_clients = []\n[policyd.greylist]\nspf_pool = false\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let ours = DaemonProcess::start(
+        Path::new("/usr/bin/taskset"),
+        &[
+            "-c",
+            "0",
+            bin.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        dir.join("policyd.log"),
+    );
+    pin_self_to_core_1();
+
+    println!(
+        "# miab-policyd vs postgrey\n\n{CONNS} connections x {per_conn} requests each (one at a time per connection, as smtpd sends them); 4 in 5 new triplets, 1 in 5 repeats.\nEach daemon pinned to core 0, the client to core 1.\n"
+    );
+    let pg_pid = pg.id();
+    let a = measure("postgrey", pg_port, pg_pid, &streams);
+    let b = measure("miab-policyd", port, ours.pid(), &streams);
+    let _ = Command::new("kill").arg(pg_pid.to_string()).status();
+    let _ = pg.wait();
+
+    println!("| daemon | requests/s | p50 | p99 | CPU per request | peak RSS | deferred |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in [&a, &b] {
+        let mut l = r.latencies.clone();
+        l.sort();
+        println!(
+            "| {} | {:.0} | {:.3} ms | {:.3} ms | {:.4} ms | {:.1} MiB | {} |",
+            r.name,
+            r.rate(),
+            percentile(&l, 50.0).as_secs_f64() * 1000.0,
+            percentile(&l, 99.0).as_secs_f64() * 1000.0,
+            r.cpu_per_request_ms(),
+            r.rss_kib as f64 / 1024.0,
+            r.deferred
+        );
+    }
+    println!(
+        "\nmiab-policyd / postgrey: throughput {}, CPU per request {}, peak RSS {}",
+        ratio(b.rate(), a.rate()),
+        ratio(b.cpu_per_request_ms(), a.cpu_per_request_ms()),
+        ratio(b.rss_kib as f64, a.rss_kib as f64)
+    );
+}
+
+/// A datagram socket at `/dev/log` that reads and drops what arrives; removed on drop. `None`
+/// when a real syslog socket exists.
+struct SyslogSink {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SyslogSink {
+    fn open() -> Option<SyslogSink> {
+        let path = Path::new("/dev/log");
+        if path.exists() {
+            return None;
+        }
+        let sock = std::os::unix::net::UnixDatagram::bind(path).ok()?;
+        let _ = std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .ok()?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = sock.recv(&mut buf);
+            }
+        });
+        Some(SyslogSink { stop })
+    }
+}
+
+impl Drop for SyslogSink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::fs::remove_file("/dev/log");
+    }
+}
+
+/// Per connection, the requests it sends (the same for both daemons).
+fn streams(conns: usize, per_conn: usize) -> Vec<Vec<Vec<u8>>> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..conns)
+        .map(|c| {
+            (0..per_conn)
+                .map(|i| {
+                    let r = next();
+                    // One in five repeats an earlier request of this connection.
+                    let n = if i > 0 && r % 5 == 0 { (r >> 8) as usize % i } else { i };
+                    let (a, b) = ((n / 250) % 250, n % 250);
+                    format!(
+                        "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
+                         client_address=10.{c}.{a}.{b}\nclient_name=mx{n}.sender{c}.example\n\
+                         reverse_client_name=mx{n}.sender{c}.example\nhelo_name=mx{n}.sender{c}.example\n\
+                         sender=news-{n}@sender{c}.example\nrecipient=user{}@example.com\n\
+                         recipient_count=0\nqueue_id=\ninstance={c}.{n}\nsize=0\netrn_domain=\n\
+                         stress=\nsasl_method=\nsasl_username=\nsasl_sender=\nccert_subject=\n\
+                         ccert_issuer=\nccert_fingerprint=\nccert_pubkey_fingerprint=\n\
+                         encryption_protocol=\nencryption_cipher=\nencryption_keysize=0\npolicy_context=\n\n",
+                        n % 97
+                    )
+                    .into_bytes()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn measure(name: &'static str, port: u16, pid: u32, streams: &[Vec<Vec<u8>>]) -> Run {
+    let cpu0 = cpu_seconds(pid);
+    let start = Instant::now();
+    let workers: Vec<_> = streams
+        .iter()
+        .cloned()
+        .map(|reqs| {
+            std::thread::spawn(move || {
+                let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_nodelay(true).unwrap();
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let mut lat = Vec::with_capacity(reqs.len());
+                let mut deferred = 0;
+                let mut line = String::new();
+                for req in &reqs {
+                    let t = Instant::now();
+                    w.write_all(req).unwrap();
+                    let mut action = String::new();
+                    loop {
+                        line.clear();
+                        assert!(r.read_line(&mut line).unwrap() > 0, "connection closed");
+                        if line == "\n" {
+                            break;
+                        }
+                        action.push_str(&line);
+                    }
+                    lat.push(t.elapsed());
+                    if action
+                        .to_ascii_uppercase()
+                        .starts_with("ACTION=DEFER_IF_PERMIT")
+                    {
+                        deferred += 1;
+                    }
+                }
+                (lat, deferred)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut deferred = 0;
+    for w in workers {
+        let (l, d) = w.join().unwrap();
+        latencies.extend(l);
+        deferred += d;
+    }
+    let wall = start.elapsed();
+    Run {
+        name,
+        wall,
+        requests: latencies.len(),
+        latencies,
+        cpu: cpu_seconds(pid) - cpu0,
+        rss_kib: status_kib(pid, "VmHWM"),
+        deferred,
+    }
+}
