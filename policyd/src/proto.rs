@@ -162,6 +162,8 @@ pub struct Decoder {
     line_start: usize,
     /// Complete attribute lines of the request being read.
     attrs: usize,
+    /// The request being read, filled line by line.
+    pending: Request,
 }
 
 impl Decoder {
@@ -185,7 +187,7 @@ impl Decoder {
     pub fn next_request(&mut self) -> Result<Option<Request>, FrameError> {
         loop {
             let rest = &self.buf[self.line_start..];
-            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
                 return self.check_partial();
             };
             let line_end = self.line_start + nl;
@@ -197,14 +199,14 @@ impl Decoder {
             }
             let line = trim_cr(&self.buf[self.line_start..line_end]);
             if line.is_empty() {
-                let end = line_end + 1;
-                let req = parse(&self.buf[..end])?;
-                self.buf.drain(..end);
+                self.buf.drain(..=line_end);
                 self.line_start = 0;
                 self.attrs = 0;
-                return Ok(Some(req));
+                return Ok(Some(std::mem::take(&mut self.pending)));
             }
-            check_line(line)?;
+            let eq = check_line(line)?;
+            let value = String::from_utf8_lossy(&line[eq + 1..]).into_owned();
+            self.pending.set(&line[..eq], value);
             self.attrs += 1;
             if self.attrs > MAX_ATTRIBUTES {
                 return Err(FrameError::TooManyAttributes);
@@ -222,7 +224,7 @@ impl Decoder {
         if self.buf.len() > MAX_REQUEST {
             return Err(FrameError::RequestTooLarge);
         }
-        if partial.contains(&0) {
+        if memchr::memchr(0, partial).is_some() {
             return Err(FrameError::Nul);
         }
         Ok(None)
@@ -233,32 +235,16 @@ fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn check_line(line: &[u8]) -> Result<(), FrameError> {
-    if line.contains(&0) {
+/// Checks an attribute line; returns where its `=` is.
+fn check_line(line: &[u8]) -> Result<usize, FrameError> {
+    if memchr::memchr(0, line).is_some() {
         return Err(FrameError::Nul);
     }
-    match line.iter().position(|&b| b == b'=') {
+    match memchr::memchr(b'=', line) {
         None => Err(FrameError::NoEquals),
         Some(0) => Err(FrameError::EmptyName),
-        Some(_) => Ok(()),
+        Some(eq) => Ok(eq),
     }
-}
-
-/// Builds the request from its checked lines (blank line included).
-fn parse(frame: &[u8]) -> Result<Request, FrameError> {
-    let mut req = Request::default();
-    for line in frame.split(|&b| b == b'\n').map(trim_cr) {
-        if line.is_empty() {
-            continue;
-        }
-        let eq = line
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or(FrameError::NoEquals)?;
-        let value = String::from_utf8_lossy(&line[eq + 1..]).into_owned();
-        req.set(&line[..eq], value);
-    }
-    Ok(req)
 }
 
 /// Writes `action=ACTION` and the blank line. Line breaks and NULs in the action (from a
