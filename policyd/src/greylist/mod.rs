@@ -11,6 +11,9 @@ pub mod normalize;
 pub mod store;
 pub mod whitelist;
 
+/// How often a passing triplet's `last_seen` is written back, in seconds.
+const REFRESH: i64 = 3600;
+
 /// Timing settings, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -102,7 +105,10 @@ pub fn decide(
     }
     let waited = now - first;
     if confirmed || waited >= t.delay {
-        writes.triplet = Some(Triplet {
+        // A known triplet's last_seen only feeds the 35-day expiry: refreshing it once an
+        // hour is enough, and spares a write per message from regular correspondents.
+        let fresh = triplet.is_some_and(|s| s.confirmed && now - s.last_seen < REFRESH);
+        writes.triplet = (!fresh).then_some(Triplet {
             first_seen: first,
             last_seen: now,
             confirmed: true,
@@ -183,6 +189,15 @@ mod tests {
         );
         assert_eq!(o[2], Outcome::Pass { delayed: Some(185) });
         assert_eq!(o[3], Outcome::Pass { delayed: None });
+        // Known and recently written: no write; an hour later, a refresh.
+        let known = Triplet {
+            first_seen: 1000,
+            last_seen: 1300,
+            confirmed: true,
+        };
+        assert_eq!(decide(1400, Some(known), None, &T).1.triplet, None);
+        let w = decide(1300 + REFRESH, Some(known), None, &T).1.triplet;
+        assert_eq!(w.map(|t| t.last_seen), Some(1300 + REFRESH));
     }
 
     #[test]
