@@ -5,8 +5,7 @@
 
 mod policyd;
 
-use crate::listen::{ListenAddr, UnixOptions, parse_mode};
-use crate::serve::Limits;
+use crate::listen::ListenAddr;
 pub use policyd::{DnsblConfig, GreylistConfig, ListConfig, PolicydConfig, RateLimitConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -65,15 +64,32 @@ impl DnsConfig {
     }
 }
 
-/// Connection limits from a section's fields.
-fn server_limits(max_connections: usize, io: u64, idle: u64, drain: u64) -> Limits {
-    Limits {
-        max_connections,
-        io_timeout: Duration::from_secs(io),
-        idle_timeout: Duration::from_secs(idle),
-        drain_timeout: Duration::from_secs(drain),
-    }
+/// A daemon section's listener settings and limits, from the fields every daemon section has
+/// (`socket_mode`, `socket_group`, `max_connections` and the three timeouts).
+macro_rules! server_section {
+    ($section:ty) => {
+        impl $section {
+            /// The listener settings, with the socket mode checked.
+            pub fn unix_options(&self) -> Result<$crate::listen::UnixOptions, String> {
+                Ok($crate::listen::UnixOptions {
+                    mode: $crate::listen::parse_mode(&self.socket_mode)?,
+                    group: self.socket_group.clone(),
+                })
+            }
+
+            /// The connection limits.
+            pub fn limits(&self) -> $crate::serve::Limits {
+                $crate::serve::Limits {
+                    max_connections: self.max_connections,
+                    io_timeout: std::time::Duration::from_secs(self.io_timeout_secs),
+                    idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+                    drain_timeout: std::time::Duration::from_secs(self.drain_timeout_secs),
+                }
+            }
+        }
+    };
 }
+use server_section;
 
 /// `[lookup]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -116,25 +132,7 @@ impl Default for LookupConfig {
     }
 }
 
-impl LookupConfig {
-    /// The listener settings, with the socket mode checked.
-    pub fn unix_options(&self) -> Result<UnixOptions, String> {
-        Ok(UnixOptions {
-            mode: parse_mode(&self.socket_mode)?,
-            group: self.socket_group.clone(),
-        })
-    }
-
-    /// The connection limits.
-    pub fn limits(&self) -> Limits {
-        server_limits(
-            self.max_connections,
-            self.io_timeout_secs,
-            self.idle_timeout_secs,
-            self.drain_timeout_secs,
-        )
-    }
-}
+server_section!(LookupConfig);
 
 impl Default for Config {
     fn default() -> Self {

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod listen;
 pub mod serve;
+pub mod session;
 
 pub use cli::CommonArgs;
 pub use config::{

@@ -1,86 +1,59 @@
-//! One connection: read a netstring, answer it, write the reply, repeat. A timeout guards every
-//! read and write; a malformed frame is logged and the connection closed (Postfix reconnects);
-//! on shutdown the request in flight is finished first.
+//! One connection: netstrings in, answers out, through the shared request loop
+//! (`daemon::session`), which owns the timeouts and the shutdown rules.
 
 use crate::State;
 use crate::handler::{self, Map};
-use crate::proto::{self, MAX_REQUEST, Reply};
-use daemon::{Conn, timed};
-use std::io;
+use crate::proto::{self, FrameError, MAX_REQUEST, Reply};
+use daemon::Conn;
+use daemon::session::{Decoder, Handler};
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 4096;
 
 pub(crate) async fn run(state: Arc<State>, conn: Conn) {
-    let Conn {
-        mut stream,
-        peer,
-        id,
-        shutdown,
-    } = conn;
-    let limits = &state.limits;
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; READ_CHUNK];
-    let mut out = Vec::with_capacity(512);
-    let mut seq = 0u64;
-    // When the first byte of the frame being read arrived: the I/O limit covers the whole
-    // frame, so a peer trickling one byte at a time cannot hold a connection for long.
-    let mut frame_start: Option<Instant> = None;
-    loop {
-        match proto::decode(&buf, MAX_REQUEST) {
-            Ok(Some((payload, used))) => {
-                seq += 1;
-                let reply = answer(&state, payload, id, seq).await;
-                buf.drain(..used);
-                frame_start = (!buf.is_empty()).then(Instant::now);
-                out.clear();
-                reply.encode(&mut out);
-                if let Err(e) = timed(limits.io_timeout, stream.write_all(&out)).await {
-                    tracing::info!(conn = id, %peer, error = %e, "write failed; closing");
-                    return;
-                }
-                if shutdown.is_triggered() {
-                    return;
-                }
-                continue;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(conn = id, %peer, error = %e, "closing connection: malformed request frame");
-                return;
-            }
-        }
-        // Between requests the idle limit applies; inside one, what is left of the I/O limit.
-        let (limit, between) = match frame_start {
-            None => (limits.idle_timeout, true),
-            Some(t) => (limits.io_timeout.saturating_sub(t.elapsed()), false),
+    let answers = Answers {
+        state: Arc::clone(&state),
+        conn: conn.id,
+    };
+    daemon::session::run(conn, &state.limits, Netstrings::default(), answers).await;
+}
+
+/// The netstring codec over a connection's buffer.
+#[derive(Debug, Default)]
+struct Netstrings {
+    buf: Vec<u8>,
+}
+
+impl Decoder for Netstrings {
+    type Frame = Vec<u8>;
+    type Error = FrameError;
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let Some((payload, used)) = proto::decode(&self.buf, MAX_REQUEST)? else {
+            return Ok(None);
         };
-        let read = tokio::select! {
-            r = timed(limit, stream.read(&mut chunk)) => r,
-            () = shutdown.wait(), if between => return,
-        };
-        match read {
-            Ok(0) if between => return,
-            Ok(0) => {
-                tracing::warn!(conn = id, %peer, buffered = buf.len(), "connection closed in the middle of a request");
-                return;
-            }
-            Ok(n) => {
-                frame_start.get_or_insert_with(Instant::now);
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut && between => {
-                tracing::debug!(conn = id, %peer, "idle connection closed");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(conn = id, %peer, error = %e, buffered = buf.len(), "read failed; closing");
-                return;
-            }
-        }
+        let payload = payload.to_vec();
+        self.buf.drain(..used);
+        Ok(Some(payload))
+    }
+
+    fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+struct Answers {
+    state: Arc<State>,
+    conn: u64,
+}
+
+impl Handler<Vec<u8>> for Answers {
+    async fn answer(&mut self, frame: Vec<u8>, seq: u64, out: &mut Vec<u8>) {
+        answer(&self.state, &frame, self.conn, seq)
+            .await
+            .encode(out);
     }
 }
 

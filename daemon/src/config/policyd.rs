@@ -1,8 +1,6 @@
 //! `[policyd]` and its subsections: the policy daemon's checks and their settings.
 
-use super::server_limits;
-use crate::listen::{ListenAddr, UnixOptions, parse_mode};
-use crate::serve::Limits;
+use crate::listen::ListenAddr;
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -66,25 +64,7 @@ impl Default for PolicydConfig {
     }
 }
 
-impl PolicydConfig {
-    /// The listener settings, with the socket mode checked.
-    pub fn unix_options(&self) -> Result<UnixOptions, String> {
-        Ok(UnixOptions {
-            mode: parse_mode(&self.socket_mode)?,
-            group: self.socket_group.clone(),
-        })
-    }
-
-    /// The connection limits.
-    pub fn limits(&self) -> Limits {
-        server_limits(
-            self.max_connections,
-            self.io_timeout_secs,
-            self.idle_timeout_secs,
-            self.drain_timeout_secs,
-        )
-    }
-}
+super::server_section!(PolicydConfig);
 
 /// `[policyd.greylist]`: postgrey's settings, with MIAB's values as defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
