@@ -348,3 +348,151 @@ fn kill_9_under_load_keeps_the_greylist_db() {
         "remembered across the crash: {again}"
     );
 }
+
+#[test]
+fn spf_pool_keys_a_provider_by_its_domain() {
+    let dir = Scratch::new("pol");
+    miab_box(dir.path());
+    let dns = TestDns::start();
+    dns.add_txt(
+        "pool.example",
+        "v=spf1 ip4:192.0.2.0/24 ip4:198.51.100.0/24 -all",
+    );
+    dns.add_txt("nopool.example", "v=spf1 ip4:203.0.113.1 -all");
+    let d = start(&dir, &greylist_only(&dir, &dns, "delay_secs = 1"));
+    let mut c = Client::connect(d.port);
+    let from = |ip: &'static str, sender: &'static str| {
+        vec![
+            ("client_address", ip),
+            ("sender", sender),
+            ("helo_name", "mx.pool.example"),
+        ]
+    };
+    assert!(
+        c.ask(&from("192.0.2.10", "news@pool.example"))
+            .starts_with("DEFER_IF_PERMIT")
+    );
+    assert!(
+        c.ask(&from("192.0.2.11", "x@nopool.example"))
+            .starts_with("DEFER_IF_PERMIT")
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    // The retry comes from another network of the same provider: SPF vouches for both.
+    let retry = c.ask(&from("198.51.100.77", "news@pool.example"));
+    assert!(retry.starts_with("PREPEND X-Greylist"), "{retry}");
+    // Without SPF for the new address, the triplet is the client's network: a new one.
+    assert!(
+        c.ask(&from("198.51.100.78", "x@nopool.example"))
+            .starts_with("DEFER_IF_PERMIT")
+    );
+}
+
+#[test]
+fn forged_local_senders_and_rate_limits() {
+    let dir = Scratch::new("pol");
+    miab_box(dir.path());
+    let dns = TestDns::start();
+    dns.add_txt("other.example", "v=spf1 ip4:192.0.2.50 -all");
+    let top = "checks = [\"forged_sender\", \"rate_limit\"]\n\
+               [policyd.rate_limit]\nmessages_per_hour = 2\nrecipients_per_hour = 3";
+    let d = start(&dir, &config(&dir, dns.addr(), top, ""));
+    let mut c = Client::connect(d.port);
+    let ask = |c: &mut Client, attrs: &[(&str, &str)]| c.ask(attrs);
+
+    // Our own domain from a stranger: refused unless SPF or trust or a login vouches.
+    assert_eq!(
+        ask(&mut c, &[("sender", "me@example.com")]),
+        "553 5.7.1 not logged in"
+    );
+    assert_eq!(
+        ask(&mut c, &[("sender", "boss@OTHER.example")]),
+        "553 5.7.1 not logged in"
+    );
+    assert_eq!(
+        ask(
+            &mut c,
+            &[
+                ("sender", "boss@other.example"),
+                ("client_address", "192.0.2.50")
+            ]
+        ),
+        "DUNNO"
+    );
+    assert_eq!(
+        ask(
+            &mut c,
+            &[
+                ("sender", "me@example.com"),
+                ("client_address", "127.0.0.1")
+            ]
+        ),
+        "DUNNO"
+    );
+    assert_eq!(
+        ask(&mut c, &[("sender", "someone@elsewhere.example")]),
+        "DUNNO"
+    );
+    assert_eq!(ask(&mut c, &[("sender", "")]), "DUNNO");
+
+    // Rate limits per login: 2 messages, 3 recipients an hour.
+    let me = |inst: &'static str, rcpt: &'static str| {
+        vec![
+            ("sasl_username", "me@example.com"),
+            ("sender", "me@example.com"),
+            ("instance", inst),
+            ("recipient", rcpt),
+        ]
+    };
+    assert_eq!(ask(&mut c, &me("m1", "a@x.example")), "DUNNO");
+    assert_eq!(ask(&mut c, &me("m1", "b@x.example")), "DUNNO");
+    assert_eq!(ask(&mut c, &me("m2", "c@x.example")), "DUNNO");
+    assert_eq!(
+        ask(&mut c, &me("m2", "d@x.example")),
+        "450 4.7.1 rate limit: me@example.com may send to 3 recipients per hour"
+    );
+    assert_eq!(
+        ask(&mut c, &me("m3", "e@x.example")),
+        "450 4.7.1 rate limit: me@example.com may send 2 messages per hour"
+    );
+    let you = [
+        ("sasl_username", "you@example.com"),
+        ("sender", "you@example.com"),
+        ("instance", "y1"),
+    ];
+    assert_eq!(ask(&mut c, &you), "DUNNO", "other logins are not affected");
+    assert!(d.process.log().contains("recipient rate limit reached"));
+}
+
+#[test]
+fn a_locked_user_db_gives_the_fail_action() {
+    let dir = Scratch::new("pol");
+    let db = miab_box(dir.path());
+    let dns = TestDns::start();
+    let top = "checks = [\"sender_login\"]\nfail_action = \"DEFER_IF_PERMIT Service temporarily unavailable\"";
+    let cfg = config(&dir, dns.addr(), top, "").replace("[dns]", "db_busy_timeout_ms = 200\n[dns]");
+    let d = start(&dir, &cfg);
+    let mut c = Client::connect(d.port);
+    let auth = |sender: &'static str| vec![("sasl_username", "me@example.com"), ("sender", sender)];
+    assert_eq!(c.ask(&auth("me@example.com")), "DUNNO");
+    assert_eq!(
+        c.ask(&auth("you@example.com")),
+        "553 5.7.1 not owned by user me@example.com"
+    );
+    let lock = rusqlite::Connection::open(&db).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    assert_eq!(
+        c.ask(&auth("hello@example.com")),
+        "DEFER_IF_PERMIT Service temporarily unavailable"
+    );
+    lock.execute_batch("COMMIT").unwrap();
+    assert_eq!(
+        c.ask(&auth("hello@example.com")),
+        "DUNNO",
+        "served again once the lock is gone"
+    );
+    let log = d.process.log();
+    assert!(
+        log.contains("check failed; answering the fail action"),
+        "{log}"
+    );
+}
