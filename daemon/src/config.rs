@@ -44,7 +44,7 @@ pub struct DnsConfig {
     /// Recursive resolvers as `IP:PORT`. Default: the `nameserver` lines of
     /// `/etc/resolv.conf` (MIAB runs its own resolver on 127.0.0.1, which Spamhaus requires).
     pub nameservers: Vec<SocketAddr>,
-    /// Milliseconds one DNS query may take. Default 2000.
+    /// Milliseconds one block-list question or one whole SPF evaluation may take. Default 2000.
     pub timeout_ms: u64,
 }
 

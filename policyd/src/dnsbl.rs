@@ -11,6 +11,7 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// Answers that mean "listed", in Postfix's filter notation: each octet is a number,
 /// `[a..b]` or `[a;b;c]`.
@@ -211,14 +212,17 @@ pub fn reply_text(class: &str, what: &str, zone: &str, reason: Option<&str>) -> 
 #[derive(Debug)]
 pub struct Checker {
     resolver: TokioResolver,
+    /// The most one question may take, whatever the resolver's retries across servers.
+    limit: Duration,
     health: Mutex<HashMap<String, Option<String>>>,
 }
 
 impl Checker {
-    /// A checker over `resolver`.
-    pub fn new(resolver: TokioResolver) -> Checker {
+    /// A checker over `resolver`, giving up on a question after `limit`.
+    pub fn new(resolver: TokioResolver, limit: Duration) -> Checker {
         Checker {
             resolver,
+            limit,
             health: Mutex::new(HashMap::new()),
         }
     }
@@ -226,8 +230,10 @@ impl Checker {
     /// Asks `list` about `name` (a reversed address or a domain).
     pub async fn check(&self, list: &List, name: &str) -> Verdict {
         let fqdn = format!("{name}.{}.", list.query_zone);
-        let verdict = match self.resolver.lookup(fqdn.as_str(), RecordType::A).await {
-            Ok(l) => {
+        let lookup = self.resolver.lookup(fqdn.as_str(), RecordType::A);
+        let verdict = match tokio::time::timeout(self.limit, lookup).await {
+            Err(_) => Verdict::Unusable("DNS: no answer in time".into()),
+            Ok(Ok(l)) => {
                 let answers: Vec<Ipv4Addr> = l
                     .answers()
                     .iter()
@@ -238,8 +244,8 @@ impl Checker {
                     .collect();
                 classify(&answers, &list.codes)
             }
-            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Verdict::Clean,
-            Err(e) => Verdict::Unusable(format!("DNS: {e}")),
+            Ok(Err(e)) if e.is_nx_domain() || e.is_no_records_found() => Verdict::Clean,
+            Ok(Err(e)) => Verdict::Unusable(format!("DNS: {e}")),
         };
         self.note_health(list, &verdict);
         verdict
@@ -248,11 +254,8 @@ impl Checker {
     /// The list's explanation (its TXT record) for a listed name, as Postfix's `$rbl_reason`.
     pub async fn reason(&self, list: &List, name: &str) -> Option<String> {
         let fqdn = format!("{name}.{}.", list.query_zone);
-        let l = self
-            .resolver
-            .lookup(fqdn.as_str(), RecordType::TXT)
-            .await
-            .ok()?;
+        let lookup = self.resolver.lookup(fqdn.as_str(), RecordType::TXT);
+        let l = tokio::time::timeout(self.limit, lookup).await.ok()?.ok()?;
         l.answers().iter().find_map(|r| match &r.data {
             RData::TXT(t) => Some(
                 t.txt_data

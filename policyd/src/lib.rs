@@ -133,7 +133,7 @@ impl State {
             hostname: hostname(config),
             db,
             delims: Arc::new(Delimiters::new(config.recipient_delimiter.clone())),
-            lists: dnsbl::Checker::new(dns::resolver(&auth)),
+            lists: dnsbl::Checker::new(dns::resolver(&auth), config.dns.timeout()),
             auth,
             dns_timeout: config.dns.timeout(),
             client_lists,
