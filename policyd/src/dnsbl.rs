@@ -150,7 +150,7 @@ pub enum ListAction {
 }
 
 /// One configured list.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct List {
     /// The name in reply texts and logs (the public zone, never the DQS key).
     pub name: String,
@@ -193,6 +193,17 @@ impl List {
             codes: Codes::parse(codes)?,
             action,
         })
+    }
+}
+
+impl std::fmt::Debug for List {
+    // The query zone may hold a DQS key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("List")
+            .field("name", &self.name)
+            .field("codes", &self.codes)
+            .field("action", &self.action)
+            .finish_non_exhaustive()
     }
 }
 
@@ -358,6 +369,10 @@ mod tests {
     fn dqs_and_texts() {
         let l = List::new("zen.spamhaus.org", &[], "reject", Some("abc123")).unwrap();
         assert_eq!(l.query_zone, "abc123.zen.dq.spamhaus.net");
+        assert!(
+            !format!("{l:?}").contains("abc123"),
+            "the key never reaches a log"
+        );
         assert_eq!(l.name, "zen.spamhaus.org");
         let l = List::new("bl.example.", &[], "warn", Some("abc123")).unwrap();
         assert_eq!(

@@ -136,8 +136,11 @@ impl Policy {
                         conn = id.0, req = id.1, check = check.name(), error = %why,
                         action = %self.fail_action, "check failed; answering the fail action"
                     );
-                    verdicts.push(Verdict::Stop(self.fail_action.clone()));
-                    break;
+                    // A DUNNO fail action lets the remaining checks have their say.
+                    if !self.fail_action.eq_ignore_ascii_case("DUNNO") {
+                        verdicts.push(Verdict::Stop(self.fail_action.clone()));
+                        break;
+                    }
                 }
             }
         }

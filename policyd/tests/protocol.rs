@@ -495,4 +495,23 @@ fn a_locked_user_db_gives_the_fail_action() {
         log.contains("check failed; answering the fail action"),
         "{log}"
     );
+    drop(d);
+
+    // With the default fail action, DUNNO, the checks after the failed one still run.
+    dns.add_a(
+        "spam.example.dbl.spamhaus.org",
+        "127.0.1.2".parse().unwrap(),
+    );
+    let top = "checks = [\"sender_login\", \"rhsbl\"]";
+    let cfg = config(&dir, dns.addr(), top, "").replace("[dns]", "db_busy_timeout_ms = 200\n[dns]");
+    let d = start(&dir, &cfg);
+    let mut c = Client::connect(d.port);
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let listed = c.ask(&auth("me@spam.example"));
+    assert!(
+        listed.starts_with("554 5.7.1 Service unavailable; Sender address [me@spam.example]"),
+        "{listed}"
+    );
+    assert_eq!(c.ask(&auth("me@example.com")), "DUNNO");
+    lock.execute_batch("COMMIT").unwrap();
 }

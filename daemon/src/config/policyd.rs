@@ -145,7 +145,7 @@ impl Default for GreylistConfig {
 }
 
 /// `[policyd.dnsbl]`: DNS block lists for the client address and the sender's domain.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsblConfig {
     /// Lists queried with the client address (`dnsbl` check). Default zen.spamhaus.org,
@@ -174,6 +174,16 @@ impl Default for DnsblConfig {
             }],
             dqs_key: None,
         }
+    }
+}
+
+impl std::fmt::Debug for DnsblConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsblConfig")
+            .field("client_lists", &self.client_lists)
+            .field("sender_lists", &self.sender_lists)
+            .field("dqs_key", &self.dqs_key.as_ref().map(|_| "<set>"))
+            .finish()
     }
 }
 
