@@ -3,6 +3,7 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// `<22>`: facility mail (2) × 8 + severity info (6).
 const PRI_MAIL_INFO: u8 = 22;
@@ -10,8 +11,10 @@ const PRI_MAIL_INFO: u8 = 22;
 /// A connected syslog socket, or nothing when there is none (tests, containers).
 #[derive(Debug)]
 pub struct Syslog {
-    sock: Option<UnixDatagram>,
+    sock: Option<Arc<UnixDatagram>>,
     pid: u32,
+    /// Lines waiting for this turn of the event loop to end, and whether a flush is due.
+    pending: Arc<Mutex<(Vec<String>, bool)>>,
 }
 
 impl Syslog {
@@ -23,12 +26,13 @@ impl Syslog {
                 s.connect(path).ok()?;
                 // A stalled syslog daemon must never stall a policy answer.
                 s.set_nonblocking(true).ok()?;
-                Some(s)
+                Some(Arc::new(s))
             })
             .flatten();
         Syslog {
             sock,
             pid: std::process::id(),
+            pending: Arc::default(),
         }
     }
 
@@ -39,20 +43,54 @@ impl Syslog {
 
     /// Logs a postgrey line: to syslog when connected (journald or rsyslog get it there, so
     /// it is not written twice), else to the daemon's own log.
+    ///
+    /// Lines logged while the event loop answers a burst of requests go out together after
+    /// it, one datagram each, so the syslog daemon is woken once per burst, not per line.
     pub fn postgrey(&self, line: &str) {
-        if self.sock.is_some() {
-            self.send(line);
-        } else {
+        let Some(sock) = &self.sock else {
             tracing::info!(target: "postgrey", "{line}");
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.send(line);
+            return;
+        };
+        let msg = self.format(line);
+        let schedule = {
+            let mut p = self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            p.0.push(msg);
+            !std::mem::replace(&mut p.1, true)
+        };
+        if schedule {
+            let (sock, pending) = (Arc::clone(sock), Arc::clone(&self.pending));
+            runtime.spawn(async move {
+                tokio::task::yield_now().await;
+                let lines = {
+                    let mut p = pending
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    p.1 = false;
+                    std::mem::take(&mut p.0)
+                };
+                for l in lines {
+                    let _ = sock.send(l.as_bytes());
+                }
+            });
         }
     }
 
-    /// Sends one line; dropped if the socket is gone or full.
+    /// Sends one line now; dropped if the socket is gone or full.
     pub fn send(&self, line: &str) {
         if let Some(s) = &self.sock {
-            let msg = format!("<{PRI_MAIL_INFO}>postgrey[{}]: {line}", self.pid);
-            let _ = s.send(msg.as_bytes());
+            let _ = s.send(self.format(line).as_bytes());
         }
+    }
+
+    fn format(&self, line: &str) -> String {
+        format!("<{PRI_MAIL_INFO}>postgrey[{}]: {line}", self.pid)
     }
 }
 

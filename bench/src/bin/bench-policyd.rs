@@ -11,7 +11,7 @@
 //! Build and run (as root; `apt-get install postgrey`):
 //! `cargo build --release -p policyd -p miab-bench && target/release/bench-policyd [--quick]`
 
-use miab_bench::{cpu_seconds, percentile, pin_self_to_core_1, ratio, status_kib};
+use miab_bench::{cpu_seconds, percentile, pin_self_to_core_1, status_kib};
 use miab_e2e::process::DaemonProcess;
 use miab_e2e::{Scratch, chown_to, fixture, free_port, wait_for_port};
 use std::io::{BufRead, BufReader, Write};
@@ -44,7 +44,7 @@ impl Run {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let per_conn = if quick { 250 } else { 2500 };
+    let (per_conn, rounds) = if quick { (250, 1) } else { (2500, 5) };
     let bin = std::env::current_exe()
         .unwrap()
         .with_file_name("miab-policyd");
@@ -65,7 +65,6 @@ fn main() {
     let dir = Scratch::new("bench");
     let root = dir.mkdir("data");
     fixture::miab_box(&root);
-    let streams = streams(CONNS, per_conn);
 
     // postgrey, as MIAB runs it (delay 180), in the foreground.
     let pg_db = dir.mkdir("postgrey-db");
@@ -113,35 +112,49 @@ fn main() {
     pin_self_to_core_1();
 
     println!(
-        "# miab-policyd vs postgrey\n\n{CONNS} connections x {per_conn} requests each (one at a time per connection, as smtpd sends them); 4 in 5 new triplets, 1 in 5 repeats.\nEach daemon pinned to core 0, the client to core 1.\n"
+        "# miab-policyd vs postgrey\n\n{rounds} rounds; each sends {CONNS} connections x {per_conn} requests (one at a time per connection, as smtpd sends them) to postgrey, then the same requests to miab-policyd; 4 in 5 new triplets, 1 in 5 repeats, new triplets every round.\nEach daemon pinned to core 0, the client to core 1.\n"
     );
+    println!("| round | daemon | requests/s | p50 | p99 | CPU per request | peak RSS | deferred |");
+    println!("|---|---|---|---|---|---|---|---|");
     let pg_pid = pg.id();
-    let a = measure("postgrey", pg_port, pg_pid, &streams);
-    let b = measure("miab-policyd", port, ours.pid(), &streams);
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        // The same stream for both; a new one each round.
+        let streams = streams(round, CONNS, per_conn);
+        let a = measure("postgrey", pg_port, pg_pid, &streams);
+        let b = measure("miab-policyd", port, ours.pid(), &streams);
+        for r in [&a, &b] {
+            let mut l = r.latencies.clone();
+            l.sort();
+            println!(
+                "| {round} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.4} ms | {:.1} MiB | {} |",
+                r.name,
+                r.rate(),
+                percentile(&l, 50.0).as_secs_f64() * 1000.0,
+                percentile(&l, 99.0).as_secs_f64() * 1000.0,
+                r.cpu_per_request_ms(),
+                r.rss_kib as f64 / 1024.0,
+                r.deferred
+            );
+        }
+        ratios.push((
+            b.rate() / a.rate(),
+            b.cpu_per_request_ms() / a.cpu_per_request_ms(),
+            b.rss_kib as f64 / a.rss_kib as f64,
+        ));
+    }
     let _ = Command::new("kill").arg(pg_pid.to_string()).status();
     let _ = pg.wait();
-
-    println!("| daemon | requests/s | p50 | p99 | CPU per request | peak RSS | deferred |");
-    println!("|---|---|---|---|---|---|---|");
-    for r in [&a, &b] {
-        let mut l = r.latencies.clone();
-        l.sort();
-        println!(
-            "| {} | {:.0} | {:.3} ms | {:.3} ms | {:.4} ms | {:.1} MiB | {} |",
-            r.name,
-            r.rate(),
-            percentile(&l, 50.0).as_secs_f64() * 1000.0,
-            percentile(&l, 99.0).as_secs_f64() * 1000.0,
-            r.cpu_per_request_ms(),
-            r.rss_kib as f64 / 1024.0,
-            r.deferred
-        );
-    }
+    let median = |f: fn(&(f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = ratios.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     println!(
-        "\nmiab-policyd / postgrey: throughput {}, CPU per request {}, peak RSS {}",
-        ratio(b.rate(), a.rate()),
-        ratio(b.cpu_per_request_ms(), a.cpu_per_request_ms()),
-        ratio(b.rss_kib as f64, a.rss_kib as f64)
+        "\nmiab-policyd / postgrey, median of {rounds} rounds: throughput {:.2}x, CPU per request {:.3}x, peak RSS {:.2}x",
+        median(|r| r.0),
+        median(|r| r.1),
+        median(|r| r.2)
     );
 }
 
@@ -181,8 +194,8 @@ impl Drop for SyslogSink {
 }
 
 /// Per connection, the requests it sends (the same for both daemons).
-fn streams(conns: usize, per_conn: usize) -> Vec<Vec<Vec<u8>>> {
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+fn streams(round: usize, conns: usize, per_conn: usize) -> Vec<Vec<Vec<u8>>> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ round as u64;
     let mut next = move || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -199,9 +212,9 @@ fn streams(conns: usize, per_conn: usize) -> Vec<Vec<Vec<u8>>> {
                     let (a, b) = ((n / 250) % 250, n % 250);
                     format!(
                         "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
-                         client_address=10.{c}.{a}.{b}\nclient_name=mx{n}.sender{c}.example\n\
-                         reverse_client_name=mx{n}.sender{c}.example\nhelo_name=mx{n}.sender{c}.example\n\
-                         sender=news-{n}@sender{c}.example\nrecipient=user{}@example.com\n\
+                         client_address=10.{c}.{a}.{b}\nclient_name=mx{n}.sender{c}-r{round}.example\n\
+                         reverse_client_name=mx{n}.sender{c}-r{round}.example\nhelo_name=mx{n}.sender{c}-r{round}.example\n\
+                         sender=news-{n}@sender{c}-r{round}.example\nrecipient=user{}@example.com\n\
                          recipient_count=0\nqueue_id=\ninstance={c}.{n}\nsize=0\netrn_domain=\n\
                          stress=\nsasl_method=\nsasl_username=\nsasl_sender=\nccert_subject=\n\
                          ccert_issuer=\nccert_fingerprint=\nccert_pubkey_fingerprint=\n\

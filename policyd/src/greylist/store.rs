@@ -118,7 +118,7 @@ pub fn open_db(path: &Path) -> Result<Connection, StoreError> {
     // loss, and then only the newest ones: a few triplets greylisted twice.
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(open)?;
-    conn.pragma_update(None, "cache_size", -8192)
+    conn.pragma_update(None, "cache_size", -2048)
         .map_err(open)?;
     conn.execute_batch(SCHEMA).map_err(open)?;
     Ok(conn)
