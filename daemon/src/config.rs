@@ -3,9 +3,11 @@
 //! Every field has a default, so no file at all is a valid configuration. Unknown fields are an
 //! error, so a typo is reported instead of silently ignored.
 
+mod authd;
 mod policyd;
 
 use crate::listen::ListenAddr;
+pub use authd::AuthdConfig;
 pub use policyd::{DnsblConfig, GreylistConfig, ListConfig, PolicydConfig, RateLimitConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -35,6 +37,8 @@ pub struct Config {
     pub lookup: LookupConfig,
     /// `[policyd]`: the policy daemon.
     pub policyd: PolicydConfig,
+    /// `[authd]`: the SMTP AUTH daemon.
+    pub authd: AuthdConfig,
 }
 
 /// `[dns]`.
@@ -144,6 +148,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             lookup: LookupConfig::default(),
             policyd: PolicydConfig::default(),
+            authd: AuthdConfig::default(),
         }
     }
 }
@@ -252,6 +257,7 @@ mod tests {
         // The sample documents the defaults.
         assert_eq!(c.dns, DnsConfig::default());
         assert_eq!(c.policyd, PolicydConfig::default());
+        assert_eq!(c.authd, AuthdConfig::default());
     }
 
     #[test]

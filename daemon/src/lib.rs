@@ -10,8 +10,8 @@ pub mod session;
 
 pub use cli::CommonArgs;
 pub use config::{
-    Config, ConfigError, DnsConfig, DnsblConfig, GreylistConfig, ListConfig, LookupConfig,
-    PolicydConfig, RateLimitConfig,
+    AuthdConfig, Config, ConfigError, DnsConfig, DnsblConfig, GreylistConfig, ListConfig,
+    LookupConfig, PolicydConfig, RateLimitConfig,
 };
 pub use listen::{ListenAddr, Listener, Peer, Stream, UnixOptions};
 pub use serve::{Conn, Limits, Shutdown, Trigger, serve, shutdown_on_signals, timed};

@@ -33,6 +33,9 @@ pub trait Decoder {
 
 /// A protocol's answers, with whatever per-connection state it keeps.
 pub trait Handler<F> {
+    /// What the server says first, before the client sends anything (none by default).
+    fn greeting(&mut self, _out: &mut Vec<u8>) {}
+
     /// Appends the reply to `frame`, the connection's request number `seq`, to `out`.
     fn answer(&mut self, frame: F, seq: u64, out: &mut Vec<u8>) -> impl Future<Output = ()> + Send;
 }
@@ -52,6 +55,13 @@ where
     let mut chunk = [0u8; READ_CHUNK];
     let mut out = Vec::with_capacity(512);
     let mut seq = 0u64;
+    handler.greeting(&mut out);
+    if !out.is_empty()
+        && let Err(e) = timed(limits.io_timeout, stream.write_all(&out)).await
+    {
+        tracing::info!(conn = id, %peer, error = %e, "write failed; closing");
+        return;
+    }
     // When the first byte of the request being read arrived.
     let mut started: Option<Instant> = None;
     loop {

@@ -37,6 +37,22 @@ impl DaemonProcess {
         d
     }
 
+    /// Writes `config` to `NAME.toml` in `dir` and starts `bin --config FILE ARGS...`, logging
+    /// to `NAME.log` there.
+    pub fn with_config(
+        bin: &Path,
+        dir: &crate::Scratch,
+        name: &str,
+        config: &str,
+        args: &[&str],
+    ) -> DaemonProcess {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let mut all = vec!["--config", path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        DaemonProcess::start(bin, &all, dir.join(format!("{name}.log")))
+    }
+
     /// What it logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

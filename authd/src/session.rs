@@ -1,0 +1,227 @@
+//! One Postfix connection: the handshake first, then AUTH and CONT lines answered in order
+//! through the shared request loop (`daemon::session`), which owns the timeouts and the
+//! shutdown rules. Exchanges waiting for a CONT are kept per connection, bounded.
+
+use crate::State;
+use crate::handler::{self, Credentials, INSECURE_REASON, LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT};
+use crate::proto::{self, Auth, Command, LineError, Lines, Reply};
+use daemon::Conn;
+use daemon::session::{Decoder, Handler};
+use std::collections::HashMap;
+use std::sync::Arc;
+use userdb::Password;
+
+/// Exchanges one connection may leave waiting for their next step.
+const MAX_PENDING: usize = 16384;
+
+pub(crate) async fn run(state: Arc<State>, conn: Conn) {
+    let answers = Answers {
+        cuid: conn.id,
+        state: Arc::clone(&state),
+        pending: HashMap::new(),
+    };
+    daemon::session::run(conn, &state.limits, Commands::default(), answers).await;
+}
+
+/// Lines in, parsed commands out.
+#[derive(Debug, Default)]
+struct Commands {
+    lines: Lines,
+}
+
+impl Decoder for Commands {
+    type Frame = Command;
+    type Error = LineError;
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.lines.push(bytes);
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Command>, LineError> {
+        self.lines
+            .next_line()?
+            .map(|l| proto::parse(&l))
+            .transpose()
+    }
+
+    fn buffered(&self) -> usize {
+        self.lines.buffered()
+    }
+}
+
+/// Where a multi-step exchange stands.
+enum Step {
+    /// PLAIN sent without an initial response: the next CONT carries it.
+    Plain,
+    /// LOGIN waiting for the username.
+    LoginUser,
+    /// LOGIN waiting for the password of this user.
+    LoginPassword(String),
+}
+
+struct Answers {
+    state: Arc<State>,
+    cuid: u64,
+    pending: HashMap<u32, (Step, Auth)>,
+}
+
+impl Handler<Command> for Answers {
+    fn greeting(&mut self, out: &mut Vec<u8>) {
+        let s = &self.state;
+        out.extend_from_slice(
+            proto::handshake(&handler::MECHANISMS, s.pid, self.cuid, &s.cookie).as_bytes(),
+        );
+    }
+
+    async fn answer(&mut self, cmd: Command, _seq: u64, out: &mut Vec<u8>) {
+        let reply = match cmd {
+            Command::Version { .. } | Command::Cpid(_) => return,
+            Command::Auth(auth) => self.start(auth).await,
+            Command::Cont { id, data } => self.cont(id, &data).await,
+        };
+        let mut line = String::new();
+        reply.encode(&mut line);
+        out.extend_from_slice(line.as_bytes());
+    }
+}
+
+impl Answers {
+    async fn start(&mut self, auth: Auth) -> Reply {
+        let id = auth.id;
+        let fail = |reason: &str| Reply::Fail {
+            id,
+            temp: false,
+            reason: Some(reason.to_owned()),
+        };
+        if self.pending.contains_key(&id) {
+            return fail("request id already in use");
+        }
+        if !handler::MECHANISMS.contains(&auth.mech.as_str()) {
+            return fail("Unsupported authentication mechanism.");
+        }
+        if !handler::plaintext_allowed(
+            auth.secured,
+            &auth.remote_ip,
+            self.state.allow_insecure_plaintext,
+        ) {
+            tracing::info!(cuid = self.cuid, id, rip = %auth.remote_ip, "plaintext authentication without TLS refused");
+            return fail(INSECURE_REASON);
+        }
+        let step = match (auth.mech.as_str(), auth.resp.as_deref()) {
+            ("PLAIN", Some(resp)) => {
+                let creds = handler::plain(resp);
+                return self.finish(&auth, creds).await;
+            }
+            ("PLAIN", None) => (Step::Plain, ""),
+            (_, Some(resp)) => match handler::login_user(resp) {
+                Ok(user) => (Step::LoginPassword(user), LOGIN_PASS_PROMPT),
+                Err(e) => return self.finish(&auth, Err(e)).await,
+            },
+            (_, None) => (Step::LoginUser, LOGIN_USER_PROMPT),
+        };
+        if self.pending.len() >= MAX_PENDING {
+            return Reply::Fail {
+                id,
+                temp: true,
+                reason: Some("too many authentications in progress".into()),
+            };
+        }
+        self.pending.insert(id, (step.0, auth));
+        Reply::Cont {
+            id,
+            challenge: step.1.to_owned(),
+        }
+    }
+
+    async fn cont(&mut self, id: u32, data: &str) -> Reply {
+        let Some((step, auth)) = self.pending.remove(&id) else {
+            return Reply::Fail {
+                id,
+                temp: false,
+                reason: Some("unknown authentication request".into()),
+            };
+        };
+        let creds = match step {
+            Step::Plain => handler::plain(data),
+            Step::LoginUser => match handler::login_user(data) {
+                Ok(user) => {
+                    self.pending.insert(id, (Step::LoginPassword(user), auth));
+                    return Reply::Cont {
+                        id,
+                        challenge: LOGIN_PASS_PROMPT.to_owned(),
+                    };
+                }
+                Err(e) => Err(e),
+            },
+            Step::LoginPassword(user) => handler::login_password(user, data),
+        };
+        self.finish(&auth, creds).await
+    }
+
+    /// Verifies credentials and answers; a refusal waits `failure_delay` first.
+    async fn finish(&self, auth: &Auth, creds: Result<Credentials, handler::SaslError>) -> Reply {
+        let id = auth.id;
+        let outcome = match creds {
+            Ok(c) => self.state.verify(&c.login, c.password).await,
+            Err(e) => {
+                tracing::info!(cuid = self.cuid, id, rip = %auth.remote_ip, error = %e, "malformed SASL response");
+                Verified::No(String::new())
+            }
+        };
+        match outcome {
+            Verified::Yes(user) => {
+                tracing::info!(cuid = self.cuid, id, user = %user, rip = %auth.remote_ip, service = %auth.service, "authenticated");
+                Reply::Ok { id, user }
+            }
+            Verified::No(login) => {
+                tracing::info!(cuid = self.cuid, id, login = %login, rip = %auth.remote_ip, service = %auth.service, "authentication failed");
+                tokio::time::sleep(self.state.failure_delay).await;
+                Reply::Fail {
+                    id,
+                    temp: false,
+                    reason: None,
+                }
+            }
+            Verified::Temp(why) => {
+                tracing::warn!(cuid = self.cuid, id, rip = %auth.remote_ip, error = %why, "user DB unavailable; temporary failure");
+                Reply::Fail {
+                    id,
+                    temp: true,
+                    reason: Some("Temporary authentication failure".into()),
+                }
+            }
+        }
+    }
+}
+
+/// What a verification found.
+pub(crate) enum Verified {
+    /// The canonical address from the DB.
+    Yes(String),
+    /// Wrong password or no such user (the folded login, for the log).
+    No(String),
+    /// The DB could not answer.
+    Temp(String),
+}
+
+impl State {
+    /// Checks a login and password against the user DB.
+    pub(crate) async fn verify(&self, login: &str, password: Password) -> Verified {
+        let key = handler::fold_login(login);
+        let lookup = key.clone();
+        let user = match self.db.read(move |db| db.user(&lookup)).await {
+            Ok(u) => u,
+            Err(e) => return Verified::Temp(e.to_string()),
+        };
+        // An unknown user costs a hash as well, so timing does not tell which logins exist.
+        let (email, hash) = match user {
+            Some(u) => (Some(u.email), u.password_hash),
+            None => (None, self.decoy_hash.clone()),
+        };
+        let good = self.db.verify_password(password, hash).await;
+        match email {
+            Some(email) if good => Verified::Yes(email),
+            _ => Verified::No(key),
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! `[authd]`: the SMTP AUTH daemon (Dovecot's auth-client protocol for Postfix).
+
+use crate::listen::ListenAddr;
+use serde::Deserialize;
+
+/// `[authd]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthdConfig {
+    /// Where to listen. Default `unix:/var/spool/postfix/private/miab-auth`, inside Postfix's
+    /// queue directory where chrooted smtpd finds it as `smtpd_sasl_path = private/miab-auth`
+    /// (MIAB's Dovecot keeps `private/auth`).
+    pub listen: ListenAddr,
+    /// Mode of the UNIX socket, octal. Default `"0660"`.
+    pub socket_mode: String,
+    /// Group of the UNIX socket (Postfix's smtpd runs as `postfix`). Default: the daemon's.
+    pub socket_group: Option<String>,
+    /// Connections served at once (Postfix keeps one per smtpd process). Default 512.
+    pub max_connections: usize,
+    /// Seconds a started line may take to arrive, and a reply to be written. Default 10.
+    pub io_timeout_secs: u64,
+    /// Seconds a connection may sit idle. Default 3600: smtpd keeps its connection.
+    pub idle_timeout_secs: u64,
+    /// Seconds shutdown waits for connections to finish. Default 5.
+    pub drain_timeout_secs: u64,
+    /// User DB connections. Default 4.
+    pub db_connections: usize,
+    /// Milliseconds a failed authentication waits before its FAIL, as Dovecot's
+    /// `auth_failure_delay`; other connections are not held up. Default 2000.
+    pub failure_delay_ms: u64,
+    /// Accept PLAIN and LOGIN from a non-loopback client on a connection without TLS (Postfix
+    /// says `secured` when the SMTP session has TLS). Default false.
+    pub allow_insecure_plaintext: bool,
+}
+
+impl Default for AuthdConfig {
+    fn default() -> Self {
+        AuthdConfig {
+            listen: ListenAddr::Unix("/var/spool/postfix/private/miab-auth".into()),
+            socket_mode: "0660".into(),
+            socket_group: None,
+            max_connections: 512,
+            io_timeout_secs: 10,
+            idle_timeout_secs: 3600,
+            drain_timeout_secs: 5,
+            db_connections: 4,
+            failure_delay_ms: 2000,
+            allow_insecure_plaintext: false,
+        }
+    }
+}
+
+super::server_section!(AuthdConfig);
