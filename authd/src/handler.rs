@@ -94,9 +94,20 @@ pub fn fold_login(login: &str) -> String {
     login.trim().to_lowercase()
 }
 
-/// May a plaintext mechanism run? Over TLS (`secured`), from loopback, or when configured.
-pub fn plaintext_allowed(secured: bool, remote_ip: &str, allow_insecure: bool) -> bool {
-    secured || allow_insecure || remote_ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// May a plaintext mechanism run? Over TLS (`secured`), from loopback, from the server's own
+/// address (Dovecot's rule: remote equals local, which includes a local tool that sends
+/// neither), or when configured.
+pub fn plaintext_allowed(
+    secured: bool,
+    local_ip: &str,
+    remote_ip: &str,
+    allow_insecure: bool,
+) -> bool {
+    let ip = |s: &str| s.parse::<IpAddr>().ok();
+    secured
+        || allow_insecure
+        || ip(remote_ip).is_some_and(|ip| ip.is_loopback())
+        || ip(remote_ip) == ip(local_ip)
 }
 
 /// Dovecot's text for a refused plaintext login.
@@ -147,11 +158,20 @@ mod tests {
         assert_eq!(c.password.expose(), "s3cret");
         assert_eq!(login_user("").unwrap_err(), SaslError::Field);
         assert_eq!(fold_login(" Alice@Example.ORG "), "alice@example.org");
-        assert!(plaintext_allowed(false, "127.0.0.1", false));
-        assert!(plaintext_allowed(false, "::1", false));
-        assert!(plaintext_allowed(true, "192.0.2.1", false));
-        assert!(plaintext_allowed(false, "192.0.2.1", true));
-        assert!(!plaintext_allowed(false, "192.0.2.1", false));
-        assert!(!plaintext_allowed(false, "", false));
+        let lip = "198.51.100.5";
+        assert!(plaintext_allowed(false, lip, "127.0.0.1", false));
+        assert!(plaintext_allowed(false, lip, "::1", false));
+        assert!(plaintext_allowed(true, lip, "192.0.2.1", false));
+        assert!(plaintext_allowed(false, lip, "192.0.2.1", true));
+        assert!(!plaintext_allowed(false, lip, "192.0.2.1", false));
+        assert!(
+            plaintext_allowed(false, lip, lip, false),
+            "the server's own address"
+        );
+        assert!(
+            plaintext_allowed(false, "", "", false),
+            "a local tool sends neither"
+        );
+        assert!(!plaintext_allowed(false, lip, "", false));
     }
 }

@@ -101,6 +101,7 @@ impl Answers {
         }
         if !handler::plaintext_allowed(
             auth.secured,
+            &auth.local_ip,
             &auth.remote_ip,
             self.state.allow_insecure_plaintext,
         ) {
