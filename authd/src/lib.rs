@@ -104,3 +104,44 @@ pub fn fuzz_decode(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The fuzz body over pseudo-random inputs built from protocol pieces and noise.
+    #[test]
+    fn fuzz_body_on_pseudo_random_input() {
+        let pieces: [&[u8]; 9] = [
+            b"AUTH\t1\tPLAIN\tservice=smtp\t",
+            b"resp=AGEAYg==",
+            b"\n",
+            b"CONT\t1\t",
+            b"VERSION\t1\t0\n",
+            b"\x01t",
+            b"\t",
+            b"\xff",
+            b"=",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let mut data = Vec::new();
+            for _ in 0..(next() % 40) {
+                let r = next();
+                if r % 5 == 0 {
+                    data.extend(std::iter::repeat_n(
+                        (r >> 8) as u8,
+                        (r >> 16) as usize % 300,
+                    ));
+                } else {
+                    data.extend_from_slice(pieces[(r >> 8) as usize % pieces.len()]);
+                }
+            }
+            crate::fuzz_decode(&data);
+        }
+    }
+}

@@ -257,7 +257,11 @@ mod tests {
         // The sample documents the defaults.
         assert_eq!(c.dns, DnsConfig::default());
         assert_eq!(c.policyd, PolicydConfig::default());
-        assert_eq!(c.authd, AuthdConfig::default());
+        let authd = AuthdConfig {
+            socket_group: Some("postfix".into()),
+            ..AuthdConfig::default()
+        };
+        assert_eq!(c.authd, authd, "the sample only adds the socket's group");
     }
 
     #[test]
