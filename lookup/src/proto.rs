@@ -284,20 +284,7 @@ mod tests {
     /// The fuzz target's body on pseudo-random input, so `cargo test` covers it on stable.
     #[test]
     fn random_input_never_panics_or_overreads() {
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let alphabet = b"0123456789:, abcx\xff";
-        for _ in 0..20_000 {
-            let len = (next() % 40) as usize;
-            let input: Vec<u8> = (0..len)
-                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
-                .collect();
-            crate::fuzz_decode(&input);
-        }
+        let pieces: [&[u8]; 8] = [b"0", b"9", b":", b",", b" ", b"aliases", b"x", b"\xff"];
+        miab_e2e::pseudo_random_inputs(&pieces, 20_000, crate::fuzz_decode);
     }
 }

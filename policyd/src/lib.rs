@@ -258,27 +258,6 @@ mod tests {
             b"recipient=",
             b"\xff\xfe",
         ];
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for _ in 0..3000 {
-            let mut data = Vec::new();
-            for _ in 0..(next() % 40) {
-                let r = next();
-                if r % 4 == 0 {
-                    data.extend(std::iter::repeat_n(
-                        (r >> 8) as u8,
-                        (r >> 16) as usize % 300,
-                    ));
-                } else {
-                    data.extend_from_slice(pieces[(r >> 8) as usize % pieces.len()]);
-                }
-            }
-            crate::fuzz_decode(&data);
-        }
+        miab_e2e::pseudo_random_inputs(&pieces, 3000, crate::fuzz_decode);
     }
 }

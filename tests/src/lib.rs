@@ -121,3 +121,32 @@ pub fn require_program(path: &str, package: &str) -> PathBuf {
     );
     p
 }
+
+/// Inputs for a fuzz body in an ordinary test: `runs` byte strings of up to 40 pieces, each
+/// piece either one of `pieces` or a run of up to 300 copies of a pseudo-random byte
+/// (xorshift, fixed seed, so a failure repeats).
+pub fn pseudo_random_inputs(pieces: &[&[u8]], runs: usize, mut f: impl FnMut(&[u8])) {
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut data = Vec::new();
+    for _ in 0..runs {
+        data.clear();
+        for _ in 0..(next() % 40) {
+            let r = next();
+            if r % 5 == 0 || pieces.is_empty() {
+                data.extend(std::iter::repeat_n(
+                    (r >> 8) as u8,
+                    (r >> 16) as usize % 300,
+                ));
+            } else {
+                data.extend_from_slice(pieces[(r >> 8) as usize % pieces.len()]);
+            }
+        }
+        f(&data);
+    }
+}
