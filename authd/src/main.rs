@@ -1,10 +1,8 @@
-//! `miab-authd`: flags, configuration, listener, run.
+//! `miab-authd`: flags, then the common start-up (`daemon::launch`).
 
-use anyhow::Context;
 use clap::Parser;
-use daemon::{CommonArgs, Listener, Shutdown};
+use daemon::{CommonArgs, Runtime};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 /// Dovecot auth-client protocol over the Mail-in-a-Box user DB, for Postfix SMTP AUTH.
 #[derive(Debug, Parser)]
@@ -16,41 +14,16 @@ struct Args {
 
 fn main() -> ExitCode {
     daemon::init_logging();
-    match start(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn start(args: Args) -> anyhow::Result<()> {
-    let mut config = args.common.load()?;
-    if let Some(listen) = args.common.listen {
-        config.authd.listen = listen;
-    }
-    let unix = config
-        .authd
-        .unix_options()
-        .map_err(anyhow::Error::msg)
-        .context("[authd] socket_mode")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let state = authd::State::open(&config)?;
-        let listener = Listener::bind(&config.authd.listen, &unix)
-            .with_context(|| format!("listen on {}", config.authd.listen))?;
-        tracing::info!(
-            listen = %listener.local_addr()?,
-            db = %config.db_path().display(),
-            "miab-authd ready"
-        );
-        let (trigger, shutdown) = Shutdown::new();
-        daemon::shutdown_on_signals(trigger)?;
-        authd::run(listener, Arc::new(state), shutdown).await?;
-        tracing::info!("miab-authd stopped");
-        Ok(())
-    })
+    let args = Args::parse();
+    daemon::launch(
+        "miab-authd",
+        Runtime::MultiThread,
+        &args.common,
+        |c| &mut c.authd,
+        |config| {
+            let summary = format!("db={}", config.db_path().display());
+            authd::State::open(config).map(|s| (s, summary))
+        },
+        authd::run,
+    )
 }

@@ -71,7 +71,21 @@ impl DnsConfig {
 /// A daemon section's listener settings and limits, from the fields every daemon section has
 /// (`socket_mode`, `socket_group`, `max_connections` and the three timeouts).
 macro_rules! server_section {
-    ($section:ty) => {
+    ($section:ty, $name:literal) => {
+        impl $crate::launch::Section for $section {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn listen_mut(&mut self) -> &mut $crate::listen::ListenAddr {
+                &mut self.listen
+            }
+
+            fn unix_options(&self) -> Result<$crate::listen::UnixOptions, String> {
+                <$section>::unix_options(self)
+            }
+        }
+
         impl $section {
             /// The listener settings, with the socket mode checked.
             pub fn unix_options(&self) -> Result<$crate::listen::UnixOptions, String> {
@@ -136,7 +150,7 @@ impl Default for LookupConfig {
     }
 }
 
-server_section!(LookupConfig);
+server_section!(LookupConfig, "lookup");
 
 impl Default for Config {
     fn default() -> Self {

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod launch;
 pub mod listen;
 pub mod serve;
 pub mod session;
@@ -13,6 +14,7 @@ pub use config::{
     AuthdConfig, Config, ConfigError, DnsConfig, DnsblConfig, GreylistConfig, ListConfig,
     LookupConfig, PolicydConfig, RateLimitConfig,
 };
+pub use launch::{Runtime, Section, launch};
 pub use listen::{ListenAddr, Listener, Peer, Stream, UnixOptions};
 pub use serve::{Conn, Limits, Shutdown, Trigger, serve, shutdown_on_signals, timed};
 

@@ -50,4 +50,4 @@ impl Default for AuthdConfig {
     }
 }
 
-super::server_section!(AuthdConfig);
+super::server_section!(AuthdConfig, "authd");

@@ -64,7 +64,7 @@ impl Default for PolicydConfig {
     }
 }
 
-super::server_section!(PolicydConfig);
+super::server_section!(PolicydConfig, "policyd");
 
 /// `[policyd.greylist]`: postgrey's settings, with MIAB's values as defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
