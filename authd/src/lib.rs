@@ -6,6 +6,7 @@
 //! - `session`: one connection's exchanges, and the DB verification.
 //! - [`run`]: serves a listener until shutdown.
 
+pub mod guard;
 pub mod handler;
 pub mod proto;
 mod session;
@@ -27,6 +28,8 @@ pub struct State {
     allow_insecure_plaintext: bool,
     /// A hash verified for unknown users, so they cost what known ones do.
     decoy_hash: String,
+    cache: guard::SuccessCache,
+    brake: guard::Brake,
 }
 
 /// Why the daemon could not start.
@@ -64,6 +67,13 @@ impl State {
             failure_delay: Duration::from_millis(a.failure_delay_ms),
             allow_insecure_plaintext: a.allow_insecure_plaintext,
             decoy_hash: decoy,
+            cache: guard::SuccessCache::new(Duration::from_secs(a.cache_ttl_secs), a.cache_entries)
+                .map_err(|e| StartError::Random(e.to_string()))?,
+            brake: guard::Brake::new(
+                a.ip_failures_per_minute,
+                a.login_failures_per_minute,
+                Duration::from_secs(a.cooloff_secs),
+            ),
         })
     }
 }
@@ -75,10 +85,22 @@ fn hex(bytes: &[u8]) -> String {
 /// Serves `listener` until `shutdown` fires, then drains.
 pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<()> {
     let limits = state.limits.clone();
-    daemon::serve(listener, &limits, shutdown, move |conn| {
+    let sweeper = {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                state.brake.sweep();
+            }
+        })
+    };
+    let served = daemon::serve(listener, &limits, shutdown, move |conn| {
         session::run(Arc::clone(&state), conn)
     })
-    .await
+    .await;
+    sweeper.abort();
+    served
 }
 
 /// The fuzz target's body: split arbitrary bytes into lines and parse them; every parsed

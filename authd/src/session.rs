@@ -3,6 +3,7 @@
 //! shutdown rules. Exchanges waiting for a CONT are kept per connection, bounded.
 
 use crate::State;
+use crate::guard;
 use crate::handler::{self, Credentials, INSECURE_REASON, LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT};
 use crate::proto::{self, Auth, Command, LineError, Lines, Reply};
 use daemon::Conn;
@@ -163,7 +164,11 @@ impl Answers {
     async fn finish(&self, auth: &Auth, creds: Result<Credentials, handler::SaslError>) -> Reply {
         let id = auth.id;
         let outcome = match creds {
-            Ok(c) => self.state.verify(&c.login, c.password).await,
+            Ok(c) => {
+                self.state
+                    .verify(&c.login, c.password, &auth.remote_ip)
+                    .await
+            }
             Err(e) => {
                 tracing::info!(cuid = self.cuid, id, rip = %auth.remote_ip, error = %e, "malformed SASL response");
                 Verified::No(String::new())
@@ -181,6 +186,14 @@ impl Answers {
                     id,
                     temp: false,
                     reason: None,
+                }
+            }
+            Verified::Refused(login) => {
+                tracing::info!(cuid = self.cuid, id, login = %login, rip = %auth.remote_ip, "refused while cooling off");
+                Reply::Fail {
+                    id,
+                    temp: false,
+                    reason: Some("Too many failed authentications; try again later.".into()),
                 }
             }
             Verified::Temp(why) => {
@@ -201,28 +214,58 @@ pub(crate) enum Verified {
     Yes(String),
     /// Wrong password or no such user (the folded login, for the log).
     No(String),
+    /// The client or the login is cooling off after too many failures (the folded login).
+    Refused(String),
     /// The DB could not answer.
     Temp(String),
 }
 
 impl State {
     /// Checks a login and password against the user DB.
-    pub(crate) async fn verify(&self, login: &str, password: Password) -> Verified {
+    pub(crate) async fn verify(&self, login: &str, password: Password, rip: &str) -> Verified {
         let key = handler::fold_login(login);
+        let ip = rip.parse().ok();
+        if self.brake.check(ip, &key).is_some() {
+            return Verified::Refused(key);
+        }
         let lookup = key.clone();
         let user = match self.db.read(move |db| db.user(&lookup)).await {
             Ok(u) => u,
             Err(e) => return Verified::Temp(e.to_string()),
         };
         // An unknown user costs a hash as well, so timing does not tell which logins exist.
+        if let Some(u) = &user
+            && self.cache.hit(&key, password.expose(), &u.password_hash)
+        {
+            return Verified::Yes(u.email.clone());
+        }
         let (email, hash) = match user {
             Some(u) => (Some(u.email), u.password_hash),
             None => (None, self.decoy_hash.clone()),
         };
-        let good = self.db.verify_password(password, hash).await;
+        let remember = password.clone();
+        let good = self.db.verify_password(password, hash.clone()).await;
         match email {
-            Some(email) if good => Verified::Yes(email),
-            _ => Verified::No(key),
+            Some(email) if good => {
+                self.cache.insert(&key, remember.expose(), &hash);
+                Verified::Yes(email)
+            }
+            _ => {
+                for b in self.brake.failed(ip, &key) {
+                    // One line per block, in a fixed shape fail2ban can match.
+                    match b {
+                        guard::Blocked::Ip(net) => tracing::warn!(
+                            "authentication brake: too many failures from rip={net}, refused for {} s",
+                            self.brake.cooloff().as_secs()
+                        ),
+                        guard::Blocked::Login(l) => tracing::warn!(
+                            "authentication brake: too many failures for login={l} (last rip={rip}), refused for {} s",
+                            self.brake.cooloff().as_secs()
+                        ),
+                    }
+                }
+                Verified::No(key)
+            }
         }
     }
 }

@@ -300,3 +300,82 @@ fn failure_delay_and_a_locked_db() {
         "OK\t2\tuser=me@example.com"
     );
 }
+
+#[test]
+fn brute_force_is_braked_per_client_and_the_cache_follows_password_changes() {
+    let dir = Scratch::new("aut");
+    let db = miab_box(dir.path());
+    let (d, port) = start(
+        &dir,
+        "failure_delay_ms = 100\nip_failures_per_minute = 3\nlogin_failures_per_minute = 0",
+    );
+    let from = |ip: &str, id: u32, user: &str, pass: &str| {
+        plain(id, user, pass).replace("rip=127.0.0.1", &format!("rip={ip}\tsecured"))
+    };
+    let (mut attacker, _) = Client::connect(port);
+    let (mut other, _) = Client::connect(port);
+    let t = Instant::now();
+    for id in 1..=4 {
+        assert_eq!(
+            attacker.ask(&from("192.0.2.9", id, "me@example.com", "guess")),
+            format!("FAIL\t{id}")
+        );
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "each failure was delayed"
+    );
+    // Now refused at once, even with the right password.
+    let t = Instant::now();
+    assert_eq!(
+        attacker.ask(&from("192.0.2.9", 5, "me@example.com", "a-long-password")),
+        "FAIL\t5\treason=Too many failed authentications; try again later."
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "no delay, no hash: {:?}",
+        t.elapsed()
+    );
+    // Another client logs in as usual, the same login included.
+    assert_eq!(
+        other.ask(&from("192.0.2.10", 1, "me@example.com", "a-long-password")),
+        "OK\t1\tuser=me@example.com"
+    );
+    let log = d.log();
+    assert!(
+        log.contains(
+            "authentication brake: too many failures from rip=192.0.2.9, refused for 300 s"
+        ),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("too many failures from rip=192.0.2.9").count(),
+        1,
+        "logged once"
+    );
+
+    // A remembered success stops counting the moment the password changes.
+    assert_eq!(
+        other.ask(&from("192.0.2.10", 2, "me@example.com", "a-long-password")),
+        "OK\t2\tuser=me@example.com"
+    );
+    let mut udb = userdb::UserDb::open(&db, userdb::Access::ReadWrite).unwrap();
+    udb.set_password(
+        "me@example.com",
+        &userdb::Password::new("a-new-long-password"),
+    )
+    .unwrap();
+    assert_eq!(
+        other.ask(&from("192.0.2.10", 3, "me@example.com", "a-long-password")),
+        "FAIL\t3"
+    );
+    assert_eq!(
+        other.ask(&from(
+            "192.0.2.10",
+            4,
+            "me@example.com",
+            "a-new-long-password"
+        )),
+        "OK\t4\tuser=me@example.com"
+    );
+}

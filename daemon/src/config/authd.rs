@@ -31,6 +31,19 @@ pub struct AuthdConfig {
     /// Accept PLAIN and LOGIN from a non-loopback client on a connection without TLS (Postfix
     /// says `secured` when the SMTP session has TLS). Default false.
     pub allow_insecure_plaintext: bool,
+    /// Seconds a successful login and password are remembered (while the stored hash is
+    /// unchanged), so re-authentication skips the hash. Default 300.
+    pub cache_ttl_secs: u64,
+    /// Successes remembered at most; 0 turns the cache off. Default 10000.
+    pub cache_entries: usize,
+    /// Failed authentications a client (IPv4 address, IPv6 /64) may have per minute before it
+    /// is refused for `cooloff_secs`; 0 turns the count off. Default 10.
+    pub ip_failures_per_minute: u32,
+    /// The same per login, from anywhere. Default 20.
+    pub login_failures_per_minute: u32,
+    /// Seconds a client or login past its limit is refused without a password check.
+    /// Default 300.
+    pub cooloff_secs: u64,
 }
 
 impl Default for AuthdConfig {
@@ -46,6 +59,11 @@ impl Default for AuthdConfig {
             db_connections: 4,
             failure_delay_ms: 2000,
             allow_insecure_plaintext: false,
+            cache_ttl_secs: 300,
+            cache_entries: 10_000,
+            ip_failures_per_minute: 10,
+            login_failures_per_minute: 20,
+            cooloff_secs: 300,
         }
     }
 }
