@@ -50,7 +50,7 @@ impl State {
             HandleConfig {
                 max_connections: a.db_connections.max(1),
                 busy_timeout: config.db_busy_timeout(),
-                memo_entries: 0,
+                memo_entries: a.cache_entries,
                 ..HandleConfig::default()
             },
         )?;

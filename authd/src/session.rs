@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use userdb::Password;
 
+/// The memo kind for user rows in the DB handle.
+const MEMO_USER: u8 = 1;
+
 /// Exchanges one connection may leave waiting for their next step.
 const MAX_PENDING: usize = 16384;
 
@@ -228,19 +231,31 @@ impl State {
         if self.brake.check(ip, &key).is_some() {
             return Verified::Refused(key);
         }
-        let lookup = key.clone();
-        let user = match self.db.read(move |db| db.user(&lookup)).await {
-            Ok(u) => u,
+        // The user's row, remembered until the DB file changes (see AsyncUserDb::memo): a
+        // repeated login touches neither SQLite nor the blocking pool.
+        let row = self
+            .db
+            .memo(MEMO_USER, key.clone(), |db, k| {
+                Ok(db
+                    .user(k)?
+                    .map(|u| format!("{}\n{}", u.email, u.password_hash)))
+            })
+            .await;
+        let user = match row {
+            Ok(u) => u.and_then(|r| {
+                r.split_once('\n')
+                    .map(|(e, h)| (e.to_owned(), h.to_owned()))
+            }),
             Err(e) => return Verified::Temp(e.to_string()),
         };
-        // An unknown user costs a hash as well, so timing does not tell which logins exist.
-        if let Some(u) = &user
-            && self.cache.hit(&key, password.expose(), &u.password_hash)
+        if let Some((email, hash)) = &user
+            && self.cache.hit(&key, password.expose(), hash)
         {
-            return Verified::Yes(u.email.clone());
+            return Verified::Yes(email.clone());
         }
+        // An unknown user costs a hash as well, so timing does not tell which logins exist.
         let (email, hash) = match user {
-            Some(u) => (Some(u.email), u.password_hash),
+            Some((e, h)) => (Some(e), h),
             None => (None, self.decoy_hash.clone()),
         };
         let remember = password.clone();

@@ -46,12 +46,15 @@ fn ppid(pid: u32) -> Option<u32> {
 
 /// A Postfix instance's master and its live children.
 pub fn postfix_pids(master_pid_file: &Path) -> Vec<u32> {
-    let Some(master) = std::fs::read_to_string(master_pid_file)
+    std::fs::read_to_string(master_pid_file)
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
-    else {
-        return Vec::new();
-    };
+        .map(with_children)
+        .unwrap_or_default()
+}
+
+/// A process and its live children (Dovecot's master and its auth processes, for instance).
+pub fn with_children(master: u32) -> Vec<u32> {
     let mut pids = vec![master];
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {

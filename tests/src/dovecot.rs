@@ -144,6 +144,11 @@ protocol lmtp {{
         self.dir.join("run").join("auth-client")
     }
 
+    /// The master process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The config file, for `doveadm -c`.
     pub fn config(&self) -> PathBuf {
         self.dir.join("dovecot.conf")
