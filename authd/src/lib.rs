@@ -51,7 +51,12 @@ impl State {
                 max_connections: a.db_connections.max(1),
                 busy_timeout: config.db_busy_timeout(),
                 memo_entries: a.cache_entries,
-                ..HandleConfig::default()
+                // Twice the cores: a verification waits for the blocking pool's hand-off
+                // now and then, and the cores should not idle meanwhile.
+                max_hashers: match a.hash_threads {
+                    0 => 2 * std::thread::available_parallelism().map_or(1, usize::from),
+                    n => n,
+                },
             },
         )?;
         let mut bytes = [0u8; 16];

@@ -31,6 +31,9 @@ pub struct AuthdConfig {
     /// Accept PLAIN and LOGIN from a non-loopback client on a connection without TLS (Postfix
     /// says `secured` when the SMTP session has TLS). Default false.
     pub allow_insecure_plaintext: bool,
+    /// Password hashes verified at once (SHA512-crypt is CPU-bound). Default 0: twice the
+    /// number of cores.
+    pub hash_threads: usize,
     /// Seconds a successful login and password are remembered (while the stored hash is
     /// unchanged), so re-authentication skips the hash. Default 300.
     pub cache_ttl_secs: u64,
@@ -59,6 +62,7 @@ impl Default for AuthdConfig {
             db_connections: 4,
             failure_delay_ms: 2000,
             allow_insecure_plaintext: false,
+            hash_threads: 0,
             cache_ttl_secs: 300,
             cache_entries: 10_000,
             ip_failures_per_minute: 10,
