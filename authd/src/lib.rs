@@ -17,7 +17,6 @@ use std::time::Duration;
 use userdb::{AsyncUserDb, HandleConfig, Password};
 
 /// What every connection shares.
-#[derive(Debug)]
 pub struct State {
     db: AsyncUserDb,
     limits: Limits,
@@ -30,6 +29,19 @@ pub struct State {
     decoy_hash: String,
     cache: guard::SuccessCache,
     brake: guard::Brake,
+}
+
+// The cookie and the decoy hash stay out of Debug prints.
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("db", &self.db)
+            .field("limits", &self.limits)
+            .field("failure_delay", &self.failure_delay)
+            .field("cache", &self.cache)
+            .field("brake", &self.brake)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the daemon could not start.

@@ -45,10 +45,20 @@ impl Default for HandleConfig {
 }
 
 /// Remembered answers, valid for one value of the file change counter.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Memo {
     counter: Option<u32>,
     answers: HashMap<(u8, String), Option<String>>,
+}
+
+// Answers may hold password hashes (miab-authd remembers user rows): show only their number.
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memo")
+            .field("counter", &self.counter)
+            .field("answers", &self.answers.len())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
