@@ -102,22 +102,14 @@ fn hex(bytes: &[u8]) -> String {
 /// Serves `listener` until `shutdown` fires, then drains.
 pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<()> {
     let limits = state.limits.clone();
-    let sweeper = {
+    let _sweeper = daemon::periodic(Duration::from_secs(60), {
         let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                state.brake.sweep();
-            }
-        })
-    };
-    let served = daemon::serve(listener, &limits, shutdown, move |conn| {
+        move || state.brake.sweep()
+    });
+    daemon::serve(listener, &limits, shutdown, move |conn| {
         session::run(Arc::clone(&state), conn)
     })
-    .await;
-    sweeper.abort();
-    served
+    .await
 }
 
 /// The fuzz target's body: split arbitrary bytes into lines and parse them; every parsed

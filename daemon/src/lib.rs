@@ -16,7 +16,9 @@ pub use config::{
 };
 pub use launch::{Runtime, Section, launch};
 pub use listen::{ListenAddr, Listener, Peer, Stream, UnixOptions};
-pub use serve::{Conn, Limits, Shutdown, Trigger, serve, shutdown_on_signals, timed};
+pub use serve::{
+    Conn, Limits, Periodic, Shutdown, Trigger, periodic, serve, shutdown_on_signals, timed,
+};
 
 /// Logs to stderr (journald adds timestamps); `RUST_LOG` overrides the `info` default.
 pub fn init_logging() {

@@ -265,3 +265,25 @@ mod tests {
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 }
+
+/// A housekeeping task (forgetting idle rate-limit counters and the like); stops when dropped.
+#[derive(Debug)]
+pub struct Periodic(tokio::task::JoinHandle<()>);
+
+impl Drop for Periodic {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs `f` every `every`, first after one period. Must run inside a tokio runtime.
+pub fn periodic(every: Duration, f: impl Fn() + Send + 'static) -> Periodic {
+    Periodic(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            f();
+        }
+    }))
+}

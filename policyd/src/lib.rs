@@ -202,22 +202,14 @@ fn open_greylist(config: &Config, report: &mut Report) -> Result<Greylisting, St
 /// Serves `listener` until `shutdown` fires, then drains.
 pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<()> {
     let limits = state.limits.clone();
-    let sweeper = {
+    let _sweeper = daemon::periodic(Duration::from_secs(60), {
         let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                state.policy.rate.retain_recent();
-            }
-        })
-    };
-    let served = daemon::serve(listener, &limits, shutdown, move |conn| {
+        move || state.policy.rate.retain_recent()
+    });
+    daemon::serve(listener, &limits, shutdown, move |conn| {
         session::run(Arc::clone(&state), conn)
     })
-    .await;
-    sweeper.abort();
-    served
+    .await
 }
 
 /// The fuzz target's body: decode requests from arbitrary bytes in arbitrary pieces and
