@@ -78,12 +78,30 @@ pub fn chown_to(p: &Path, user: &str) {
         .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
 }
 
-/// A loopback TCP port that was free a moment ago.
+/// A loopback TCP port that was free a moment ago, for a server a test is about to start.
+///
+/// Taken from 20000-31999, below the kernel's ephemeral range (32768+), and handed out once
+/// per test process: a port from `bind(0)` could be handed to a parallel test as well, or
+/// taken meanwhile as the local port of some outgoing connection.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 97) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = u16::try_from(LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN)
+            .expect("ports stay below 32000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}-{}", LOW + SPAN - 1)
 }
 
 /// Waits until something accepts connections on `127.0.0.1:port`.
