@@ -239,15 +239,14 @@ impl Policy {
         let Some(domain) = handler::domain_of(&req.sender) else {
             return Verdict::Dunno;
         };
-        for list in &self.sender_lists {
-            let v = self
-                .list_verdict(list, &domain, "Sender address", &req.sender, req)
-                .await;
-            if v != Verdict::Dunno {
-                return v;
-            }
-        }
-        Verdict::Dunno
+        self.first_listing(
+            &self.sender_lists,
+            &domain,
+            "Sender address",
+            &req.sender,
+            req,
+        )
+        .await
     }
 
     async fn dnsbl(&self, req: &Request, ip: Option<IpAddr>, trusted: bool) -> Verdict {
@@ -258,37 +257,42 @@ impl Policy {
             return Verdict::Dunno;
         }
         let name = dnsbl::reversed(ip);
-        for list in &self.client_lists {
-            let v = self
-                .list_verdict(list, &name, "Client host", &req.client_address, req)
-                .await;
-            if v != Verdict::Dunno {
-                return v;
-            }
-        }
-        Verdict::Dunno
+        self.first_listing(
+            &self.client_lists,
+            &name,
+            "Client host",
+            &req.client_address,
+            req,
+        )
+        .await
     }
 
-    async fn list_verdict(
+    /// Asks `lists` in order about `name`; the first one that lists it with a blocking action
+    /// decides. `class` and `what` fill Postfix's reply text.
+    async fn first_listing(
         &self,
-        list: &List,
+        lists: &[List],
         name: &str,
         class: &str,
         what: &str,
         req: &Request,
     ) -> Verdict {
-        let ListVerdict::Listed(code) = self.lists.check(list, name).await else {
-            return Verdict::Dunno;
-        };
-        let reason = self.lists.reason(list, name).await;
-        let text = dnsbl::reply_text(class, what, &list.name, reason.as_deref());
-        tracing::info!(list = %list.name, %code, client = %req.client_address, sender = %req.sender,
-            recipient = %req.recipient, action = ?list.action, "listed");
-        match list.action {
-            ListAction::Reject => Verdict::Stop(format!("554 5.7.1 {text}")),
-            ListAction::Defer => Verdict::Stop(format!("450 4.7.1 {text}")),
-            ListAction::Warn => Verdict::Dunno,
+        for list in lists {
+            let ListVerdict::Listed(code) = self.lists.check(list, name).await else {
+                continue;
+            };
+            tracing::info!(list = %list.name, %code, client = %req.client_address, sender = %req.sender,
+                recipient = %req.recipient, action = ?list.action, "listed");
+            let status = match list.action {
+                ListAction::Reject => "554 5.7.1",
+                ListAction::Defer => "450 4.7.1",
+                ListAction::Warn => continue,
+            };
+            let reason = self.lists.reason(list, name).await;
+            let text = dnsbl::reply_text(class, what, &list.name, reason.as_deref());
+            return Verdict::Stop(format!("{status} {text}"));
         }
+        Verdict::Dunno
     }
 
     async fn spf(&self, ip: IpAddr, req: &Request) -> Option<SpfResult> {
