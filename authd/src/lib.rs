@@ -3,18 +3,23 @@
 //!
 //! - [`proto`]: the line codec, tab-escaping, the handshake, without I/O.
 //! - [`handler`]: the PLAIN and LOGIN exchanges and the plaintext policy, as plain functions.
-//! - `session`: one connection's exchanges, and the DB verification.
-//! - [`run`]: serves a listener until shutdown.
+//! - `session`: one connection's exchanges, and the DB verification (main and app passwords).
+//! - [`checkpassword`]: the `miab-checkpassword` helper Dovecot 2.3 runs, a client of the
+//!   checkpassword socket.
+//! - [`run`]: serves the Postfix socket and the checkpassword socket until shutdown.
 
+pub mod checkpassword;
 pub mod guard;
 pub mod handler;
 pub mod proto;
 mod session;
 
-use daemon::{Config, Limits, Listener, Shutdown};
-use std::sync::Arc;
-use std::time::Duration;
-use userdb::{AsyncUserDb, HandleConfig, Password};
+use daemon::{Config, Limits, ListenAddr, Listener, Shutdown};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use userdb::{AsyncUserDb, HandleConfig, Password, app_password};
 
 /// What every connection shares.
 pub struct State {
@@ -29,6 +34,18 @@ pub struct State {
     decoy_hash: String,
     cache: guard::SuccessCache,
     brake: guard::Brake,
+    /// The checkpassword socket, bound at start and served by [`run`].
+    checkpassword: Mutex<Option<Listener>>,
+    /// `STORAGE_ROOT/mail/mailboxes`: homes are `<domain>/<local part>` below it.
+    mailboxes: PathBuf,
+    mail_uid: String,
+    mail_gid: String,
+    /// When each app password's last use was last written, so a busy client costs one
+    /// write a minute, not one per login.
+    touched: Mutex<HashMap<i64, Instant>>,
+    /// Our own record of app password use (the user DB stays read-only); `None` if it could
+    /// not be opened, which costs only the last-use times.
+    usage: Option<Arc<Mutex<app_password::UsageLog>>>,
 }
 
 // The cookie and the decoy hash stay out of Debug prints.
@@ -51,12 +68,28 @@ pub enum StartError {
     UserDb(#[from] userdb::Error),
     #[error("no randomness for the cookie: {0}")]
     Random(String),
+    #[error("[authd] {0}")]
+    Config(String),
+    #[error("checkpassword socket {addr}: {error}")]
+    Bind { addr: String, error: std::io::Error },
 }
 
 impl State {
-    /// Opens the DB named by `config`.
-    pub fn open(config: &Config) -> Result<State, StartError> {
+    /// Opens the DB named by `config` and binds the checkpassword socket (`checkpassword`
+    /// overrides the configured address). Must run inside the runtime.
+    pub fn open(config: &Config, checkpassword: Option<&ListenAddr>) -> Result<State, StartError> {
         let a = &config.authd;
+        let helper = match checkpassword {
+            Some(addr) => Some(bind_checkpassword(addr, config)?),
+            None if a.checkpassword_listen.is_empty() => None,
+            None => {
+                let addr: ListenAddr = a
+                    .checkpassword_listen
+                    .parse()
+                    .map_err(|e| StartError::Config(format!("checkpassword_listen: {e}")))?;
+                Some(bind_checkpassword(&addr, config)?)
+            }
+        };
         let db = AsyncUserDb::open(
             config.db_path(),
             HandleConfig {
@@ -91,25 +124,131 @@ impl State {
                 a.login_failures_per_minute,
                 Duration::from_secs(a.cooloff_secs),
             ),
+            checkpassword: Mutex::new(helper),
+            mailboxes: config.storage_root.join("mail").join("mailboxes"),
+            mail_uid: a.mail_uid.clone(),
+            mail_gid: a.mail_gid.clone(),
+            touched: Mutex::new(HashMap::new()),
+            usage: open_usage_log(&config.db_path()),
         })
     }
+
+    /// Where the checkpassword socket listens, if it does.
+    pub fn checkpassword_addr(&self) -> Option<String> {
+        let l = self.checkpassword.lock().ok()?;
+        l.as_ref()?.local_addr().ok().map(|a| a.to_string())
+    }
+
+    /// The userdb fields MIAB's Dovecot `user_query` yields: home (`%d/%n` below the
+    /// mailboxes directory), uid, gid and the quota rule.
+    pub(crate) fn userdb_fields(&self, account: &session::Account) -> Vec<(&'static str, String)> {
+        let (local, domain) = account
+            .email
+            .rsplit_once('@')
+            .unwrap_or((account.email.as_str(), ""));
+        let home = self.mailboxes.join(domain).join(local);
+        vec![
+            ("home", home.to_string_lossy().into_owned()),
+            ("uid", self.mail_uid.clone()),
+            ("gid", self.mail_gid.clone()),
+            ("quota_rule", format!("*:bytes={}", account.quota)),
+        ]
+    }
+
+    /// Records, in the background and at most once a minute, that app password `id` was used.
+    pub(crate) fn touch_app_password(&self, id: i64) {
+        let now = Instant::now();
+        {
+            let Ok(mut t) = self.touched.lock() else {
+                return;
+            };
+            if t.get(&id)
+                .is_some_and(|last| now.duration_since(*last) < Duration::from_secs(60))
+            {
+                return;
+            }
+            if t.len() >= 100_000 {
+                t.clear();
+            }
+            t.insert(id, now);
+        }
+        let Some(usage) = self.usage.clone() else {
+            return;
+        };
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        tokio::task::spawn_blocking(move || {
+            let done = usage
+                .lock()
+                .map_err(|_| "lock poisoned".to_owned())
+                .and_then(|u| u.record(id, secs).map_err(|e| e.to_string()));
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "could not record an app password's last use");
+            }
+        });
+    }
+}
+
+fn open_usage_log(db: &std::path::Path) -> Option<Arc<Mutex<app_password::UsageLog>>> {
+    let path = app_password::usage_path(db);
+    match app_password::UsageLog::open(&path) {
+        Ok(u) => Some(Arc::new(Mutex::new(u))),
+        Err(e) => {
+            tracing::warn!(error = %e, "app password last-use times will not be recorded");
+            None
+        }
+    }
+}
+
+fn bind_checkpassword(addr: &ListenAddr, config: &Config) -> Result<Listener, StartError> {
+    let a = &config.authd;
+    let unix = daemon::UnixOptions {
+        mode: daemon::listen::parse_mode(&a.checkpassword_socket_mode)
+            .map_err(|e| StartError::Config(format!("checkpassword_socket_mode: {e}")))?,
+        group: a.checkpassword_socket_group.clone(),
+    };
+    let bind_err = |error| StartError::Bind {
+        addr: addr.to_string(),
+        error,
+    };
+    // /run/miab-authd comes from systemd's RuntimeDirectory=; started by hand, make it.
+    if let ListenAddr::Unix(path) = addr
+        && let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    }
+    Listener::bind(addr, &unix).map_err(bind_err)
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Serves `listener` until `shutdown` fires, then drains.
+/// Serves `listener` (Postfix's socket) and the checkpassword socket until `shutdown` fires,
+/// then drains both.
 pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<()> {
     let limits = state.limits.clone();
     let _sweeper = daemon::periodic(Duration::from_secs(60), {
         let state = Arc::clone(&state);
         move || state.brake.sweep()
     });
-    daemon::serve(listener, &limits, shutdown, move |conn| {
-        session::run(Arc::clone(&state), conn)
-    })
-    .await
+    let helper = state.checkpassword.lock().ok().and_then(|mut l| l.take());
+    let serve = |listener, socket| {
+        let state = Arc::clone(&state);
+        daemon::serve(listener, &limits, shutdown.clone(), move |conn| {
+            session::run(Arc::clone(&state), conn, socket)
+        })
+    };
+    let postfix = serve(listener, session::Socket::Postfix);
+    match helper {
+        Some(h) => {
+            let helper = serve(h, session::Socket::Checkpassword);
+            tokio::try_join!(postfix, helper).map(drop)
+        }
+        None => postfix.await,
+    }
 }
 
 /// The fuzz target's body: split arbitrary bytes into lines and parse them; every parsed
@@ -124,6 +263,7 @@ pub fn fuzz_decode(data: &[u8]) {
             proto::Reply::Ok {
                 id: a.id,
                 user: a.service.clone(),
+                fields: vec![("home", a.local_ip.clone())],
             }
             .encode(&mut out);
             assert_eq!(

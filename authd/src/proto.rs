@@ -40,6 +40,13 @@ pub enum Command {
     Auth(Auth),
     /// `CONT id base64`.
     Cont { id: u32, data: String },
+    /// `USER id login params...`: a userdb lookup without a password, as Dovecot's
+    /// auth-master protocol has it. Served only on the checkpassword socket.
+    User {
+        id: u32,
+        login: String,
+        service: String,
+    },
 }
 
 // Responses carry secrets: never print them.
@@ -50,6 +57,7 @@ impl std::fmt::Debug for Command {
             Command::Cpid(p) => write!(f, "CPID {p}"),
             Command::Auth(a) => write!(f, "AUTH {} {} service={}", a.id, a.mech, a.service),
             Command::Cont { id, .. } => write!(f, "CONT {id}"),
+            Command::User { id, login, .. } => write!(f, "USER {id} {login}"),
         }
     }
 }
@@ -202,6 +210,24 @@ pub fn parse(line: &str) -> Result<Command, LineError> {
                 data: data.to_owned(),
             })
         }
+        "USER" => {
+            let bad = LineError::Malformed("USER");
+            let id = args
+                .next()
+                .and_then(|i| i.parse().ok())
+                .ok_or(bad.clone())?;
+            let login = args.next().filter(|l| !l.is_empty()).ok_or(bad)?;
+            let service = args
+                .filter_map(|p| p.strip_prefix("service="))
+                .next_back()
+                .map(unescape)
+                .unwrap_or_default();
+            Ok(Command::User {
+                id,
+                login: unescape(login),
+                service,
+            })
+        }
         other => Err(LineError::UnknownCommand(
             other.chars().take(32).collect::<String>(),
         )),
@@ -244,8 +270,20 @@ fn parse_auth<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<Auth, LineE
 pub enum Reply {
     /// More data needed; the challenge, base64.
     Cont { id: u32, challenge: String },
-    /// Authenticated as `user`.
-    Ok { id: u32, user: String },
+    /// Authenticated as `user`; `fields` (userdb fields) only on the checkpassword socket.
+    Ok {
+        id: u32,
+        user: String,
+        fields: Vec<(&'static str, String)>,
+    },
+    /// A `USER` lookup found `user`.
+    User {
+        id: u32,
+        user: String,
+        fields: Vec<(&'static str, String)>,
+    },
+    /// A `USER` lookup found no such user.
+    NotFound { id: u32 },
     /// Refused; `temp` asks the client to try again later, `reason` is shown to the user.
     Fail {
         id: u32,
@@ -258,7 +296,9 @@ impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Reply::Cont { id, .. } => write!(f, "CONT {id}"),
-            Reply::Ok { id, user } => write!(f, "OK {id} user={user}"),
+            Reply::Ok { id, user, .. } => write!(f, "OK {id} user={user}"),
+            Reply::User { id, user, .. } => write!(f, "USER {id} {user}"),
+            Reply::NotFound { id } => write!(f, "NOTFOUND {id}"),
             Reply::Fail { id, temp, .. } => write!(f, "FAIL {id} temp={temp}"),
         }
     }
@@ -268,7 +308,11 @@ impl Reply {
     /// The request id it answers.
     pub fn id(&self) -> u32 {
         match self {
-            Reply::Cont { id, .. } | Reply::Ok { id, .. } | Reply::Fail { id, .. } => *id,
+            Reply::Cont { id, .. }
+            | Reply::Ok { id, .. }
+            | Reply::User { id, .. }
+            | Reply::NotFound { id }
+            | Reply::Fail { id, .. } => *id,
         }
     }
 
@@ -278,9 +322,18 @@ impl Reply {
             Reply::Cont { id, challenge } => {
                 let _ = write!(out, "CONT\t{id}\t{challenge}");
             }
-            Reply::Ok { id, user } => {
+            Reply::Ok { id, user, fields } => {
                 let _ = write!(out, "OK\t{id}\tuser=");
                 escape(user, out);
+                encode_fields(fields, out);
+            }
+            Reply::User { id, user, fields } => {
+                let _ = write!(out, "USER\t{id}\t");
+                escape(user, out);
+                encode_fields(fields, out);
+            }
+            Reply::NotFound { id } => {
+                let _ = write!(out, "NOTFOUND\t{id}");
             }
             Reply::Fail { id, temp, reason } => {
                 let _ = write!(out, "FAIL\t{id}");
@@ -296,6 +349,13 @@ impl Reply {
             }
         }
         out.push('\n');
+    }
+}
+
+fn encode_fields(fields: &[(&str, String)], out: &mut String) {
+    for (k, v) in fields {
+        let _ = write!(out, "\t{k}=");
+        escape(v, out);
     }
 }
 
@@ -356,6 +416,26 @@ mod tests {
                 data: "c2VjcmV0".into()
             }
         );
+        assert_eq!(
+            parse("USER\t3\tme\x01t@example.com\tservice=imap").unwrap(),
+            Command::User {
+                id: 3,
+                login: "me\t@example.com".into(),
+                service: "imap".into()
+            }
+        );
+        let mut out = String::new();
+        Reply::User {
+            id: 3,
+            user: "me@example.com".into(),
+            fields: vec![("home", "/m/a\tb".into()), ("uid", "mail".into())],
+        }
+        .encode(&mut out);
+        Reply::NotFound { id: 4 }.encode(&mut out);
+        assert_eq!(
+            out,
+            "USER\t3\tme@example.com\thome=/m/a\x01tb\tuid=mail\nNOTFOUND\t4\n"
+        );
     }
 
     #[test]
@@ -368,6 +448,8 @@ mod tests {
             ("AUTH\t1", LineError::Malformed("AUTH")),
             ("CONT\t1", LineError::Malformed("CONT")),
             ("CONT\tid\tx", LineError::Malformed("CONT")),
+            ("USER\t1", LineError::Malformed("USER")),
+            ("USER\tx\tme", LineError::Malformed("USER")),
             ("REQUEST\t1\t2", LineError::UnknownCommand("REQUEST".into())),
             ("", LineError::UnknownCommand(String::new())),
         ] {
@@ -411,6 +493,7 @@ mod tests {
         Reply::Ok {
             id: 3,
             user: "a\tb@example.com".into(),
+            fields: Vec::new(),
         }
         .encode(&mut out);
         Reply::Fail {

@@ -1,6 +1,10 @@
-//! One Postfix connection: the handshake first, then AUTH and CONT lines answered in order
-//! through the shared request loop (`daemon::session`), which owns the timeouts and the
-//! shutdown rules. Exchanges waiting for a CONT are kept per connection, bounded.
+//! One connection: the handshake first, then AUTH and CONT lines answered in order through the
+//! shared request loop (`daemon::session`), which owns the timeouts and the shutdown rules.
+//! Exchanges waiting for a CONT are kept per connection, bounded.
+//!
+//! On the checkpassword socket (`miab-checkpassword`, for Dovecot) an OK also carries the
+//! userdb fields, USER answers userdb lookups, and a failure is answered at once: Dovecot
+//! applies its own `auth_failure_delay`.
 
 use crate::State;
 use crate::guard;
@@ -10,16 +14,27 @@ use daemon::Conn;
 use daemon::session::{Decoder, Handler};
 use std::collections::HashMap;
 use std::sync::Arc;
-use userdb::Password;
+use userdb::{Password, app_password};
 
-/// The memo kind for user rows in the DB handle.
+/// The memo kinds in the DB handle: user rows, and app password matches.
 const MEMO_USER: u8 = 1;
+const MEMO_APP: u8 = 2;
+
+/// Which socket a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Socket {
+    /// Postfix's: the auth-client protocol only.
+    Postfix,
+    /// `miab-checkpassword`'s.
+    Checkpassword,
+}
 
 /// Exchanges one connection may leave waiting for their next step.
 const MAX_PENDING: usize = 16384;
 
-pub(crate) async fn run(state: Arc<State>, conn: Conn) {
+pub(crate) async fn run(state: Arc<State>, conn: Conn, socket: Socket) {
     let answers = Answers {
+        socket,
         cuid: conn.id,
         state: Arc::clone(&state),
         pending: HashMap::new(),
@@ -65,6 +80,7 @@ enum Step {
 
 struct Answers {
     state: Arc<State>,
+    socket: Socket,
     cuid: u64,
     pending: HashMap<u32, (Step, Auth)>,
 }
@@ -82,6 +98,7 @@ impl Handler<Command> for Answers {
             Command::Version { .. } | Command::Cpid(_) => return,
             Command::Auth(auth) => self.start(auth).await,
             Command::Cont { id, data } => self.cont(id, &data).await,
+            Command::User { id, login, service } => self.user(id, &login, &service).await,
         };
         let mut line = String::new();
         reply.encode(&mut line);
@@ -163,28 +180,65 @@ impl Answers {
         self.finish(&auth, creds).await
     }
 
+    /// A userdb lookup (checkpassword socket only).
+    async fn user(&self, id: u32, login: &str, service: &str) -> Reply {
+        if self.socket != Socket::Checkpassword {
+            return Reply::Fail {
+                id,
+                temp: false,
+                reason: Some("USER lookups are served on the checkpassword socket only".into()),
+            };
+        }
+        match self.state.account(&handler::fold_login(login)).await {
+            Ok(Some(account)) => Reply::User {
+                id,
+                fields: self.state.userdb_fields(&account),
+                user: account.email,
+            },
+            Ok(None) => Reply::NotFound { id },
+            Err(e) => {
+                tracing::warn!(cuid = self.cuid, id, service, error = %e, "user DB unavailable; temporary failure");
+                Reply::Fail {
+                    id,
+                    temp: true,
+                    reason: Some("Temporary authentication failure".into()),
+                }
+            }
+        }
+    }
+
     /// Verifies credentials and answers; a refusal waits `failure_delay` first.
     async fn finish(&self, auth: &Auth, creds: Result<Credentials, handler::SaslError>) -> Reply {
         let id = auth.id;
         let outcome = match creds {
             Ok(c) => {
                 self.state
-                    .verify(&c.login, c.password, &auth.remote_ip)
+                    .verify(&c.login, c.password, &auth.remote_ip, &auth.service)
                     .await
             }
             Err(e) => {
                 tracing::info!(cuid = self.cuid, id, rip = %auth.remote_ip, error = %e, "malformed SASL response");
-                Verified::No(String::new())
+                Verified::No(String::new(), "malformed SASL response")
             }
         };
         match outcome {
-            Verified::Yes(user) => {
-                tracing::info!(cuid = self.cuid, id, user = %user, rip = %auth.remote_ip, service = %auth.service, "authenticated");
-                Reply::Ok { id, user }
+            Verified::Yes(account, how) => {
+                tracing::info!(cuid = self.cuid, id, user = %account.email, rip = %auth.remote_ip, service = %auth.service, with = how, "authenticated");
+                let fields = match self.socket {
+                    Socket::Postfix => Vec::new(),
+                    Socket::Checkpassword => self.state.userdb_fields(&account),
+                };
+                Reply::Ok {
+                    id,
+                    user: account.email,
+                    fields,
+                }
             }
-            Verified::No(login) => {
-                tracing::info!(cuid = self.cuid, id, login = %login, rip = %auth.remote_ip, service = %auth.service, "authentication failed");
-                tokio::time::sleep(self.state.failure_delay).await;
+            Verified::No(login, why) => {
+                tracing::info!(cuid = self.cuid, id, login = %login, rip = %auth.remote_ip, service = %auth.service, reason = why, "authentication failed");
+                if self.socket == Socket::Postfix {
+                    tokio::time::sleep(self.state.failure_delay).await;
+                }
                 Reply::Fail {
                     id,
                     temp: false,
@@ -211,12 +265,49 @@ impl Answers {
     }
 }
 
+/// A user row, as far as authentication needs it.
+#[derive(Clone)]
+pub(crate) struct Account {
+    /// The canonical address.
+    pub(crate) email: String,
+    hash: String,
+    id: i64,
+    app_passwords_required: bool,
+    /// MIAB's quota string (`0`, `500M`, ...).
+    pub(crate) quota: String,
+}
+
+impl Account {
+    /// The memo's one-string form; no field holds a newline.
+    fn encode(&self) -> String {
+        format!(
+            "{}\n{}\n{}\n{}\n{}",
+            self.email,
+            self.hash,
+            self.id,
+            u8::from(self.app_passwords_required),
+            self.quota
+        )
+    }
+
+    fn decode(row: &str) -> Option<Account> {
+        let mut f = row.split('\n');
+        Some(Account {
+            email: f.next()?.to_owned(),
+            hash: f.next()?.to_owned(),
+            id: f.next()?.parse().ok()?,
+            app_passwords_required: f.next()? == "1",
+            quota: f.next()?.to_owned(),
+        })
+    }
+}
+
 /// What a verification found.
 pub(crate) enum Verified {
-    /// The canonical address from the DB.
-    Yes(String),
-    /// Wrong password or no such user (the folded login, for the log).
-    No(String),
+    /// The account, and which password matched (for the log).
+    Yes(Account, &'static str),
+    /// Refused (the folded login and why, for the log).
+    No(String, &'static str),
     /// The client or the login is cooling off after too many failures (the folded login).
     Refused(String),
     /// The DB could not answer.
@@ -224,63 +315,124 @@ pub(crate) enum Verified {
 }
 
 impl State {
-    /// Checks a login and password against the user DB.
-    pub(crate) async fn verify(&self, login: &str, password: Password, rip: &str) -> Verified {
+    /// The account for a folded login, remembered until the DB file changes (see
+    /// `AsyncUserDb::memo`): a repeated login touches neither SQLite nor the blocking pool.
+    pub(crate) async fn account(&self, key: &str) -> userdb::Result<Option<Account>> {
+        let row = self
+            .db
+            .memo(MEMO_USER, key.to_owned(), |db, k| {
+                let Some(u) = db.user(k)? else {
+                    return Ok(None);
+                };
+                let account = Account {
+                    app_passwords_required: db.app_passwords_required(u.id)?,
+                    email: u.email,
+                    hash: u.password_hash,
+                    id: u.id,
+                    quota: u.quota,
+                };
+                Ok(Some(account.encode()))
+            })
+            .await?;
+        Ok(row.as_deref().and_then(Account::decode))
+    }
+
+    /// Checks a login and password against the user DB: an app password first (when the
+    /// password has that shape), then the main password unless the user requires app
+    /// passwords.
+    pub(crate) async fn verify(
+        &self,
+        login: &str,
+        password: Password,
+        rip: &str,
+        service: &str,
+    ) -> Verified {
         let key = handler::fold_login(login);
         let ip = rip.parse().ok();
         if self.brake.check(ip, &key).is_some() {
             return Verified::Refused(key);
         }
-        // The user's row, remembered until the DB file changes (see AsyncUserDb::memo): a
-        // repeated login touches neither SQLite nor the blocking pool.
-        let row = self
-            .db
-            .memo(MEMO_USER, key.clone(), |db, k| {
-                Ok(db
-                    .user(k)?
-                    .map(|u| format!("{}\n{}", u.email, u.password_hash)))
-            })
-            .await;
-        let user = match row {
-            Ok(u) => u.and_then(|r| {
-                r.split_once('\n')
-                    .map(|(e, h)| (e.to_owned(), h.to_owned()))
-            }),
+        let account = match self.account(&key).await {
+            Ok(a) => a,
             Err(e) => return Verified::Temp(e.to_string()),
         };
-        if let Some((email, hash)) = &user
-            && self.cache.hit(&key, password.expose(), hash)
-        {
-            return Verified::Yes(email.clone());
-        }
-        // An unknown user costs a hash as well, so timing does not tell which logins exist.
-        let (email, hash) = match user {
-            Some((e, h)) => (Some(e), h),
-            None => (None, self.decoy_hash.clone()),
+        let Some(account) = account else {
+            // An unknown user costs a hash as well, so timing does not tell which logins exist.
+            self.db
+                .verify_password(password, self.decoy_hash.clone())
+                .await;
+            return self.failed(ip, key, rip, "unknown user");
         };
-        let remember = password.clone();
-        let good = self.db.verify_password(password, hash.clone()).await;
-        match email {
-            Some(email) if good => {
-                self.cache.insert(&key, remember.expose(), &hash);
-                Verified::Yes(email)
-            }
-            _ => {
-                for b in self.brake.failed(ip, &key) {
-                    // One line per block, in a fixed shape fail2ban can match.
-                    match b {
-                        guard::Blocked::Ip(net) => tracing::warn!(
-                            "authentication brake: too many failures from rip={net}, refused for {} s",
-                            self.brake.cooloff().as_secs()
-                        ),
-                        guard::Blocked::Login(l) => tracing::warn!(
-                            "authentication brake: too many failures for login={l} (last rip={rip}), refused for {} s",
-                            self.brake.cooloff().as_secs()
-                        ),
+        if let Some(digest) = app_password::candidate_digest(password.expose()) {
+            let found = self
+                .db
+                .memo(MEMO_APP, format!("{}\n{digest}", account.id), |db, k| {
+                    let (uid, digest) = k.split_once('\n').unwrap_or_default();
+                    Ok(db
+                        .app_password_match(uid.parse().unwrap_or(-1), digest)?
+                        .map(|m| format!("{}\n{}", m.id, m.scopes)))
+                })
+                .await;
+            match found {
+                Err(e) => return Verified::Temp(e.to_string()),
+                Ok(Some(row)) => {
+                    let (id, scopes) = row.split_once('\n').unwrap_or_default();
+                    if !app_password::scope_allows(scopes, service) {
+                        return self.failed(
+                            ip,
+                            key,
+                            rip,
+                            "app password not valid for this service",
+                        );
                     }
+                    if let Ok(id) = id.parse() {
+                        self.touch_app_password(id);
+                    }
+                    return Verified::Yes(account, "app password");
                 }
-                Verified::No(key)
+                Ok(None) => {}
             }
         }
+        if account.app_passwords_required {
+            return self.failed(ip, key, rip, "app password required");
+        }
+        if self.cache.hit(&key, password.expose(), &account.hash) {
+            return Verified::Yes(account, "password");
+        }
+        let remember = password.clone();
+        if self
+            .db
+            .verify_password(password, account.hash.clone())
+            .await
+        {
+            self.cache.insert(&key, remember.expose(), &account.hash);
+            Verified::Yes(account, "password")
+        } else {
+            self.failed(ip, key, rip, "wrong password")
+        }
+    }
+
+    /// Counts a failure against the brake, logging a block once, in a fixed shape fail2ban
+    /// can match.
+    fn failed(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        key: String,
+        rip: &str,
+        why: &'static str,
+    ) -> Verified {
+        for b in self.brake.failed(ip, &key) {
+            match b {
+                guard::Blocked::Ip(net) => tracing::warn!(
+                    "authentication brake: too many failures from rip={net}, refused for {} s",
+                    self.brake.cooloff().as_secs()
+                ),
+                guard::Blocked::Login(l) => tracing::warn!(
+                    "authentication brake: too many failures for login={l} (last rip={rip}), refused for {} s",
+                    self.brake.cooloff().as_secs()
+                ),
+            }
+        }
+        Verified::No(key, why)
     }
 }

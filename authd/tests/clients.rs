@@ -1,28 +1,46 @@
 //! `miab-authd` behind the real clients: Postfix's SMTP AUTH (`smtpd_sasl_type = dovecot`)
-//! driven by swaks with PLAIN and LOGIN, Postfix's sender-login check fed by the canonical
-//! `user=`, and Dovecot's own client, `doveadm auth test -a`.
+//! driven by swaks with PLAIN and LOGIN, app passwords, Postfix's sender-login check fed by the
+//! canonical `user=`, Dovecot's own client (`doveadm auth test -a`), and Dovecot 2.3 running
+//! `miab-checkpassword` for IMAP logins, `doveadm auth test` and `doveadm user`.
 
+use miab_e2e::dovecot::{Auth, Dovecot};
 use miab_e2e::fixture::miab_box;
 use miab_e2e::postfix::{MiabSqliteMaps, Postfix, PostfixConfig};
 use miab_e2e::process::DaemonProcess;
-use miab_e2e::tools::{Run, run, swaks};
+use miab_e2e::tools::{Run, imap_login_from, run, swaks};
 use miab_e2e::{Scratch, require_program};
 use std::path::Path;
 use std::process::Command;
+use userdb::{Access, UserDb};
 
+/// miab-authd with Postfix's socket at `socket` and the checkpassword socket as packaged
+/// (mode 0660, group dovecot) at `dir/checkpassword.sock`.
 fn start(dir: &Scratch, socket: &Path) -> DaemonProcess {
     let config = format!(
-        "storage_root = \"{}\"\ndb_busy_timeout_ms = 200\n[authd]\nfailure_delay_ms = 0\nsocket_mode = \"0666\"\n",
+        "storage_root = \"{}\"\ndb_busy_timeout_ms = 200\n[authd]\nfailure_delay_ms = 0\nsocket_mode = \"0666\"\ncheckpassword_socket_group = \"dovecot\"\n",
         dir.path().display()
     );
     let listen = format!("unix:{}", socket.display());
+    let helper = format!("unix:{}", dir.join("checkpassword.sock").display());
     DaemonProcess::with_config(
         Path::new(env!("CARGO_BIN_EXE_miab-authd")),
         dir,
         "authd",
         &config,
-        &["--listen", &listen],
+        &["--listen", &listen, "--checkpassword-listen", &helper],
     )
+}
+
+/// Creates an app password for `email` as `miabctl user app-password add` does.
+fn app_password(db: &Path, email: &str, label: &str, scopes: &[&str]) -> (i64, String) {
+    let mut db = UserDb::open(db, Access::ReadWrite).unwrap();
+    let (id, pw) = db.add_app_password(email, label, scopes, 1).unwrap();
+    (id, pw.expose().to_owned())
+}
+
+fn revoke(db: &Path, email: &str, id: i64) {
+    let mut db = UserDb::open(db, Access::ReadWrite).unwrap();
+    db.revoke_app_password(email, id).unwrap();
 }
 
 #[test]
@@ -113,6 +131,44 @@ fn postfix_smtp_auth_and_sender_login() {
         "{}",
         other.stdout
     );
+    // App passwords: one for SMTP works, one for IMAP only does not, a revoked one stops.
+    let (smtp_id, smtp_pw) = app_password(&db, "me@example.com", "mail app", &["smtp"]);
+    let (_, imap_pw) = app_password(&db, "me@example.com", "reader", &["imap"]);
+    let ok = auth("LOGIN", "me@example.com", &smtp_pw, "me@example.com");
+    assert!(ok.ok(), "{}", ok.stdout);
+    // The last use is recorded in miab-authd's own file; the user DB is never written.
+    let used = miab_e2e::wait_until(std::time::Duration::from_secs(5), || {
+        UserDb::open(&db, Access::ReadOnly)
+            .unwrap()
+            .app_passwords("me@example.com")
+            .unwrap()
+            .into_iter()
+            .find(|p| p.id == smtp_id)?
+            .last_used_at
+    });
+    assert!(used.is_some(), "last use not recorded");
+    let scoped = auth("PLAIN", "me@example.com", &imap_pw, "me@example.com");
+    assert!(scoped.stdout.contains("<** 535 5.7.8"), "{}", scoped.stdout);
+    revoke(&db, "me@example.com", smtp_id);
+    let revoked = auth("PLAIN", "me@example.com", &smtp_pw, "me@example.com");
+    assert!(
+        revoked.stdout.contains("<** 535 5.7.8"),
+        "{}",
+        revoked.stdout
+    );
+    // Required app passwords shut the main password out.
+    UserDb::open(&db, Access::ReadWrite)
+        .unwrap()
+        .set_app_passwords_required("me@example.com", true)
+        .unwrap();
+    let main = auth(
+        "PLAIN",
+        "me@example.com",
+        "a-long-password",
+        "me@example.com",
+    );
+    assert!(main.stdout.contains("<** 535 5.7.8"), "{}", main.stdout);
+
     // A locked DB: FAIL with `temp`. Postfix 3.7 answers every FAIL with 535 (only a lost auth
     // connection gives 454), so the client sees our reason, as with Dovecot's own socket.
     let lock = rusqlite::Connection::open(&db).unwrap();
@@ -157,4 +213,103 @@ fn doveadm_auth_test_against_our_socket() {
     );
     let bad = test("me@example.com", "nope");
     assert!(!bad.ok() && bad.stdout.contains("auth failed"), "{bad:?}");
+}
+
+#[test]
+fn dovecot_logins_through_miab_checkpassword() {
+    let dir = Scratch::new("acp");
+    let db = miab_box(dir.path());
+    let socket = dir.join("auth.sock");
+    let mut d = start(&dir, &socket);
+    let helper = format!(
+        "{} --socket {}",
+        env!("CARGO_BIN_EXE_miab-checkpassword"),
+        dir.join("checkpassword.sock").display()
+    );
+    let dv = Dovecot::start_with(dir.path(), &Auth::Checkpassword(helper));
+    let (imap_id, imap_pw) = app_password(&db, "you@example.com", "phone", &["imap"]);
+    let (_, smtp_pw) = app_password(&db, "you@example.com", "relay", &["smtp"]);
+
+    // Each login from its own address, so Dovecot's per-address penalty never kicks in.
+    let source = std::cell::Cell::new(10u8);
+    let login = |user: &str, pass: &str| {
+        source.set(source.get() + 1);
+        imap_login_from(
+            &format!("127.0.0.{}", source.get()),
+            dv.imap_port(),
+            user,
+            pass,
+        )
+    };
+    let ok = login("me@example.com", "a-long-password");
+    assert!(
+        ok.ok() && ok.stdout.starts_with("OK OK"),
+        "{ok:?}\n{}\n{}",
+        dv.log(),
+        d.log()
+    );
+    let folded = login("You@Example.com", &imap_pw);
+    assert!(folded.ok(), "{folded:?}\n{}", dv.log());
+    for (user, pass) in [
+        ("me@example.com", "not-it"),
+        ("nobody@example.com", "a-long-password"),
+        ("you@example.com", smtp_pw.as_str()),
+    ] {
+        let r = login(user, pass);
+        assert!(
+            !r.ok() && r.stdout.contains("[AUTHENTICATIONFAILED]"),
+            "{user}: {r:?}"
+        );
+    }
+    revoke(&db, "you@example.com", imap_id);
+    let r = login("you@example.com", &imap_pw);
+    assert!(r.stdout.contains("[AUTHENTICATIONFAILED]"), "{r:?}");
+
+    // doveadm through Dovecot's auth service, which runs our program.
+    let doveadm = require_program("/usr/bin/doveadm", "dovecot-core");
+    let dove = |args: &[&str]| {
+        run(
+            Command::new(&doveadm).arg("-c").arg(dv.config()).args(args),
+            None,
+        )
+    };
+    let home = dir.join("mail/mailboxes/example.com/me");
+    let t = dove(&["auth", "test", "me@example.com", "a-long-password"]);
+    assert!(
+        t.ok() && t.stdout.contains("passdb: me@example.com auth succeeded"),
+        "{t:?}"
+    );
+    let t = dove(&["auth", "test", "me@example.com", "wrong-password"]);
+    assert!(!t.ok() && t.stdout.contains("auth failed"), "{t:?}");
+    // Login as a mail process would: passdb, then userdb through prefetch.
+    let t = dove(&["auth", "login", "me@example.com", "a-long-password"]);
+    assert!(
+        t.ok() && t.stdout.contains(&format!("home={}", home.display())),
+        "{t:?}"
+    );
+    let u = dove(&["user", "me@example.com"]);
+    assert!(u.ok(), "{u:?}\n{}", dv.log());
+    for want in [
+        format!("\nhome\t{}\n", home.display()),
+        "\nquota_rule\t*:bytes=0\n".into(),
+        "\nuid\t8\n".into(),
+    ] {
+        assert!(u.stdout.contains(&want), "{want:?} in {u:?}");
+    }
+    let nobody = dove(&["user", "nobody@example.com"]);
+    assert!(
+        !nobody.ok() && nobody.stdout.contains("doesn't exist"),
+        "{nobody:?}"
+    );
+
+    // miab-authd stopped: a temporary failure, not a wrong password.
+    d.terminate();
+    let r = login("me@example.com", "a-long-password");
+    assert!(
+        !r.ok() && r.stdout.contains("[UNAVAILABLE]"),
+        "{r:?}\n{}",
+        dv.log()
+    );
+    let u = dove(&["user", "me@example.com"]);
+    assert!(!u.ok() && !u.stdout.contains("doesn't exist"), "{u:?}");
 }

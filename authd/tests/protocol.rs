@@ -18,7 +18,7 @@ fn b64(s: &str) -> String {
 fn start(dir: &Scratch, extra: &str) -> (DaemonProcess, u16) {
     let port = free_port();
     let config = format!(
-        "storage_root = \"{}\"\n[authd]\n{extra}\n",
+        "storage_root = \"{}\"\n[authd]\ncheckpassword_listen = \"\"\n{extra}\n",
         dir.path().display()
     );
     let listen = format!("inet:127.0.0.1:{port}");
@@ -275,7 +275,7 @@ fn failure_delay_and_a_locked_db() {
 
     // A DB that cannot be read: a temporary failure, not a wrong password.
     let cfg = format!(
-        "db_busy_timeout_ms = 200\nstorage_root = \"{}\"\n[authd]\nfailure_delay_ms = 0\n",
+        "db_busy_timeout_ms = 200\nstorage_root = \"{}\"\n[authd]\nfailure_delay_ms = 0\ncheckpassword_listen = \"\"\n",
         dir.path().display()
     );
     let port = free_port();

@@ -273,9 +273,10 @@ mod tests {
         assert_eq!(c.policyd, PolicydConfig::default());
         let authd = AuthdConfig {
             socket_group: Some("postfix".into()),
+            checkpassword_socket_group: Some("dovecot".into()),
             ..AuthdConfig::default()
         };
-        assert_eq!(c.authd, authd, "the sample only adds the socket's group");
+        assert_eq!(c.authd, authd, "the sample only adds the sockets' groups");
     }
 
     #[test]

@@ -109,6 +109,37 @@ enum UserCmd {
         #[command(subcommand)]
         command: MfaCmd,
     },
+    /// App passwords for mail clients (SMTP, IMAP, POP3), through miab-authd.
+    AppPassword {
+        #[command(subcommand)]
+        command: AppPasswordCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AppPasswordCmd {
+    /// Create one; the password is printed once and cannot be shown again.
+    Add {
+        email: String,
+        /// What it is for, e.g. "phone".
+        #[arg(long)]
+        label: String,
+        /// Services it may log in to: smtp, imap, pop3 (comma-separated or repeated). Default:
+        /// all.
+        #[arg(long)]
+        scope: Vec<String>,
+    },
+    /// List a user's app passwords (never the passwords themselves).
+    List { email: String },
+    /// Revoke one by id; it stops working at the next login.
+    Revoke { email: String, id: i64 },
+    /// Require app passwords for this user (the main password then no longer logs in to
+    /// SMTP, IMAP or POP3), or allow the main password again.
+    Require {
+        email: String,
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -471,8 +502,84 @@ fn user(cli: &Cli, cmd: &UserCmd) -> Result<()> {
             let mut db = open(cli, Access::ReadWrite)?;
             print_outcome(&db.disable_mfa(email, *id)?);
         }
+        UserCmd::AppPassword { command } => app_password(cli, command)?,
     }
     Ok(())
+}
+
+fn app_password(cli: &Cli, cmd: &AppPasswordCmd) -> Result<()> {
+    match cmd {
+        AppPasswordCmd::Add {
+            email,
+            label,
+            scope,
+        } => {
+            let mut db = open(cli, Access::ReadWrite)?;
+            let (id, pw) = db.add_app_password(email, label, scope, unix_now())?;
+            if cli.json {
+                return print_json(&json!({"id": id, "password": pw.expose()}));
+            }
+            eprintln!("App password {id} for {email}; it is shown only this once:");
+            println!("{}", pw.expose());
+        }
+        AppPasswordCmd::List { email } => {
+            let db = open(cli, Access::ReadOnly)?;
+            let rows = db.app_passwords(email)?;
+            if cli.json {
+                return print_json(&json!(rows));
+            }
+            println!("id\tlabel\tscopes\tcreated\tlast used");
+            for p in rows {
+                let scopes = if p.scopes.is_empty() {
+                    "all".to_owned()
+                } else {
+                    p.scopes.join(",")
+                };
+                println!(
+                    "{}\t{}\t{scopes}\t{}\t{}",
+                    p.id,
+                    p.label,
+                    utc(p.created_at),
+                    p.last_used_at.map_or_else(|| "never".to_owned(), utc)
+                );
+            }
+        }
+        AppPasswordCmd::Revoke { email, id } => {
+            let mut db = open(cli, Access::ReadWrite)?;
+            print_outcome(&db.revoke_app_password(email, *id)?);
+        }
+        AppPasswordCmd::Require { email, setting } => {
+            let mut db = open(cli, Access::ReadWrite)?;
+            print_outcome(&db.set_app_passwords_required(email, setting == "on")?);
+        }
+    }
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC (civil-from-days, proleptic Gregorian).
+fn utc(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// One field as Python's `csv.writer` writes it (QUOTE_MINIMAL).

@@ -388,3 +388,101 @@ fn outputs_and_error_texts_match_cli_py() {
     // Usage errors exit 2, as cli.py's argument errors are usage errors.
     assert_eq!(miabctl(r, &["user", "frobnicate"], None).code, 2);
 }
+
+#[test]
+fn app_passwords_add_list_revoke_require() {
+    let root = Scratch::new("ctl");
+    ok(root.path(), &["init"], None);
+    ok(
+        root.path(),
+        &["user", "add", "me@example.com", "--password-stdin"],
+        Some("first-password\n"),
+    );
+    // Opening the DB for writes adds nothing of ours until app passwords are used.
+    let tables = |root: &Path| {
+        let c = rusqlite::Connection::open(root.join("mail/users.sqlite")).unwrap();
+        let n: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name LIKE 'miab_sidecar%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        n
+    };
+    assert_eq!(tables(root.path()), 0);
+    let app = "user app-password";
+    let args = |extra: &[&'static str]| -> Vec<&'static str> {
+        app.split(' ').chain(extra.iter().copied()).collect()
+    };
+    let r = miabctl(
+        root.path(),
+        &args(&[
+            "add",
+            "me@example.com",
+            "--label",
+            "phone",
+            "--scope",
+            "imap,smtp",
+        ]),
+        None,
+    );
+    assert!(r.ok(), "{r:?}");
+    let pw = r.stdout.trim();
+    assert_eq!(pw.len(), 24, "{pw}");
+    assert!(r.stderr.contains("shown only this once"), "{r:?}");
+    assert!(tables(root.path()) > 0);
+    let list = ok(root.path(), &args(&["list", "me@example.com"]), None);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("1\tphone\tsmtp,imap\t") && l.ends_with("\tnever")),
+        "{list}"
+    );
+    assert!(!list.contains(pw), "the secret is never listed");
+    assert_eq!(
+        refused(
+            root.path(),
+            &args(&["add", "me@example.com", "--label", "x", "--scope", "web"]),
+            None
+        ),
+        "Unknown scope \"web\"; use smtp, imap, pop3."
+    );
+    assert_eq!(
+        refused(
+            root.path(),
+            &args(&["add", "nobody@example.com", "--label", "x"]),
+            None
+        ),
+        "User does not exist."
+    );
+    ok(
+        root.path(),
+        &args(&["require", "me@example.com", "on"]),
+        None,
+    );
+    ok(root.path(), &args(&["revoke", "me@example.com", "1"]), None);
+    assert_eq!(
+        refused(root.path(), &args(&["revoke", "me@example.com", "1"]), None),
+        "Invalid user or app password id."
+    );
+    let json = ok(
+        root.path(),
+        &["--json", "user", "app-password", "list", "me@example.com"],
+        None,
+    );
+    assert_eq!(json.trim(), "[]");
+    // Removing the user takes its app passwords along.
+    ok(
+        root.path(),
+        &args(&["add", "me@example.com", "--label", "laptop"]),
+        None,
+    );
+    ok(root.path(), &["user", "remove", "me@example.com"], None);
+    let c = rusqlite::Connection::open(root.join("mail/users.sqlite")).unwrap();
+    let left: i64 = c
+        .query_row("SELECT count(*) FROM miab_sidecar_app_passwords", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(left, 0);
+}

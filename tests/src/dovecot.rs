@@ -1,6 +1,7 @@
 //! A throw-away Dovecot instance configured as Mail-in-a-Box configures it: `passdb sql` and
-//! `userdb sql` over `users.sqlite` with MIAB's exact queries, maildirs under the storage root,
-//! IMAP and LMTP on loopback ports. Plaintext and no TLS, because it is loopback-only.
+//! `userdb sql` over `users.sqlite` with MIAB's exact queries (or, instead, `miab-checkpassword`
+//! as passdb and userdb), maildirs under the storage root, IMAP and LMTP on loopback ports.
+//! Plaintext and no TLS, because it is loopback-only.
 
 use crate::{Scratch, chown_to, free_port, require_program, wait_for_port};
 use std::path::{Path, PathBuf};
@@ -30,11 +31,26 @@ iterate_query = SELECT email AS user FROM users;
     )
 }
 
+/// Where Dovecot's passdb and userdb come from.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// MIAB's `passdb sql` and `userdb sql`.
+    Sql,
+    /// `passdb checkpassword` and `userdb prefetch` + `userdb checkpassword`, running this
+    /// program line (e.g. `/path/miab-checkpassword --socket /path/sock`).
+    Checkpassword(String),
+}
+
 impl Dovecot {
     /// Starts Dovecot over the user DB in `storage_root` (which must exist and hold
-    /// `mail/users.sqlite`). Makes the storage root readable and `mail/mailboxes` writable for
-    /// the `mail` user, as MIAB's setup does.
+    /// `mail/users.sqlite`) with MIAB's SQL passdb and userdb.
     pub fn start(storage_root: &Path) -> Dovecot {
+        Self::start_with(storage_root, &Auth::Sql)
+    }
+
+    /// Starts Dovecot with the given passdb and userdb. Makes `mail/mailboxes` writable for
+    /// the `mail` user, as MIAB's setup does.
+    pub fn start_with(storage_root: &Path, auth: &Auth) -> Dovecot {
         let dovecot = require_program("/usr/sbin/dovecot", "dovecot-core");
         require_program("/usr/lib/dovecot/imap", "dovecot-imapd");
         require_program("/usr/lib/dovecot/lmtp", "dovecot-lmtpd");
@@ -60,20 +76,15 @@ protocols = imap lmtp
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
+# Failures answer at once: the tests count refusals, not seconds.
+auth_failure_delay = 0
 auth_mechanisms = plain login
 mail_location = maildir:{root}/mail/mailboxes/%d/%n
 mail_privileged_group = mail
 first_valid_uid = 0
 default_internal_user = dovecot
 default_login_user = dovenull
-passdb {{
-  driver = sql
-  args = {sql}
-}}
-userdb {{
-  driver = sql
-  args = {sql}
-}}
+{auth}
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
@@ -102,7 +113,15 @@ protocol lmtp {{
             state = dir.mkdir("state").display(),
             log = dir.join("dovecot.log").display(),
             root = storage_root.display(),
-            sql = sql.display(),
+            auth = match auth {
+                Auth::Sql => format!(
+                    "passdb {{\n  driver = sql\n  args = {sql}\n}}\nuserdb {{\n  driver = sql\n  args = {sql}\n}}",
+                    sql = sql.display()
+                ),
+                Auth::Checkpassword(program) => format!(
+                    "passdb {{\n  driver = checkpassword\n  args = {program}\n}}\nuserdb {{\n  driver = prefetch\n}}\nuserdb {{\n  driver = checkpassword\n  args = {program}\n}}"
+                ),
+            },
         );
         let conf_path = dir.join("dovecot.conf");
         std::fs::write(&conf_path, conf).unwrap();

@@ -119,8 +119,13 @@ pub fn doveadm_pw_verify(password: &str, hash: &str) -> bool {
 }
 
 const IMAP_LOGIN: &str = r#"
-import imaplib, os, sys
-m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+import imaplib, os, socket, sys
+class FromSource(imaplib.IMAP4):
+    # Dovecot's auth penalty grows per client address; each test login may pick its own.
+    def _create_socket(self, timeout):
+        src = (os.environ.get("IMAP_SOURCE", "127.0.0.1"), 0)
+        return socket.create_connection((self.host, self.port), timeout, source_address=src)
+m = FromSource("127.0.0.1", int(sys.argv[1]))
 try:
     m.login(os.environ["IMAP_USER"], os.environ["IMAP_PASSWORD"])
 except imaplib.IMAP4.error as e:
@@ -133,12 +138,18 @@ m.logout()
 
 /// Logs in over IMAP with Python's `imaplib` and selects INBOX.
 pub fn imap_login(port: u16, user: &str, password: &str) -> Run {
+    imap_login_from("127.0.0.1", port, user, password)
+}
+
+/// [`imap_login`] from the loopback address `source`.
+pub fn imap_login_from(source: &str, port: u16, user: &str, password: &str) -> Run {
     let python = require_program("/usr/bin/python3", "python3");
     run(
         Command::new(python)
             .arg("-c")
             .arg(IMAP_LOGIN)
             .arg(port.to_string())
+            .env("IMAP_SOURCE", source)
             .env("IMAP_USER", user)
             .env("IMAP_PASSWORD", password),
         None,

@@ -46,7 +46,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn plain(status: &str) -> Self {
+    pub(crate) fn plain(status: &str) -> Self {
         Outcome {
             status: status.to_owned(),
             kick: None,
@@ -244,11 +244,12 @@ impl UserDb {
 
     /// MIAB's `remove_mail_user`: only the row goes; the maildir stays on disk (archived), and
     /// aliases naming the user are left alone. The user's MFA rows go too (MIAB leaves them
-    /// orphaned because its cascade never fires).
+    /// orphaned because its cascade never fires), and so do its app passwords.
     pub fn remove_user(&mut self, email: &str, env: &BoxEnv) -> Result<Outcome> {
         self.require_auto_aliases()?;
         let path = self.path.clone();
         let has_mfa = self.schema.mfa;
+        let has_own = self.schema.app_passwords;
         let tx = self.write_tx()?;
         if has_mfa {
             tx.execute(
@@ -256,6 +257,17 @@ impl UserDb {
                 [email],
             )
             .map_err(|e| Error::sqlite(&path, e))?;
+        }
+        if has_own {
+            for table in ["miab_sidecar_app_passwords", "miab_sidecar_user_settings"] {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE user_id IN (SELECT id FROM users WHERE email=?1)"
+                    ),
+                    [email],
+                )
+                .map_err(|e| Error::sqlite(&path, e))?;
+            }
         }
         let n = tx
             .execute("DELETE FROM users WHERE email=?1", [email])

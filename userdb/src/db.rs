@@ -215,11 +215,9 @@ impl UserDb {
         conn.busy_timeout(busy_timeout)
             .map_err(|e| Error::sqlite(&path, e))?;
         let schema = Schema::detect(&conn).map_err(|e| detect_error(&path, e))?;
-        let mut db = UserDb { conn, schema, path };
-        if access == Access::ReadWrite {
-            schema::migrate(&mut db.conn, schema::MIGRATIONS).map_err(|e| db.err(e))?;
-        }
-        Ok(db)
+        // Our own tables are created when first needed (`ensure_own_tables`), so opening a
+        // box's DB never changes it.
+        Ok(UserDb { conn, schema, path })
     }
 
     /// Creates a new DB with exactly MIAB's fresh schema, and the directory it lives in.
@@ -246,6 +244,12 @@ impl UserDb {
         schema::create_fresh(&mut conn).map_err(|e| Error::sqlite(&path, e))?;
         drop(conn);
         Self::open(path, Access::ReadWrite)
+    }
+
+    /// Applies our own migrations (`miab_sidecar_*` tables) if they are not there yet.
+    pub(crate) fn ensure_own_tables(&mut self) -> Result<()> {
+        schema::migrate(&mut self.conn, schema::MIGRATIONS).map_err(|e| self.err(e))?;
+        self.refresh_schema()
     }
 
     /// The file this handle reads.

@@ -6,6 +6,7 @@
 //! - MIAB's address rules and error texts ([`address`], [`admin`]);
 //! - the read queries the daemons need, with MIAB's map semantics and the partial keys Postfix
 //!   would try (`user+ext@domain`, `user@domain`, `@domain`) ([`db`]);
+//! - app passwords, in our own `miab_sidecar_*` tables ([`app_password`]);
 //! - SHA512-CRYPT hashing compatible with `doveadm pw` ([`password`]);
 //! - MIAB's display order ([`sort`]) and an async handle for daemons (`handle`, feature `async`).
 //!
@@ -13,6 +14,7 @@
 
 pub mod address;
 pub mod admin;
+pub mod app_password;
 pub mod db;
 mod error;
 #[cfg(feature = "async")]

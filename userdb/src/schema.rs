@@ -22,7 +22,13 @@ const COUNTER_TABLE: &str = "miab_sidecar_schema";
 
 /// Our own migrations, applied in order on a read-write open. Each must create or change only
 /// `miab_sidecar_*` objects. Index + 1 is the version it brings the DB to.
-pub(crate) const MIGRATIONS: &[&str] = &[];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: app passwords (see `app_password`). Keyed by `users.id`, which AUTOINCREMENT never
+    // reuses, so a user removed by MIAB and added again does not get old app passwords back.
+    "CREATE TABLE miab_sidecar_app_passwords (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL, label TEXT NOT NULL, scopes TEXT NOT NULL DEFAULT '', hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
+     CREATE INDEX miab_sidecar_app_passwords_user ON miab_sidecar_app_passwords (user_id);
+     CREATE TABLE miab_sidecar_user_settings (user_id INTEGER PRIMARY KEY, app_passwords_required INTEGER NOT NULL DEFAULT 0);",
+];
 
 /// Which optional parts of MIAB's schema a DB has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +43,8 @@ pub struct Schema {
     pub mfa: bool,
     /// The `auto_aliases` table (MIAB migration 14).
     pub auto_aliases: bool,
+    /// Our app password tables (created on first use, never by merely opening the DB).
+    pub app_passwords: bool,
     /// SQLite's `schema_version`, to notice when someone (MIAB's migrate.py) changes the schema.
     pub cookie: i64,
 }
@@ -89,6 +97,8 @@ impl Schema {
             aliases_permitted_senders: has(&aliases, "permitted_senders"),
             mfa: has(&mfa, "user_id"),
             auto_aliases: has(&auto, "source") && has(&auto, "destination"),
+            app_passwords: has(&columns(conn, "miab_sidecar_app_passwords")?, "hash")
+                && has(&columns(conn, "miab_sidecar_user_settings")?, "user_id"),
             cookie,
         })
     }
@@ -101,6 +111,7 @@ impl Schema {
             aliases_permitted_senders: true,
             mfa: true,
             auto_aliases: true,
+            app_passwords: false,
             cookie: 0,
         }
     }
@@ -196,18 +207,27 @@ mod tests {
     }
 
     #[test]
-    fn no_migrations_keeps_fresh_schema_exact() {
+    fn our_migrations_add_only_our_tables() {
         let mut conn = Connection::open_in_memory().unwrap();
         create_fresh(&mut conn).unwrap();
-        migrate(&mut conn, MIGRATIONS).unwrap();
-        let n: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE name LIKE 'miab_sidecar%'",
-                [],
-                |r| r.get(0),
-            )
+        assert!(!Schema::detect(&conn).unwrap().app_passwords);
+        let before: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT name, sql FROM sqlite_master WHERE name NOT LIKE '%miab_sidecar%' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(n, 0);
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        let after: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT name, sql FROM sqlite_master WHERE name NOT LIKE '%miab_sidecar%' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(before, after, "MIAB's tables are untouched");
+        assert!(Schema::detect(&conn).unwrap().app_passwords);
     }
 
     #[test]

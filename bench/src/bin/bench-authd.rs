@@ -44,7 +44,7 @@ fn main() {
     let dovecot = Dovecot::start(&root);
     let sock = dir.join("authd.sock");
     let config = format!(
-        "storage_root = \"{}\"\n[authd]\nsocket_mode = \"0666\"\nfailure_delay_ms = 0\n",
+        "storage_root = \"{}\"\n[authd]\nsocket_mode = \"0666\"\nfailure_delay_ms = 0\ncheckpassword_listen = \"\"\n",
         root.display()
     );
     let listen = format!("unix:{}", sock.display());

@@ -47,6 +47,19 @@ pub struct AuthdConfig {
     /// Seconds a client or login past its limit is refused without a password check.
     /// Default 300.
     pub cooloff_secs: u64,
+    /// The socket `miab-checkpassword` (Dovecot 2.3's checkpassword passdb and userdb) asks:
+    /// password checks and userdb lookups with the same limits, cache and app passwords as
+    /// SMTP. `""` turns it off. Default `unix:/run/miab-authd/checkpassword` (the directory is
+    /// created if missing).
+    pub checkpassword_listen: String,
+    /// Mode of that socket, octal. Default `"0660"`.
+    pub checkpassword_socket_mode: String,
+    /// Its group (Dovecot's auth process runs as `dovecot`). Default: the daemon's.
+    pub checkpassword_socket_group: Option<String>,
+    /// The `uid` Dovecot gets for every mailbox, as MIAB's `user_query`. Default `"mail"`.
+    pub mail_uid: String,
+    /// The `gid`, likewise. Default `"mail"`.
+    pub mail_gid: String,
 }
 
 impl Default for AuthdConfig {
@@ -68,6 +81,11 @@ impl Default for AuthdConfig {
             ip_failures_per_minute: 10,
             login_failures_per_minute: 20,
             cooloff_secs: 300,
+            checkpassword_listen: "unix:/run/miab-authd/checkpassword".into(),
+            checkpassword_socket_mode: "0660".into(),
+            checkpassword_socket_group: None,
+            mail_uid: "mail".into(),
+            mail_gid: "mail".into(),
         }
     }
 }
