@@ -4,10 +4,12 @@
 //! error, so a typo is reported instead of silently ignored.
 
 mod authd;
+mod milter;
 mod policyd;
 
 use crate::listen::ListenAddr;
 pub use authd::AuthdConfig;
+pub use milter::{MilterConfig, OPENDKIM_SIGN_HEADERS};
 pub use policyd::{DnsblConfig, GreylistConfig, ListConfig, PolicydConfig, RateLimitConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -39,6 +41,8 @@ pub struct Config {
     pub policyd: PolicydConfig,
     /// `[authd]`: the SMTP AUTH daemon.
     pub authd: AuthdConfig,
+    /// `[milter]`: DKIM signing and DKIM/SPF/DMARC verification.
+    pub milter: MilterConfig,
 }
 
 /// `[dns]`.
@@ -163,6 +167,7 @@ impl Default for Config {
             lookup: LookupConfig::default(),
             policyd: PolicydConfig::default(),
             authd: AuthdConfig::default(),
+            milter: MilterConfig::default(),
         }
     }
 }
@@ -217,7 +222,17 @@ impl Config {
         Self::from_toml(&text, path)
     }
 
-    /// The user DB path.
+    /// The host name for headers (`PRIMARY_HOSTNAME`): the configured one, else the system's.
+    pub fn box_hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
+
+    /// The user DB: `STORAGE_ROOT/mail/users.sqlite`.
     pub fn db_path(&self) -> PathBuf {
         self.storage_root.join("mail").join("users.sqlite")
     }

@@ -4,6 +4,8 @@
 
 pub mod cli;
 pub mod config;
+#[cfg(feature = "dns")]
+pub mod dns;
 pub mod launch;
 pub mod listen;
 pub mod serve;
@@ -11,7 +13,7 @@ pub mod session;
 
 pub use cli::CommonArgs;
 pub use config::{
-    AuthdConfig, Config, ConfigError, DnsConfig, DnsblConfig, GreylistConfig, ListConfig,
+    AuthdConfig, Config, ConfigError, MilterConfig, OPENDKIM_SIGN_HEADERS, DnsConfig, DnsblConfig, GreylistConfig, ListConfig,
     LookupConfig, PolicydConfig, RateLimitConfig,
 };
 pub use launch::{Runtime, Section, launch};

@@ -69,16 +69,6 @@ pub fn greylist_db_path(config: &Config) -> PathBuf {
     })
 }
 
-/// The host name for headers: the configured one, else the system's.
-pub fn hostname(config: &Config) -> String {
-    config.hostname.clone().unwrap_or_else(|| {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "localhost".into())
-    })
-}
-
 impl State {
     /// Builds everything from the configuration. Must run inside a tokio runtime.
     pub fn open(config: &Config) -> Result<(State, Report), StartError> {
@@ -130,7 +120,7 @@ impl State {
             checks,
             fail_action: p.fail_action.clone(),
             trusted,
-            hostname: hostname(config),
+            hostname: config.box_hostname(),
             db,
             delims: Arc::new(Delimiters::new(config.recipient_delimiter.clone())),
             lists: dnsbl::Checker::new(dns::resolver(&auth), config.dns.timeout()),
