@@ -51,4 +51,3 @@ fn servers(addrs: &[SocketAddr]) -> (ResolverConfig, ResolverOpts) {
         ResolverOpts::default(),
     )
 }
-

@@ -13,8 +13,8 @@ pub mod session;
 
 pub use cli::CommonArgs;
 pub use config::{
-    AuthdConfig, Config, ConfigError, MilterConfig, OPENDKIM_SIGN_HEADERS, DnsConfig, DnsblConfig, GreylistConfig, ListConfig,
-    LookupConfig, PolicydConfig, RateLimitConfig,
+    AuthdConfig, Config, ConfigError, DnsConfig, DnsblConfig, GreylistConfig, ListConfig,
+    LookupConfig, MilterConfig, OPENDKIM_SIGN_HEADERS, PolicydConfig, RateLimitConfig,
 };
 pub use launch::{Runtime, Section, launch};
 pub use listen::{ListenAddr, Listener, Peer, Stream, UnixOptions};

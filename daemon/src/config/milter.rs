@@ -96,7 +96,10 @@ impl Default for MilterConfig {
             ed25519_key_file: None,
             ed25519_selector: "ed".into(),
             trusted_hosts: vec!["127.0.0.1".into(), "::1".into()],
-            sign_headers: OPENDKIM_SIGN_HEADERS.iter().map(|s| (*s).to_owned()).collect(),
+            sign_headers: OPENDKIM_SIGN_HEADERS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
             verify: true,
             dmarc_reject: false,
             verify_timeout_secs: 20,

@@ -1,0 +1,211 @@
+//! Signing keys: MIAB's RSA key (PKCS#1 or PKCS#8 PEM, as opendkim-genkey writes it on either
+//! OpenSSL), an optional Ed25519 key (PKCS#8 PEM), and per-domain RSA keys
+//! (`<domain>.private` next to the main key). Loaded once; keys are shared, never copied, and
+//! never printed.
+
+use base64::Engine as _;
+use mail_auth::common::crypto::{Algorithm, Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::headers::Writable;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Why a key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path}: not a usable {kind} private key ({why})")]
+    Parse {
+        path: PathBuf,
+        kind: &'static str,
+        why: String,
+    },
+}
+
+/// An RSA key shared by every message signed with it.
+#[derive(Clone)]
+pub struct SharedRsa(Arc<RsaKey<Sha256>>);
+
+/// An Ed25519 key, likewise.
+#[derive(Clone)]
+pub struct SharedEd25519(Arc<Ed25519Key>);
+
+// Keys never show in a Debug print.
+impl std::fmt::Debug for SharedRsa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedRsa(<key>)")
+    }
+}
+
+impl std::fmt::Debug for SharedEd25519 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedEd25519(<key>)")
+    }
+}
+
+impl SigningKey for SharedRsa {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        self.0.sign(input)
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        self.0.algorithm()
+    }
+}
+
+impl SigningKey for SharedEd25519 {
+    type Hasher = <Ed25519Key as SigningKey>::Hasher;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        self.0.sign(input)
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        self.0.algorithm()
+    }
+}
+
+fn read(path: &Path) -> Result<String, KeyError> {
+    std::fs::read_to_string(path).map_err(|error| KeyError::Read {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+/// The DER inside the first PEM block of `pem`.
+fn pem_der(pem: &str) -> Result<Vec<u8>, String> {
+    let b64: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    if b64.is_empty() {
+        return Err("no PEM block".into());
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| e.to_string())
+}
+
+/// Loads an RSA private key in PKCS#1 (`BEGIN RSA PRIVATE KEY`) or PKCS#8 (`BEGIN PRIVATE
+/// KEY`) PEM.
+pub fn load_rsa(path: &Path) -> Result<SharedRsa, KeyError> {
+    let pem = read(path)?;
+    let bad = |why: String| KeyError::Parse {
+        path: path.to_owned(),
+        kind: "RSA",
+        why,
+    };
+    let der = pem_der(&pem).map_err(bad)?;
+    let der = if pem.contains("BEGIN RSA PRIVATE KEY") {
+        PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der))
+    } else {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der))
+    };
+    let key = RsaKey::<Sha256>::from_key_der(der);
+    key.map(|k| SharedRsa(Arc::new(k)))
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// Loads an Ed25519 private key in PKCS#8 PEM (`openssl genpkey -algorithm ed25519`).
+pub fn load_ed25519(path: &Path) -> Result<SharedEd25519, KeyError> {
+    let pem = read(path)?;
+    let bad = |why: String| KeyError::Parse {
+        path: path.to_owned(),
+        kind: "Ed25519",
+        why,
+    };
+    let der = pem_der(&pem).map_err(bad)?;
+    Ed25519Key::from_pkcs8_maybe_unchecked_der(&der)
+        .map(|k| SharedEd25519(Arc::new(k)))
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// The keys a domain is signed with.
+#[derive(Clone, Debug)]
+pub struct DomainKeys {
+    pub rsa: SharedRsa,
+    pub ed25519: Option<SharedEd25519>,
+}
+
+/// The main keys and the per-domain RSA keys found so far.
+pub struct Keyring {
+    main: DomainKeys,
+    dir: PathBuf,
+    per_domain: Mutex<HashMap<String, Option<SharedRsa>>>,
+}
+
+// Keys never show in a Debug print.
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("dir", &self.dir)
+            .field("ed25519", &self.main.ed25519.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// At most this many per-domain lookups are remembered.
+const MAX_DOMAINS: usize = 10_000;
+
+impl Keyring {
+    /// Loads the main RSA key and, if configured, the Ed25519 key.
+    pub fn load(rsa: &Path, ed25519: Option<&Path>) -> Result<Keyring, KeyError> {
+        Ok(Keyring {
+            main: DomainKeys {
+                rsa: load_rsa(rsa)?,
+                ed25519: ed25519.map(load_ed25519).transpose()?,
+            },
+            dir: rsa.parent().map(Path::to_owned).unwrap_or_default(),
+            per_domain: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The keys for `domain`: its own RSA key if `<domain>.private` exists (looked up once),
+    /// else the main one. A domain key that does not load is logged and the main key used.
+    pub fn for_domain(&self, domain: &str) -> DomainKeys {
+        let safe = !domain.is_empty()
+            && domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            && !domain.starts_with('.');
+        if !safe {
+            return self.main.clone();
+        }
+        let mut cache = match self.per_domain.lock() {
+            Ok(c) => c,
+            Err(_) => return self.main.clone(),
+        };
+        if cache.len() >= MAX_DOMAINS {
+            cache.clear();
+        }
+        let own = cache
+            .entry(domain.to_owned())
+            .or_insert_with(|| {
+                let path = self.dir.join(format!("{domain}.private"));
+                if !path.is_file() {
+                    return None;
+                }
+                match load_rsa(&path) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        tracing::warn!(error = %e, domain, "domain key unusable; signing with the main key");
+                        None
+                    }
+                }
+            })
+            .clone();
+        DomainKeys {
+            rsa: own.unwrap_or_else(|| self.main.rsa.clone()),
+            ed25519: self.main.ed25519.clone(),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! `miab-milter`: what MIAB's OpenDKIM + OpenDMARC pair does, in one milter (indymilter).
+//!
+//! - [`keys`]: the signing keys.
+//! - [`results`]: the Authentication-Results texts.
+//! - `message`: one message's headers and body, streamed into signers or body hashers, so
+//!   memory stays bounded whatever the message size.
+//! - [`run`]: the milter callbacks over a listener until shutdown.
+//!
+//! Mail from an authenticated session (`{auth_authen}`) or a trusted client is signed when its
+//! From: domain is one of the box's mail domains (read live from the user DB); all other mail
+//! is verified (DKIM, SPF, DMARC) and gets one Authentication-Results header per method.
+//! Forged Authentication-Results headers with our authserv-id are removed. Nothing is
+//! rejected unless `dmarc_reject` is set.
+
+pub mod keys;
+mod message;
+pub mod results;
+
+use daemon::{Config, Listener, Shutdown};
+use indymilter::{Actions, Callbacks, Config as MilterLoop, ProtoOpts, SocketInfo, Status};
+use mail_auth::MessageAuthenticator;
+use message::Session;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use userdb::{AsyncUserDb, HandleConfig};
+
+/// What every connection shares.
+pub struct State {
+    pub(crate) hostname: String,
+    pub(crate) keys: keys::Keyring,
+    pub(crate) db: AsyncUserDb,
+    pub(crate) auth: MessageAuthenticator,
+    pub(crate) rsa_selector: String,
+    pub(crate) ed25519_selector: String,
+    pub(crate) sign_headers: Vec<String>,
+    pub(crate) trusted: Vec<(IpAddr, u8)>,
+    pub(crate) verify: bool,
+    pub(crate) dmarc_reject: bool,
+    pub(crate) verify_timeout: Duration,
+    pub(crate) max_header_bytes: usize,
+    max_connections: usize,
+    idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("hostname", &self.hostname)
+            .field("keys", &self.keys)
+            .field("verify", &self.verify)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the milter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("signing key: {0}")]
+    Key(#[from] keys::KeyError),
+    #[error("user DB: {0}")]
+    UserDb(#[from] userdb::Error),
+    #[error("DNS resolver: {0}")]
+    Dns(String),
+    #[error("[milter] trusted_hosts: {0:?} is not an address or network")]
+    Trusted(String),
+}
+
+/// Parses `192.0.2.1`, `2001:db8::/32` and the like.
+pub fn parse_network(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l.parse::<u8>().ok()?)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    (len <= max).then_some((ip, len))
+}
+
+/// Is `ip` inside `net`?
+pub fn in_network(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+impl State {
+    /// Loads the keys, opens the DB and builds the resolver from `config`.
+    pub fn open(config: &Config) -> Result<State, StartError> {
+        let m = &config.milter;
+        let key = m.key_file.clone().unwrap_or_else(|| {
+            config
+                .storage_root
+                .join("mail")
+                .join("dkim")
+                .join("mail.private")
+        });
+        let keys = keys::Keyring::load(&key, m.ed25519_key_file.as_deref())?;
+        let db = AsyncUserDb::open(
+            config.db_path(),
+            HandleConfig {
+                max_connections: 2,
+                busy_timeout: config.db_busy_timeout(),
+                memo_entries: 4096,
+                max_hashers: 1,
+            },
+        )?;
+        let trusted = m
+            .trusted_hosts
+            .iter()
+            .map(|t| parse_network(t).ok_or_else(|| StartError::Trusted(t.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(State {
+            hostname: config.box_hostname(),
+            keys,
+            db,
+            auth: daemon::dns::authenticator(&config.dns).map_err(StartError::Dns)?,
+            rsa_selector: m.selector.clone(),
+            ed25519_selector: m.ed25519_selector.clone(),
+            sign_headers: m.sign_headers.clone(),
+            trusted,
+            verify: m.verify,
+            dmarc_reject: m.dmarc_reject,
+            verify_timeout: Duration::from_secs(m.verify_timeout_secs),
+            max_header_bytes: m.max_header_bytes,
+            max_connections: m.max_connections,
+            idle_timeout: Duration::from_secs(m.idle_timeout_secs),
+        })
+    }
+
+    pub(crate) fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|n| in_network(ip, *n))
+    }
+}
+
+/// The callbacks, each a thin step into the connection's [`Session`].
+fn callbacks(state: Arc<State>) -> Callbacks<Session> {
+    Callbacks::new()
+        .on_negotiate(move |cx, _, _| {
+            let s = Arc::clone(&state);
+            Box::pin(async move {
+                cx.requested_actions |= Actions::ADD_HEADER | Actions::CHANGE_HEADER;
+                // Header values arrive byte-exact (DKIM), and nothing we never use is sent.
+                cx.requested_opts |= ProtoOpts::LEADING_SPACE
+                    | ProtoOpts::NO_UNKNOWN
+                    | ProtoOpts::NO_DATA
+                    | ProtoOpts::NO_RCPT;
+                cx.data = Some(Session::new(s));
+                Status::Continue
+            })
+        })
+        .on_connect(|cx, _host, info| {
+            Box::pin(async move {
+                if let (Some(s), SocketInfo::Inet(addr)) = (cx.data.as_mut(), info) {
+                    s.connect(addr.ip());
+                }
+                Status::Continue
+            })
+        })
+        .on_helo(|cx, helo| {
+            Box::pin(async move {
+                if let Some(s) = cx.data.as_mut() {
+                    s.helo(&helo.to_string_lossy());
+                }
+                Status::Continue
+            })
+        })
+        .on_mail(|cx, args| {
+            Box::pin(async move {
+                let auth = cx
+                    .macros
+                    .get(c"{auth_authen}")
+                    .is_some_and(|v| !v.to_bytes().is_empty());
+                if let Some(s) = cx.data.as_mut() {
+                    let sender = args
+                        .first()
+                        .map(|a| a.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    s.mail(&sender, auth);
+                }
+                Status::Continue
+            })
+        })
+        .on_header(|cx, name, value| {
+            Box::pin(async move {
+                if let Some(s) = cx.data.as_mut() {
+                    s.header(name.as_bytes(), value.as_bytes());
+                }
+                Status::Continue
+            })
+        })
+        .on_eoh(|cx| {
+            Box::pin(async move {
+                match cx.data.as_mut() {
+                    Some(s) => s.end_of_headers().await,
+                    None => Status::Continue,
+                }
+            })
+        })
+        .on_body(|cx, chunk| {
+            Box::pin(async move {
+                match cx.data.as_mut() {
+                    Some(s) => s.body(&chunk).await,
+                    None => Status::Continue,
+                }
+            })
+        })
+        .on_eom(|cx| {
+            Box::pin(async move {
+                match cx.data.as_mut() {
+                    Some(s) => s.end_of_message(&cx.actions, &mut cx.reply).await,
+                    None => Status::Continue,
+                }
+            })
+        })
+        .on_abort(|cx| {
+            Box::pin(async move {
+                if let Some(s) = cx.data.as_mut() {
+                    s.abort();
+                }
+                Status::Continue
+            })
+        })
+}
+
+/// Serves `listener` until `shutdown` fires.
+pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<()> {
+    let config = MilterLoop {
+        max_connections: state.max_connections.max(1),
+        actions: Actions::ADD_HEADER | Actions::CHANGE_HEADER,
+        connection_timeout: state.idle_timeout,
+    };
+    let cbs = callbacks(Arc::clone(&state));
+    let stop = async move { shutdown.wait().await };
+    match listener {
+        Listener::Tcp(l) => indymilter::run(l, cbs, config, stop).await,
+        Listener::Unix { listener, guard } => {
+            let out = indymilter::run(listener, cbs, config, stop).await;
+            drop(guard);
+            out
+        }
+    }
+}

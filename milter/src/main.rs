@@ -1,0 +1,30 @@
+//! `miab-milter`: flags, then the common start-up (`daemon::launch`).
+
+use clap::Parser;
+use daemon::{CommonArgs, Runtime};
+use std::process::ExitCode;
+
+/// DKIM signing and DKIM/SPF/DMARC verification for Postfix, in place of OpenDKIM and OpenDMARC.
+#[derive(Debug, Parser)]
+#[command(name = "miab-milter", version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> ExitCode {
+    daemon::init_logging();
+    let args = Args::parse();
+    daemon::launch(
+        "miab-milter",
+        Runtime::MultiThread,
+        &args.common,
+        |c| &mut c.milter,
+        |config| {
+            let state = miab_milter::State::open(config)?;
+            let summary = format!("authserv-id={}", config.box_hostname());
+            Ok::<_, miab_milter::StartError>((state, summary))
+        },
+        miab_milter::run,
+    )
+}

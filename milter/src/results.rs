@@ -1,0 +1,188 @@
+//! The Authentication-Results headers, one per method, in the shapes OpenDKIM and OpenDMARC
+//! write, because MIAB's SpamAssassin rules match `HOST; spf=` and `HOST; dmarc=` at the start
+//! of a header. Pure functions: results in, header values out.
+
+use base64::Engine as _;
+use mail_auth::dkim::Signature;
+use mail_auth::dmarc::Policy;
+use mail_auth::{DkimOutput, DkimResult, DmarcOutput, DmarcResult, SpfResult};
+
+/// A reason in parentheses: no parentheses, quotes or line breaks inside.
+fn comment(reason: &str) -> String {
+    reason
+        .chars()
+        .map(|c| match c {
+            '(' | ')' | '"' | '\\' => '\'',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect()
+}
+
+fn algorithm(s: &Signature) -> &'static str {
+    match s.a {
+        mail_auth::common::crypto::Algorithm::RsaSha256 => "rsa-sha256",
+        mail_auth::common::crypto::Algorithm::RsaSha1 => "rsa-sha1",
+        mail_auth::common::crypto::Algorithm::Ed25519Sha256 => "ed25519-sha256",
+    }
+}
+
+/// One `dkim=` result with OpenDKIM's properties.
+pub fn dkim_result(result: &DkimResult, sig: Option<&Signature>) -> String {
+    let (word, why) = match result {
+        DkimResult::Pass => ("pass", None),
+        DkimResult::Neutral(e) => ("neutral", Some(e.to_string())),
+        DkimResult::Fail(e) => ("fail", Some(e.to_string())),
+        DkimResult::PermError(e) => ("permerror", Some(e.to_string())),
+        DkimResult::TempError(e) => ("temperror", Some(e.to_string())),
+        DkimResult::None => ("none", None),
+    };
+    let mut out = format!("dkim={word}");
+    if let Some(why) = why {
+        out.push_str(&format!(" ({})", comment(&why)));
+    }
+    if let Some(s) = sig {
+        let b = base64::engine::general_purpose::STANDARD.encode(&s.b);
+        let i = if s.i.is_empty() {
+            format!("@{}", s.d)
+        } else {
+            s.i.clone()
+        };
+        out.push_str(&format!(
+            " header.d={} header.i={} header.a={} header.s={} header.b=\"{}\"",
+            s.d,
+            i,
+            algorithm(s),
+            s.s,
+            b.get(..8).unwrap_or(&b)
+        ));
+    }
+    out
+}
+
+/// `HOST; dkim=...` for every signature (`dkim=none` if there is none).
+pub fn dkim_header(host: &str, results: &[DkimOutput<'_>]) -> String {
+    if results.is_empty() {
+        return format!("{host}; dkim=none");
+    }
+    let parts: Vec<String> = results
+        .iter()
+        .map(|r| dkim_result(r.result(), r.signature()))
+        .collect();
+    format!("{host}; {}", parts.join(";\n\t"))
+}
+
+fn spf_word(r: SpfResult) -> &'static str {
+    match r {
+        SpfResult::Pass => "pass",
+        SpfResult::Fail => "fail",
+        SpfResult::SoftFail => "softfail",
+        SpfResult::Neutral => "neutral",
+        SpfResult::TempError => "temperror",
+        SpfResult::PermError => "permerror",
+        SpfResult::None => "none",
+    }
+}
+
+/// `HOST; spf=pass smtp.mailfrom=example.com`, as OpenDMARC's own SPF check writes it; for
+/// the null sender, the HELO name.
+pub fn spf_header(host: &str, result: SpfResult, mail_from_domain: &str, helo: &str) -> String {
+    if mail_from_domain.is_empty() {
+        format!("{host}; spf={} smtp.helo={helo}", spf_word(result))
+    } else {
+        format!(
+            "{host}; spf={} smtp.mailfrom={mail_from_domain}",
+            spf_word(result)
+        )
+    }
+}
+
+fn policy_word(p: Policy) -> &'static str {
+    match p {
+        Policy::Reject => "reject",
+        Policy::Quarantine => "quarantine",
+        Policy::None | Policy::Unspecified => "none",
+    }
+}
+
+/// `HOST; dmarc=fail (p=quarantine dis=none) header.from=example.com`, OpenDMARC's shape.
+pub fn dmarc_header(
+    host: &str,
+    out: &DmarcOutput,
+    header_from: &str,
+    disposition: Policy,
+) -> String {
+    let word = match out.result() {
+        DmarcResult::Pass => "pass",
+        DmarcResult::Fail(_) => "fail",
+        DmarcResult::TempError(_) => "temperror",
+        DmarcResult::PermError(_) => "permerror",
+        DmarcResult::None => "none",
+    };
+    format!(
+        "{host}; dmarc={word} (p={} dis={}) header.from={header_from}",
+        policy_word(out.policy()),
+        policy_word(disposition)
+    )
+}
+
+/// `temperror` for all three methods, when the checks ran out of time.
+pub fn timed_out(host: &str, mail_from_domain: &str, helo: &str, header_from: &str) -> [String; 3] {
+    [
+        format!("{host}; dkim=temperror (DNS timeout)"),
+        spf_header(host, SpfResult::TempError, mail_from_domain, helo),
+        format!("{host}; dmarc=temperror (p=none dis=none) header.from={header_from}"),
+    ]
+}
+
+/// Does an Authentication-Results value claim `host` as its authserv-id? Such a header did
+/// not come from us if it arrived with the message.
+pub fn claims_authserv_id(value: &str, host: &str) -> bool {
+    let v = value.trim_start();
+    let id: String = v
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ';')
+        .collect();
+    id.eq_ignore_ascii_case(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spf_and_dkim_texts() {
+        assert_eq!(
+            spf_header(
+                "box.example.com",
+                SpfResult::Pass,
+                "example.org",
+                "mx.example.org"
+            ),
+            "box.example.com; spf=pass smtp.mailfrom=example.org"
+        );
+        assert_eq!(
+            spf_header("box.example.com", SpfResult::None, "", "mx.example.org"),
+            "box.example.com; spf=none smtp.helo=mx.example.org"
+        );
+        assert_eq!(dkim_header("h", &[]), "h; dkim=none");
+        assert_eq!(comment("a (b) \"c\"\nd"), "a 'b' 'c' d");
+        let [d, s, m] = timed_out("h", "example.org", "helo", "example.org");
+        assert!(d.starts_with("h; dkim=temperror"));
+        assert!(s.starts_with("h; spf=temperror"));
+        assert!(m.starts_with("h; dmarc=temperror"));
+    }
+
+    #[test]
+    fn authserv_id_claims() {
+        for (v, yes) in [
+            (" box.example.com; dkim=pass", true),
+            ("BOX.example.com 1; spf=pass", true),
+            ("box.example.com.evil; spf=pass", false),
+            ("mx.google.com; spf=pass", false),
+            ("box.example.com", true),
+        ] {
+            assert_eq!(claims_authserv_id(v, "box.example.com"), yes, "{v}");
+        }
+    }
+}
