@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use userdb::{Access, BoxEnv, Outcome, Password, UserDb, address, sort};
 
+mod dkim;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "miabctl",
@@ -59,6 +61,38 @@ enum Command {
     },
     /// Regenerate the automatic aliases (postmaster@, admin@, abuse@, hostmaster@, IDN domains).
     Kick,
+    /// DKIM keys for miab-milter.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCmd,
+    },
+    /// DNS records the mail domains need.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DkimCmd {
+    /// Create STORAGE_ROOT/mail/dkim/mail.private (RSA 2048, PKCS#8 PEM, mode 0600) and
+    /// mail.txt, as opendkim-genkey does; with --ed25519 also ed25519.private (selector "ed").
+    Generate {
+        #[arg(long)]
+        ed25519: bool,
+        /// Owner of the key files (the user miab-milter runs as). Default: whoever runs this.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Replace existing keys (every signature in flight stops verifying once DNS changes).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DnsCmd {
+    /// Print the TXT records (SPF, DKIM, DMARC) for one domain, or for every mail domain.
+    Records { domain: Option<String> },
 }
 
 #[derive(Debug, clap::Args)]
@@ -312,6 +346,45 @@ fn run(cli: &Cli) -> Result<()> {
                 for d in sorted {
                     println!("{d}");
                 }
+            }
+        }
+        Command::Dkim {
+            command:
+                DkimCmd::Generate {
+                    ed25519,
+                    owner,
+                    force,
+                },
+        } => {
+            let dir = dkim::dir(&cli.storage_root);
+            for path in dkim::generate(&dir, *ed25519, owner.as_deref(), *force)? {
+                println!("{}", path.display());
+            }
+        }
+        Command::Dns {
+            command: DnsCmd::Records { domain },
+        } => {
+            let domains = match domain {
+                Some(d) => vec![d.clone()],
+                None => open(cli, Access::ReadOnly)?
+                    .mail_domains()?
+                    .into_iter()
+                    .collect(),
+            };
+            let dir = dkim::dir(&cli.storage_root);
+            let mut rows = Vec::new();
+            for d in &domains {
+                rows.extend(dkim::records(d, &dir)?);
+            }
+            if cli.json {
+                return print_json(&json!(
+                    rows.iter()
+                        .map(|(n, v)| json!({"qname": n, "rtype": "TXT", "value": v}))
+                        .collect::<Vec<_>>()
+                ));
+            }
+            for (name, value) in rows {
+                println!("{name}\tIN\tTXT\t{}", dkim::quoted(&value));
             }
         }
         Command::Kick => {

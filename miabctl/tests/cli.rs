@@ -486,3 +486,84 @@ fn app_passwords_add_list_revoke_require() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[test]
+fn dkim_keys_and_dns_records() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Scratch::new("ctl");
+    ok(root.path(), &["init"], None);
+    ok(
+        root.path(),
+        &["user", "add", "me@example.com", "--password-stdin"],
+        Some("first-password\n"),
+    );
+    let out = ok(root.path(), &["dkim", "generate", "--ed25519"], None);
+    let rsa = root.join("mail/dkim/mail.private");
+    let ed = root.join("mail/dkim/ed25519.private");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    for key in [&rsa, &ed] {
+        let mode = std::fs::metadata(key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", key.display());
+        assert!(
+            std::fs::read_to_string(key)
+                .unwrap()
+                .starts_with("-----BEGIN PRIVATE KEY-----")
+        );
+    }
+    assert!(
+        std::fs::read_to_string(root.join("mail/dkim/mail.txt"))
+            .unwrap()
+            .starts_with("mail._domainkey\tIN\tTXT\t( \"v=DKIM1; k=rsa; \"")
+    );
+    // A second run keeps the keys unless told otherwise.
+    assert!(refused(root.path(), &["dkim", "generate"], None).contains("exists"));
+
+    let records = ok(root.path(), &["dns", "records"], None);
+    let lines: Vec<&str> = records.lines().collect();
+    assert_eq!(lines[0], "example.com.\tIN\tTXT\t\"v=spf1 mx -all\"");
+    assert_eq!(
+        lines[3],
+        "_dmarc.example.com.\tIN\tTXT\t\"v=DMARC1; p=quarantine;\""
+    );
+    // The DKIM public keys are the ones OpenSSL derives from the private keys.
+    let openssl_pub = |key: &Path| {
+        let o = Command::new("openssl")
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(key)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        o.stdout
+    };
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let json = ok(
+        root.path(),
+        &["--json", "dns", "records", "example.com"],
+        None,
+    );
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let value = |q: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["qname"] == q)
+            .unwrap()["value"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        value("mail._domainkey.example.com."),
+        format!("v=DKIM1; k=rsa; p={}", b64(&openssl_pub(&rsa)))
+    );
+    let ed_pub = openssl_pub(&ed);
+    assert_eq!(
+        value("ed._domainkey.example.com."),
+        format!(
+            "v=DKIM1; k=ed25519; p={}",
+            b64(&ed_pub[ed_pub.len() - 32..])
+        )
+    );
+    assert!(lines[1].starts_with("mail._domainkey.example.com.\tIN\tTXT\t\"v=DKIM1; k=rsa; p="));
+}

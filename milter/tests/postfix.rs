@@ -33,8 +33,27 @@ fn b64(bytes: &[u8]) -> String {
 
 /// An RSA key in PKCS#1 PEM (as opendkim-genkey on OpenSSL 1.1) and an Ed25519 key; returns
 /// their paths and the DNS TXT values.
-fn keys(dir: &Scratch) -> (PathBuf, PathBuf, String, String) {
+fn keys(dir: &Scratch) -> (PathBuf, PathBuf, String, String, String) {
     let dkim = dir.mkdir("mail/dkim");
+    // other.example has its own key, in PKCS#8 (opendkim-genkey on OpenSSL 3).
+    let own = dkim.join("other.example.private");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "rsa",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        own.to_str().unwrap(),
+    ]);
+    let own_pub = openssl(&[
+        "pkey",
+        "-in",
+        own.to_str().unwrap(),
+        "-pubout",
+        "-outform",
+        "DER",
+    ]);
     let rsa = dkim.join("mail.private");
     openssl(&[
         "genrsa",
@@ -75,6 +94,7 @@ fn keys(dir: &Scratch) -> (PathBuf, PathBuf, String, String) {
             "v=DKIM1; k=ed25519; p={}",
             b64(&ed_pub[ed_pub.len() - 32..])
         ),
+        format!("v=DKIM1; k=rsa; p={}", b64(&own_pub)),
     )
 }
 
@@ -89,11 +109,13 @@ struct Setup {
 fn setup() -> Setup {
     let dir = Scratch::new("mlt");
     miab_box(dir.path());
-    let (rsa, ed, rsa_txt, ed_txt) = keys(&dir);
+    let (rsa, ed, rsa_txt, ed_txt, own_txt) = keys(&dir);
     let dns = TestDns::start();
     let records = vec![
         ("mail._domainkey.example.com".to_owned(), rsa_txt),
-        ("ed._domainkey.example.com".to_owned(), ed_txt),
+        ("ed._domainkey.example.com".to_owned(), ed_txt.clone()),
+        ("mail._domainkey.other.example".to_owned(), own_txt),
+        ("ed._domainkey.other.example".to_owned(), ed_txt),
     ];
     for (n, v) in &records {
         dns.add_txt(n, v);
@@ -216,6 +238,26 @@ fn signs_local_mail_and_checks_inbound_mail() {
     let v = dkimpy(&s.dir, &signed, &s.records);
     assert!(v.ok(), "{v:?}\n{signed}");
     assert!(v.stdout.starts_with("2 [True, True]"), "{v:?}");
+
+    // A domain with its own key file is signed with it (d=other.example).
+    let own = send(&s, "127.0.0.1", "boss@other.example", &[], "local-own-key");
+    assert!(header_block(&own).contains("d=other.example"), "{own}");
+    let v = dkimpy(&s.dir, &own, &s.records);
+    assert!(v.stdout.starts_with("2 [True, True]"), "{v:?}");
+    // The main key would not verify for it.
+    let swapped: Vec<(String, String)> = s
+        .records
+        .iter()
+        .map(|(n, v)| {
+            let v = if n == "mail._domainkey.other.example" {
+                s.records[0].1.clone()
+            } else {
+                v.clone()
+            };
+            (n.clone(), v)
+        })
+        .collect();
+    assert!(!dkimpy(&s.dir, &own, &swapped).ok());
 
     // Local mail with a foreign From: stays unsigned and unverified.
     let foreign = send(&s, "127.0.0.1", "x@foreign.example", &[], "local-foreign");

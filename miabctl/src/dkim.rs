@@ -1,0 +1,181 @@
+//! `miabctl dkim generate` and `miabctl dns records`: the keys miab-milter signs with, and the
+//! TXT records a mail domain needs (as MIAB publishes them).
+
+use anyhow::{Context, Result, bail};
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+use aws_lc_rs::rsa::{KeyPair, KeySize};
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+use base64::Engine as _;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// `STORAGE_ROOT/mail/dkim`, where opendkim-genkey puts MIAB's key.
+pub fn dir(storage_root: &Path) -> PathBuf {
+    storage_root.join("mail").join("dkim")
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let body = b64(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn pem_der(text: &str) -> Result<Vec<u8>> {
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .context("not a PEM file")
+}
+
+/// Writes `content` to a new file with mode 0600 (0640 when a group is given), owned by
+/// `owner` when it exists. An existing file is kept unless `force`.
+fn write_secret(path: &Path, content: &str, owner: Option<&str>, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        bail!("{} exists; --force replaces it", path.display());
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| tmp.display().to_string())?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()?;
+    if let Some(owner) = owner {
+        let user = nix::unistd::User::from_name(owner)
+            .ok()
+            .flatten()
+            .with_context(|| format!("no user {owner}"))?;
+        std::os::unix::fs::chown(&tmp, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+            .with_context(|| format!("chown {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
+    Ok(())
+}
+
+/// The record text opendkim-genkey writes to `<selector>.txt`.
+fn record_file(selector: &str, record: &str) -> String {
+    let (head, p) = record.split_once("p=").unwrap_or((record, ""));
+    format!(
+        "{selector}._domainkey\tIN\tTXT\t( \"{head}\"\n\t  \"p={p}\" )  ; ----- DKIM key {selector}\n"
+    )
+}
+
+/// Creates the RSA-2048 key (and, with `ed25519`, an Ed25519 key) in `dir`; returns the
+/// files written.
+pub fn generate(
+    dir: &Path,
+    ed25519: bool,
+    owner: Option<&str>,
+    force: bool,
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let mut written = Vec::new();
+    let rsa = KeyPair::generate(KeySize::Rsa2048)
+        .map_err(|_| anyhow::anyhow!("RSA key generation failed"))?;
+    let der: Pkcs8V1Der<'_> = rsa
+        .as_der()
+        .map_err(|_| anyhow::anyhow!("RSA key encoding failed"))?;
+    let private = dir.join("mail.private");
+    write_secret(&private, &pem("PRIVATE KEY", der.as_ref()), owner, force)?;
+    std::fs::write(
+        dir.join("mail.txt"),
+        record_file("mail", &rsa_record(&private)?),
+    )?;
+    written.push(private);
+    if ed25519 {
+        let ed = Ed25519KeyPair::generate()
+            .map_err(|_| anyhow::anyhow!("Ed25519 key generation failed"))?;
+        let der: Pkcs8V1Der<'_> = ed
+            .as_der()
+            .map_err(|_| anyhow::anyhow!("Ed25519 key encoding failed"))?;
+        let path = dir.join("ed25519.private");
+        write_secret(&path, &pem("PRIVATE KEY", der.as_ref()), owner, force)?;
+        std::fs::write(
+            dir.join("ed25519.txt"),
+            record_file("ed", &ed25519_record(&path)?),
+        )?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// `v=DKIM1; k=rsa; p=<SubjectPublicKeyInfo>` for an RSA key file (PKCS#1 or PKCS#8 PEM).
+pub fn rsa_record(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let der = pem_der(&text)?;
+    let key = if text.contains("BEGIN RSA PRIVATE KEY") {
+        KeyPair::from_der(&der)
+    } else {
+        KeyPair::from_pkcs8(&der)
+    }
+    .map_err(|e| anyhow::anyhow!("{}: not an RSA key: {e}", path.display()))?;
+    let spki: PublicKeyX509Der<'_> = key
+        .public_key()
+        .as_der()
+        .map_err(|_| anyhow::anyhow!("public key encoding failed"))?;
+    Ok(format!("v=DKIM1; k=rsa; p={}", b64(spki.as_ref())))
+}
+
+/// `v=DKIM1; k=ed25519; p=<32 raw bytes>` (RFC 8463) for an Ed25519 PKCS#8 PEM file.
+pub fn ed25519_record(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let der = pem_der(&text)?;
+    let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+        .map_err(|e| anyhow::anyhow!("{}: not an Ed25519 key: {e}", path.display()))?;
+    Ok(format!(
+        "v=DKIM1; k=ed25519; p={}",
+        b64(key.public_key().as_ref())
+    ))
+}
+
+/// The TXT records `domain` needs, as (name, value): SPF and DMARC as MIAB publishes them,
+/// and the DKIM keys found in `dir`.
+pub fn records(domain: &str, dir: &Path) -> Result<Vec<(String, String)>> {
+    let mut out = vec![(format!("{domain}."), "v=spf1 mx -all".to_owned())];
+    let own = dir.join(format!("{domain}.private"));
+    let rsa = if own.is_file() {
+        own
+    } else {
+        dir.join("mail.private")
+    };
+    if rsa.is_file() {
+        out.push((format!("mail._domainkey.{domain}."), rsa_record(&rsa)?));
+    }
+    let ed = dir.join("ed25519.private");
+    if ed.is_file() {
+        out.push((format!("ed._domainkey.{domain}."), ed25519_record(&ed)?));
+    }
+    out.push((
+        format!("_dmarc.{domain}."),
+        "v=DMARC1; p=quarantine;".to_owned(),
+    ));
+    Ok(out)
+}
+
+/// A TXT value in zone-file quoting, split into 255-byte strings.
+pub fn quoted(value: &str) -> String {
+    value
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
