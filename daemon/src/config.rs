@@ -197,7 +197,7 @@ impl Config {
     }
 
     /// Loads `explicit` (which must exist), else `MIAB_CONFIG`, else the default path if it
-    /// exists, else the embedded defaults. `MIAB_STORAGE_ROOT` overrides the file.
+    /// exists, else the embedded defaults. `MIAB_STORAGE_ROOT` and `MIAB_HOSTNAME` override the file.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         let env_path = std::env::var_os("MIAB_CONFIG").map(PathBuf::from);
         let chosen = explicit.map(Path::to_owned).or(env_path);
@@ -210,6 +210,12 @@ impl Config {
         };
         if let Some(root) = std::env::var_os("MIAB_STORAGE_ROOT") {
             config.storage_root = PathBuf::from(root);
+        }
+        // As miabctl and MIAB's own scripts take it.
+        if let Ok(host) = std::env::var("MIAB_HOSTNAME")
+            && !host.is_empty()
+        {
+            config.hostname = Some(host);
         }
         Ok(config)
     }
@@ -292,6 +298,7 @@ mod tests {
             ..AuthdConfig::default()
         };
         assert_eq!(c.authd, authd, "the sample only adds the sockets' groups");
+        assert_eq!(c.milter, MilterConfig::default());
     }
 
     #[test]
