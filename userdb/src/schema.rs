@@ -211,21 +211,17 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         create_fresh(&mut conn).unwrap();
         assert!(!Schema::detect(&conn).unwrap().app_passwords);
-        let before: Vec<(String, Option<String>)> = conn
-            .prepare("SELECT name, sql FROM sqlite_master WHERE name NOT LIKE '%miab_sidecar%' ORDER BY name")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let theirs = |conn: &Connection| -> Vec<(String, Option<String>)> {
+            conn.prepare("SELECT name, sql FROM sqlite_master WHERE name NOT LIKE '%miab_sidecar%' ORDER BY name")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let before = theirs(&conn);
         migrate(&mut conn, MIGRATIONS).unwrap();
-        let after: Vec<(String, Option<String>)> = conn
-            .prepare("SELECT name, sql FROM sqlite_master WHERE name NOT LIKE '%miab_sidecar%' ORDER BY name")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let after = theirs(&conn);
         assert_eq!(before, after, "MIAB's tables are untouched");
         assert!(Schema::detect(&conn).unwrap().app_passwords);
     }
