@@ -175,9 +175,7 @@ impl State {
         let Some(usage) = self.usage.clone() else {
             return;
         };
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let secs = app_password::unix_now();
         tokio::task::spawn_blocking(move || {
             let done = usage
                 .lock()

@@ -588,7 +588,8 @@ fn app_password(cli: &Cli, cmd: &AppPasswordCmd) -> Result<()> {
             scope,
         } => {
             let mut db = open(cli, Access::ReadWrite)?;
-            let (id, pw) = db.add_app_password(email, label, scope, unix_now())?;
+            let (id, pw) =
+                db.add_app_password(email, label, scope, userdb::app_password::unix_now())?;
             if cli.json {
                 return print_json(&json!({"id": id, "password": pw.expose()}));
             }
@@ -627,12 +628,6 @@ fn app_password(cli: &Cli, cmd: &AppPasswordCmd) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC (civil-from-days, proleptic Gregorian).

@@ -166,13 +166,10 @@ impl Session {
         self.headers.extend_from_slice(b"\r\n");
     }
 
-    /// The From: header's domain (the first address), lowercased.
+    /// The From: header's domain (the first address), lowercased. After the headers ended.
     fn header_from_domain(&self) -> Option<String> {
-        let mut raw = self.headers.clone();
-        raw.extend_from_slice(b"\r\n");
-        let msg = AuthenticatedMessage::parse(&raw)?;
-        let from = msg.from.first()?;
-        from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())
+        let msg = AuthenticatedMessage::parse(&self.headers)?;
+        msg.from.first().and_then(|f| domain_lowercase(f))
     }
 
     async fn is_mail_domain(&self, domain: &str) -> Result<bool, userdb::Error> {
@@ -200,6 +197,9 @@ impl Session {
             self.work = Work::Pass;
             return Status::Continue;
         }
+        // The header block is complete: end it as a message does, so mail-auth can parse it
+        // (and the signer take it) as is.
+        self.headers.extend_from_slice(b"\r\n");
         if self.internal() {
             let Some(domain) = self.header_from_domain() else {
                 self.work = Work::Pass;
@@ -222,9 +222,7 @@ impl Session {
             self.work = Work::Pass;
             return Status::Continue;
         }
-        let mut raw = self.headers.clone();
-        raw.extend_from_slice(b"\r\n");
-        let hashers = AuthenticatedMessage::parse(&raw)
+        let hashers = AuthenticatedMessage::parse(&self.headers)
             .map(|m| {
                 m.body_hashes
                     .iter()
@@ -249,8 +247,7 @@ impl Session {
             .chain(std::iter::once("From".to_owned()))
             .collect();
         let (tx, rx) = mpsc::channel::<Vec<u8>>(SIGNER_QUEUE);
-        let mut head = std::mem::take(&mut self.headers);
-        head.extend_from_slice(b"\r\n");
+        let head = std::mem::take(&mut self.headers);
         let job = SignJob {
             domain: domain.clone(),
             keys,
@@ -337,9 +334,7 @@ impl Session {
         reply: &mut SmtpReply,
     ) -> Status {
         let host = self.state.hostname.as_str();
-        let mut raw = self.headers.clone();
-        raw.extend_from_slice(b"\r\n");
-        let Some(mut msg) = AuthenticatedMessage::parse(&raw) else {
+        let Some(mut msg) = AuthenticatedMessage::parse(&self.headers) else {
             return Status::Continue;
         };
         for (slot, h) in msg.body_hashes.iter_mut().zip(hashers) {
@@ -348,14 +343,9 @@ impl Session {
         let header_from = msg
             .from
             .first()
-            .and_then(|f| f.rsplit_once('@'))
-            .map(|(_, d)| d.to_ascii_lowercase())
+            .and_then(|f| domain_lowercase(f))
             .unwrap_or_default();
-        let mail_from_domain = self
-            .sender
-            .rsplit_once('@')
-            .map(|(_, d)| d.to_ascii_lowercase())
-            .unwrap_or_default();
+        let mail_from_domain = domain_lowercase(&self.sender).unwrap_or_default();
         let ip = self
             .client
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
@@ -421,6 +411,11 @@ impl Session {
         }
         Status::Continue
     }
+}
+
+/// The domain of an address (after its last `@`), lowercased.
+fn domain_lowercase(addr: &str) -> Option<String> {
+    addr.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())
 }
 
 /// Is there a header `name` in the raw block?

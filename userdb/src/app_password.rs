@@ -48,6 +48,13 @@ pub struct AppPasswordMatch {
     pub scopes: String,
 }
 
+/// Now, in the Unix seconds the created and last-use times are kept in.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// The stored digest of `candidate`, if it has the shape of an app password. Dashes and spaces
 /// are ignored and case is folded, so `abcd-efgh-…` typed either way matches.
 pub fn candidate_digest(candidate: &str) -> Option<String> {
