@@ -18,7 +18,10 @@ impl DaemonProcess {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("MIAB_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("MIAB_CONFIG")
             .env_remove("MIAB_STORAGE_ROOT")
             .stdin(Stdio::null())
