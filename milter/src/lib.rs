@@ -17,7 +17,9 @@ mod message;
 pub mod results;
 
 use daemon::{Config, Listener, Shutdown};
-use indymilter::{Actions, Callbacks, Config as MilterLoop, ProtoOpts, SocketInfo, Status};
+use indymilter::{
+    Actions, Callbacks, Config as MilterLoop, MacroStage, ProtoOpts, SocketInfo, Status,
+};
 use mail_auth::MessageAuthenticator;
 use message::Session;
 use std::net::IpAddr;
@@ -142,10 +144,18 @@ impl State {
     }
 }
 
+/// The stages that answer nothing when the MTA offers it: none of them ever fails on its own.
+const NO_REPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
+    .union(ProtoOpts::NOREPLY_HELO)
+    .union(ProtoOpts::NOREPLY_MAIL)
+    .union(ProtoOpts::NOREPLY_HEADER)
+    .union(ProtoOpts::NOREPLY_EOH)
+    .union(ProtoOpts::NOREPLY_BODY);
+
 /// The callbacks, each a thin step into the connection's [`Session`].
 fn callbacks(state: Arc<State>) -> Callbacks<Session> {
     Callbacks::new()
-        .on_negotiate(move |cx, _, _| {
+        .on_negotiate(move |cx, _, offered| {
             let s = Arc::clone(&state);
             Box::pin(async move {
                 cx.requested_actions |= Actions::ADD_HEADER | Actions::CHANGE_HEADER;
@@ -154,24 +164,46 @@ fn callbacks(state: Arc<State>) -> Callbacks<Session> {
                     | ProtoOpts::NO_UNKNOWN
                     | ProtoOpts::NO_DATA
                     | ProtoOpts::NO_RCPT;
-                cx.data = Some(Session::new(s));
+                // Every answer before end-of-message is "continue" (a failure waits for it),
+                // so when the MTA allows it, those answers are not sent at all: a round trip
+                // per header costs more CPU than the DKIM work.
+                let quiet = offered.contains(NO_REPLY);
+                if quiet {
+                    cx.requested_opts |= NO_REPLY;
+                }
+                // Only the macro we read; the others would be sent and parsed for nothing.
+                cx.requested_macros
+                    .insert(MacroStage::Mail, c"{auth_authen}".to_owned());
+                for stage in [
+                    MacroStage::Connect,
+                    MacroStage::Helo,
+                    MacroStage::Eoh,
+                    MacroStage::Eom,
+                ] {
+                    cx.requested_macros.insert(stage, c"".to_owned());
+                }
+                cx.data = Some(Session::new(s, quiet));
                 Status::Continue
             })
         })
         .on_connect(|cx, _host, info| {
             Box::pin(async move {
-                if let (Some(s), SocketInfo::Inet(addr)) = (cx.data.as_mut(), info) {
+                let Some(s) = cx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                if let SocketInfo::Inet(addr) = info {
                     s.connect(addr.ip());
                 }
-                Status::Continue
+                s.carry_on()
             })
         })
         .on_helo(|cx, helo| {
             Box::pin(async move {
-                if let Some(s) = cx.data.as_mut() {
-                    s.helo(&helo.to_string_lossy());
-                }
-                Status::Continue
+                let Some(s) = cx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                s.helo(&helo.to_string_lossy());
+                s.carry_on()
             })
         })
         .on_mail(|cx, args| {
@@ -180,22 +212,24 @@ fn callbacks(state: Arc<State>) -> Callbacks<Session> {
                     .macros
                     .get(c"{auth_authen}")
                     .is_some_and(|v| !v.to_bytes().is_empty());
-                if let Some(s) = cx.data.as_mut() {
-                    let sender = args
-                        .first()
-                        .map(|a| a.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    s.mail(&sender, auth);
-                }
-                Status::Continue
+                let Some(s) = cx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                let sender = args
+                    .first()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                s.mail(&sender, auth);
+                s.carry_on()
             })
         })
         .on_header(|cx, name, value| {
             Box::pin(async move {
-                if let Some(s) = cx.data.as_mut() {
-                    s.header(name.as_bytes(), value.as_bytes());
-                }
-                Status::Continue
+                let Some(s) = cx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                s.header(name.as_bytes(), value.as_bytes());
+                s.carry_on()
             })
         })
         .on_eoh(|cx| {

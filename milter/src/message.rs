@@ -72,6 +72,8 @@ enum Work {
     },
     /// Streaming into body hashers.
     Verify { hashers: Vec<Hasher> },
+    /// Something failed before the end of the message, which is answered with tempfail.
+    Failed,
 }
 
 /// The connection's state (indymilter's per-connection data).
@@ -88,10 +90,12 @@ pub struct Session {
     ar_seen: i32,
     ar_forged: Vec<i32>,
     work: Work,
+    /// The MTA takes no answer before end-of-message.
+    quiet: bool,
 }
 
 impl Session {
-    pub(crate) fn new(state: Arc<State>) -> Session {
+    pub(crate) fn new(state: Arc<State>, quiet: bool) -> Session {
         Session {
             state,
             client: None,
@@ -103,6 +107,16 @@ impl Session {
             ar_seen: 0,
             ar_forged: Vec::new(),
             work: Work::Headers,
+            quiet,
+        }
+    }
+
+    /// The answer of every stage before end-of-message.
+    pub(crate) fn carry_on(&self) -> Status {
+        if self.quiet {
+            Status::Noreply
+        } else {
+            Status::Continue
         }
     }
 
@@ -195,7 +209,7 @@ impl Session {
                 "headers too large; message passed unsigned and unverified"
             );
             self.work = Work::Pass;
-            return Status::Continue;
+            return self.carry_on();
         }
         // The header block is complete: end it as a message does, so mail-auth can parse it
         // (and the signer take it) as is.
@@ -203,7 +217,7 @@ impl Session {
         if self.internal() {
             let Some(domain) = self.header_from_domain() else {
                 self.work = Work::Pass;
-                return Status::Continue;
+                return self.carry_on();
             };
             match self.is_mail_domain(&domain).await {
                 Ok(true) => self.start_signing(domain).await,
@@ -213,14 +227,14 @@ impl Session {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "user DB unavailable; asking the client to retry");
-                    return Status::Tempfail;
+                    self.work = Work::Failed;
                 }
             }
-            return Status::Continue;
+            return self.carry_on();
         }
         if !self.state.verify {
             self.work = Work::Pass;
-            return Status::Continue;
+            return self.carry_on();
         }
         let hashers = AuthenticatedMessage::parse(&self.headers)
             .map(|m| {
@@ -231,7 +245,7 @@ impl Session {
             })
             .unwrap_or_default();
         self.work = Work::Verify { hashers };
-        Status::Continue
+        self.carry_on()
     }
 
     async fn start_signing(&mut self, domain: String) {
@@ -264,7 +278,7 @@ impl Session {
             Work::Sign { tx, .. } => {
                 if tx.send(chunk.to_vec()).await.is_err() {
                     tracing::error!("signer stopped early");
-                    return Status::Tempfail;
+                    self.work = Work::Failed;
                 }
             }
             Work::Verify { hashers } => {
@@ -272,9 +286,9 @@ impl Session {
                     h.write(chunk);
                 }
             }
-            Work::Headers | Work::Pass => {}
+            Work::Headers | Work::Pass | Work::Failed => {}
         }
-        Status::Continue
+        self.carry_on()
     }
 
     pub(crate) async fn end_of_message(
@@ -322,6 +336,7 @@ impl Session {
             }
             Work::Verify { hashers } => self.verify(hashers, actions, reply).await,
             Work::Headers | Work::Pass => Status::Continue,
+            Work::Failed => Status::Tempfail,
         };
         self.abort();
         status

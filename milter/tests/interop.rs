@@ -330,12 +330,22 @@ fn packet(cmd: u8, data: &[u8]) -> Vec<u8> {
     p
 }
 
-/// SMFIC_OPTNEG for milter protocol version 6 offering every action and protocol option.
-fn optneg() -> Vec<u8> {
+/// Every protocol option of milter protocol version 6.
+const ALL_OPTS: u32 = 0x001f_ffff;
+/// The "no reply" options for connect, helo, mail, header, end of headers and body.
+const NO_REPLY: u32 = 0x1000 | 0x2000 | 0x4000 | 0x80 | 0x4_0000 | 0x8_0000;
+
+/// SMFIC_OPTNEG for milter protocol version 6 offering every action and the options `opts`,
+/// by default all but "no reply", so that every stage answers.
+fn optneg_with(opts: u32) -> Vec<u8> {
     let mut d = 6u32.to_be_bytes().to_vec();
     d.extend_from_slice(&0x1ffu32.to_be_bytes());
-    d.extend_from_slice(&0x001f_ffffu32.to_be_bytes());
+    d.extend_from_slice(&opts.to_be_bytes());
     packet(b'O', &d)
+}
+
+fn optneg() -> Vec<u8> {
+    optneg_with(ALL_OPTS & !NO_REPLY)
 }
 
 #[test]
@@ -388,6 +398,16 @@ fn malformed_milter_packets_cost_one_connection() {
         c.read_exact(&mut rest).unwrap();
         head[4]
     };
+    // Offered "no reply", the milter takes it: its answers before end-of-message cost a round
+    // trip each.
+    let mut full = open();
+    full.write_all(&optneg_with(ALL_OPTS)).unwrap();
+    let mut answer = [0u8; 17];
+    full.read_exact(&mut answer).unwrap();
+    let taken = u32::from_be_bytes(answer[13..17].try_into().unwrap());
+    assert_eq!(taken & NO_REPLY, NO_REPLY, "{taken:#x}");
+    drop(full);
+
     assert_eq!(reply(&mut c, &optneg()), b'O');
     assert_eq!(reply(&mut c, &connect(b"\xff\xfe.example")), b'c');
     c.write_all(&packet(b'B', b"body")).unwrap();
@@ -412,4 +432,64 @@ fn malformed_milter_packets_cost_one_connection() {
     );
     let v = dkimpy(&s.dir, &after, &s.records);
     assert!(v.ok(), "{v:?}");
+}
+
+#[test]
+fn locked_user_db_answers_tempfail_and_loses_nothing() {
+    require_program("/usr/bin/swaks", "swaks");
+    let s = setup();
+    // MIAB's tools hold an exclusive lock while they write; here for 60 s at most.
+    let db = s.dir.join("mail/users.sqlite");
+    let mut locker = Command::new(require_program("/usr/bin/python3", "python3"))
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3, sys, time\nc = sqlite3.connect({:?}, isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(60)",
+            db.display().to_string()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 6];
+    locker
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .unwrap();
+    assert_eq!(&line, b"locked");
+
+    // The first question about other.example needs the DB: the message is refused for now.
+    let r = swaks(
+        s.pf.smtp_port(),
+        &[
+            "--local-interface",
+            "127.0.0.1",
+            "--from",
+            "boss@other.example",
+            "--to",
+            "someone@elsewhere.example",
+            "--header",
+            "From: <boss@other.example>",
+            "--header",
+            "Subject: while-locked",
+        ],
+    );
+    assert!(!r.ok(), "{}", r.stdout);
+    assert!(r.stdout.contains("<** 451"), "{}", r.stdout);
+    assert!(
+        s.milter.log().contains("user DB unavailable"),
+        "{}",
+        s.milter.log()
+    );
+
+    // Unlocked, the retry is signed; the daemon kept serving.
+    let _ = locker.kill();
+    let _ = locker.wait();
+    let again = send(&s, "127.0.0.1", "boss@other.example", &[], "after-lock");
+    assert!(header_block(&again).contains("d=other.example"), "{again}");
+    assert!(
+        s.pf.sink
+            .wait_for("while-locked", Duration::from_secs(1))
+            .is_none()
+    );
 }

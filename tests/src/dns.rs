@@ -34,7 +34,12 @@ fn key(name: &str) -> String {
 impl TestDns {
     /// Starts a server on a free loopback port.
     pub fn start() -> TestDns {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind the test DNS server");
+        Self::start_at("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Starts a server on `addr` (port 53 for programs that read only `/etc/resolv.conf`).
+    pub fn start_at(addr: SocketAddr) -> TestDns {
+        let sock = UdpSocket::bind(addr).expect("bind the test DNS server");
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
         let addr = sock.local_addr().unwrap();

@@ -1,5 +1,6 @@
 //! One of our daemons run as a child process, the way systemd runs it: its stderr goes to a
 //! log file, readiness is its "ready" log line, SIGTERM stops it, and drop kills what is left.
+//! Its RUST_LOG is `info`, or `MIAB_TEST_LOG` when set (`MIAB_TEST_LOG=trace` shows the wire).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -64,6 +64,11 @@ impl SmtpSink {
         self.messages.lock().unwrap().clone()
     }
 
+    /// How many messages arrived so far.
+    pub fn count(&self) -> usize {
+        self.messages.lock().unwrap().len()
+    }
+
     /// Waits for a message whose data contains `needle`.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<Received> {
         crate::wait_until(timeout, || {
