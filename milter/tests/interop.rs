@@ -2,7 +2,8 @@
 //! verify; OpenDKIM (Debian's package) verifies what we sign and we verify what it signs; mail
 //! from an SMTP AUTH session (Dovecot's auth socket) and from `sendmail` is signed, while the
 //! same From: from an unauthenticated outside client is not; malformed milter packets on a raw
-//! socket cost one connection and nothing else.
+//! socket cost one connection and nothing else; a locked user DB answers tempfail and a dead
+//! DNS server gives temperror results, and neither loses mail.
 
 mod common;
 
@@ -492,4 +493,22 @@ fn locked_user_db_answers_tempfail_and_loses_nothing() {
             .wait_for("while-locked", Duration::from_secs(1))
             .is_none()
     );
+}
+
+#[test]
+fn dead_dns_server_gives_temperror_and_delivers() {
+    require_program("/usr/bin/swaks", "swaks");
+    let s = setup();
+    s.dns.set_silent(true);
+    // A signed message from outside while DNS answers nothing: every method says temperror,
+    // and the message goes through.
+    let ours = send(&s, "127.0.0.1", "me@example.com", &[], "signed-first");
+    let path = s.dir.join("signed.eml");
+    std::fs::write(&path, ours.replace("signed-first", "dns-dead")).unwrap();
+    let got = send_file(&s, "127.0.0.5", "a@quiet.example", &path, "dns-dead");
+    let ar = auth_results(&got);
+    assert_eq!(ar.len(), 3, "{ar:?}");
+    assert!(ar[0].contains("; dkim=temperror"), "{ar:?}");
+    assert!(ar[1].contains("; spf=temperror"), "{ar:?}");
+    assert!(ar[2].contains("; dmarc=temperror"), "{ar:?}");
 }
