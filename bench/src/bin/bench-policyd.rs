@@ -61,7 +61,7 @@ fn main() {
 
     // Both daemons log every decision to syslog, as on a real box. Without a syslog daemon
     // here, the bench stands in for one.
-    let _syslog = SyslogSink::open();
+    let _syslog = miab_bench::SyslogSink::open();
     let dir = Scratch::new("bench");
     let root = dir.mkdir("data");
     fixture::miab_box(&root);
@@ -156,41 +156,6 @@ fn main() {
         median(|r| r.1),
         median(|r| r.2)
     );
-}
-
-/// A datagram socket at `/dev/log` that reads and drops what arrives; removed on drop. `None`
-/// when a real syslog socket exists.
-struct SyslogSink {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl SyslogSink {
-    fn open() -> Option<SyslogSink> {
-        let path = Path::new("/dev/log");
-        if path.exists() {
-            return None;
-        }
-        let sock = std::os::unix::net::UnixDatagram::bind(path).ok()?;
-        let _ = std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666));
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .ok()?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = std::sync::Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = sock.recv(&mut buf);
-            }
-        });
-        Some(SyslogSink { stop })
-    }
-}
-
-impl Drop for SyslogSink {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = std::fs::remove_file("/dev/log");
-    }
 }
 
 /// Per connection, the requests it sends (the same for both daemons).
