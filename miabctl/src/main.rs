@@ -360,6 +360,13 @@ fn run(cli: &Cli) -> Result<()> {
             for path in dkim::generate(&dir, *ed25519, owner.as_deref(), *force)? {
                 println!("{}", path.display());
             }
+            if *force {
+                // miab-milter loads its keys at start; a rotated key must not go live before
+                // its DNS record does.
+                eprintln!(
+                    "publish the new record (miabctl dns records), wait for it to be seen, then restart miab-milter"
+                );
+            }
         }
         Command::Dns {
             command: DnsCmd::Records { domain },
