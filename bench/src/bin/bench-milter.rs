@@ -164,7 +164,7 @@ fn opendmarc(dir: &Path) -> (Child, String) {
     (child, format!("inet:127.0.0.1:{port}"))
 }
 
-fn ours(dir: &Scratch, root: &Path, name: &str, extra: &str) -> (DaemonProcess, String) {
+fn ours(dir: &Scratch, root: &Path, name: &str, extra: &str) -> Milters {
     let port = free_port();
     let config = format!(
         "storage_root = \"{}\"\nhostname = \"{HOST}\"\n[dns]\nnameservers = [\"127.0.0.1:53\"]\n[milter]\n{extra}",
@@ -175,19 +175,29 @@ fn ours(dir: &Scratch, root: &Path, name: &str, extra: &str) -> (DaemonProcess, 
         .unwrap()
         .with_file_name("miab-milter");
     let d = DaemonProcess::with_config(&bin, dir, name, &config, &["--listen", &listen]);
-    (d, listen)
+    Milters {
+        endpoints: vec![listen],
+        pids: vec![d.pid()],
+        children: vec![],
+        _ours: Some(d),
+    }
+}
+
+/// What a setup sends, and what every delivered copy must carry.
+struct Load<'a> {
+    message: &'a Path,
+    from: &'a str,
+    mark: &'a str,
 }
 
 /// Pushes `count` copies of `message` through a Postfix using `milters` (after a warm-up) and
 /// measures the milters. `unshare` and `sh` exec into OpenDMARC, so the child's pid is its pid.
-fn run_setup(
-    name: &'static str,
-    milters: &Milters,
-    message: &Path,
-    from: &str,
-    count: usize,
-    mark: &str,
-) -> Outcome {
+fn run_setup(name: &'static str, milters: &Milters, load: &Load<'_>, count: usize) -> Outcome {
+    let Load {
+        message,
+        from,
+        mark,
+    } = *load;
     let pf = Postfix::start(
         PostfixConfig::default()
             .set("smtpd_milters", milters.endpoints.join(" "))
@@ -298,6 +308,16 @@ fn main() {
         o = inbound.display().to_string(),
     )));
 
+    let sign = Load {
+        message: &outbound,
+        from: "me@example.com",
+        mark: "d=example.com",
+    };
+    let verify = Load {
+        message: &inbound,
+        from: "news@sender.example",
+        mark: "dmarc=pass",
+    };
     let mut outcomes = Vec::new();
 
     let od_dir = dir.mkdir("opendkim");
@@ -325,32 +345,14 @@ fn main() {
             children: vec![child],
             _ours: None,
         };
-        outcomes.push(run_setup(
-            "OpenDKIM (sign)",
-            &m,
-            &outbound,
-            "me@example.com",
-            count,
-            "d=example.com",
-        ));
+        outcomes.push(run_setup("OpenDKIM (sign)", &m, &sign, count));
     }
-    {
-        let (d, endpoint) = ours(&dir, &root, "milter-sign", "");
-        let m = Milters {
-            endpoints: vec![endpoint],
-            pids: vec![d.pid()],
-            children: vec![],
-            _ours: Some(d),
-        };
-        outcomes.push(run_setup(
-            "miab-milter (sign)",
-            &m,
-            &outbound,
-            "me@example.com",
-            count,
-            "d=example.com",
-        ));
-    }
+    outcomes.push(run_setup(
+        "miab-milter (sign)",
+        &ours(&dir, &root, "milter-sign", ""),
+        &sign,
+        count,
+    ));
     if !ours_only {
         let external = od_dir.join("External");
         std::fs::write(&external, "192.0.2.1\n").unwrap();
@@ -369,32 +371,20 @@ fn main() {
             children: vec![od, dmarc],
             _ours: None,
         };
-        outcomes.push(run_setup(
-            "OpenDKIM+OpenDMARC (verify)",
-            &m,
-            &inbound,
-            "news@sender.example",
-            count,
-            "dmarc=pass",
-        ));
+        outcomes.push(run_setup("OpenDKIM+OpenDMARC (verify)", &m, &verify, count));
     }
-    {
-        let (d, endpoint) = ours(&dir, &root, "milter-verify", "trusted_hosts = []\n");
-        let m = Milters {
-            endpoints: vec![endpoint],
-            pids: vec![d.pid()],
-            children: vec![],
-            _ours: Some(d),
-        };
-        outcomes.push(run_setup(
-            "miab-milter (verify)",
-            &m,
-            &inbound,
-            "news@sender.example",
-            count,
-            "dmarc=pass",
-        ));
-    }
+    outcomes.push(run_setup(
+        "miab-milter (verify)",
+        &ours(
+            &dir,
+            &root,
+            "milter-verify",
+            "trusted_hosts = []
+",
+        ),
+        &verify,
+        count,
+    ));
 
     println!(
         "bench-milter: {count} messages per setup, {SESSIONS} smtp-source sessions, {} body bytes",
