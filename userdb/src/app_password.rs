@@ -339,18 +339,6 @@ impl UsageLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::BoxEnv;
-
-    fn one_user() -> (tempfile::TempDir, UserDb, BoxEnv) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = UserDb::create(dir.path().join("users.sqlite")).unwrap();
-        let env = BoxEnv {
-            primary_hostname: "box.example.com".into(),
-        };
-        db.add_user("me@example.com", &Password::new("12345678"), "", "0", &env)
-            .unwrap();
-        (dir, db, env)
-    }
 
     #[test]
     fn generated_passwords_have_the_shape_and_entropy() {
@@ -383,7 +371,7 @@ mod tests {
 
     #[test]
     fn add_list_match_revoke() {
-        let (_dir, mut db, env) = one_user();
+        let (_dir, mut db, env) = crate::one_user_box();
         assert!(!db.schema().app_passwords, "no tables until first use");
         assert!(db.app_passwords("me@example.com").unwrap().is_empty());
         let (id, pw) = db

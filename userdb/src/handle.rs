@@ -204,23 +204,10 @@ impl AsyncUserDb {
 mod tests {
     use super::*;
     use crate::address::Delimiters;
-    use crate::admin::BoxEnv;
-
-    /// A DB with the user me@example.com; the directory must outlive the test.
-    fn one_user_box() -> (tempfile::TempDir, UserDb, BoxEnv) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = UserDb::create(dir.path().join("users.sqlite")).unwrap();
-        let env = BoxEnv {
-            primary_hostname: "box.example.com".into(),
-        };
-        db.add_user("me@example.com", &Password::new("12345678"), "", "0", &env)
-            .unwrap();
-        (dir, db, env)
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_and_verifies_off_the_runtime() {
-        let (dir, mut db, env) = one_user_box();
+        let (dir, mut db, env) = crate::one_user_box();
         let path = dir.path().join("users.sqlite");
         let h = AsyncUserDb::open(&path, HandleConfig::default()).unwrap();
         let mut tasks = Vec::new();
@@ -260,7 +247,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn memo_is_dropped_when_the_db_changes() {
-        let (dir, mut db, env) = one_user_box();
+        let (dir, mut db, env) = crate::one_user_box();
         let path = dir.path().join("users.sqlite");
         let h = AsyncUserDb::open(&path, HandleConfig::default()).unwrap();
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -31,6 +31,20 @@ pub use error::{Error, Result};
 pub use handle::{AsyncUserDb, HandleConfig};
 pub use password::Password;
 
+/// A DB with the user me@example.com (password "12345678"), for unit tests; the directory
+/// must outlive the test.
+#[cfg(test)]
+pub(crate) fn one_user_box() -> (tempfile::TempDir, UserDb, BoxEnv) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = UserDb::create(dir.path().join("users.sqlite")).unwrap();
+    let env = BoxEnv {
+        primary_hostname: "box.example.com".into(),
+    };
+    db.add_user("me@example.com", &Password::new("12345678"), "", "0", &env)
+        .unwrap();
+    (dir, db, env)
+}
+
 /// Directories under `STORAGE_ROOT/mail/mailboxes/<domain>/<user>` with no `users` row: MIAB's
 /// archived ("inactive") accounts, whose mail was kept when the user was removed.
 pub fn archived_mailboxes(
