@@ -31,6 +31,18 @@ pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// The SubjectPublicKeyInfo (DER) of a private key file in any PEM form.
+fn public_der(key: &Path) -> Vec<u8> {
+    openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-outform",
+        "DER",
+    ])
+}
+
 /// An RSA key in PKCS#1 PEM (as opendkim-genkey on OpenSSL 1.1) and an Ed25519 key; returns
 /// their paths and the DNS TXT values.
 fn keys(dir: &Scratch) -> (PathBuf, PathBuf, String, String, String) {
@@ -46,14 +58,7 @@ fn keys(dir: &Scratch) -> (PathBuf, PathBuf, String, String, String) {
         "-out",
         own.to_str().unwrap(),
     ]);
-    let own_pub = openssl(&[
-        "pkey",
-        "-in",
-        own.to_str().unwrap(),
-        "-pubout",
-        "-outform",
-        "DER",
-    ]);
+    let own_pub = public_der(&own);
     let rsa = dkim.join("mail.private");
     openssl(&[
         "genrsa",
@@ -62,14 +67,7 @@ fn keys(dir: &Scratch) -> (PathBuf, PathBuf, String, String, String) {
         rsa.to_str().unwrap(),
         "2048",
     ]);
-    let rsa_pub = openssl(&[
-        "rsa",
-        "-in",
-        rsa.to_str().unwrap(),
-        "-pubout",
-        "-outform",
-        "DER",
-    ]);
+    let rsa_pub = public_der(&rsa);
     let ed = dkim.join("ed25519.private");
     openssl(&[
         "genpkey",
@@ -78,14 +76,7 @@ fn keys(dir: &Scratch) -> (PathBuf, PathBuf, String, String, String) {
         "-out",
         ed.to_str().unwrap(),
     ]);
-    let ed_pub = openssl(&[
-        "pkey",
-        "-in",
-        ed.to_str().unwrap(),
-        "-pubout",
-        "-outform",
-        "DER",
-    ]);
+    let ed_pub = public_der(&ed);
     (
         rsa,
         ed,
