@@ -234,11 +234,9 @@ fn opendkim_cross_check() {
         .wait_for("ours-to-od", Duration::from_secs(30))
         .expect("OpenDKIM's instance delivered")
         .data;
-    let od_ar: Vec<String> = header_block(&verified)
-        .replace("\r\n\t", " ")
-        .split("\r\n")
+    let od_ar: Vec<String> = auth_results(&verified)
+        .into_iter()
         .filter(|l| l.starts_with("Authentication-Results: verifier.example"))
-        .map(str::to_owned)
         .collect();
     let passes = od_ar
         .iter()
