@@ -42,8 +42,8 @@ fn pem_der(text: &str) -> Result<Vec<u8>> {
         .context("not a PEM file")
 }
 
-/// Writes `content` to a new file with mode 0600 (0640 when a group is given), owned by
-/// `owner` when it exists. An existing file is kept unless `force`.
+/// Writes `content` to a new file with mode 0600, owned by `owner` (and its primary group)
+/// when given. An existing file is kept unless `force`.
 fn write_secret(path: &Path, content: &str, owner: Option<&str>, force: bool) -> Result<()> {
     if path.exists() && !force {
         bail!("{} exists; --force replaces it", path.display());
@@ -87,32 +87,37 @@ pub fn generate(
     force: bool,
 ) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    // Each key: its PEM file, then opendkim-genkey's record file next to it (`mail.txt`),
+    // made from the key file as written.
+    let write_key =
+        |file: &str, selector: &str, der: &[u8], record: fn(&Path) -> Result<String>| {
+            let path = dir.join(file);
+            write_secret(&path, &pem("PRIVATE KEY", der), owner, force)?;
+            std::fs::write(
+                path.with_extension("txt"),
+                record_file(selector, &record(&path)?),
+            )?;
+            Ok::<_, anyhow::Error>(path)
+        };
     let mut written = Vec::new();
     let rsa = KeyPair::generate(KeySize::Rsa2048)
         .map_err(|_| anyhow::anyhow!("RSA key generation failed"))?;
     let der: Pkcs8V1Der<'_> = rsa
         .as_der()
         .map_err(|_| anyhow::anyhow!("RSA key encoding failed"))?;
-    let private = dir.join("mail.private");
-    write_secret(&private, &pem("PRIVATE KEY", der.as_ref()), owner, force)?;
-    std::fs::write(
-        dir.join("mail.txt"),
-        record_file("mail", &rsa_record(&private)?),
-    )?;
-    written.push(private);
+    written.push(write_key("mail.private", "mail", der.as_ref(), rsa_record)?);
     if ed25519 {
         let ed = Ed25519KeyPair::generate()
             .map_err(|_| anyhow::anyhow!("Ed25519 key generation failed"))?;
         let der: Pkcs8V1Der<'_> = ed
             .as_der()
             .map_err(|_| anyhow::anyhow!("Ed25519 key encoding failed"))?;
-        let path = dir.join("ed25519.private");
-        write_secret(&path, &pem("PRIVATE KEY", der.as_ref()), owner, force)?;
-        std::fs::write(
-            dir.join("ed25519.txt"),
-            record_file("ed", &ed25519_record(&path)?),
-        )?;
-        written.push(path);
+        written.push(write_key(
+            "ed25519.private",
+            "ed",
+            der.as_ref(),
+            ed25519_record,
+        )?);
     }
     Ok(written)
 }
