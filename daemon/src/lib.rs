@@ -23,12 +23,15 @@ pub use serve::{
 };
 
 /// Logs to stderr (journald adds timestamps); `RUST_LOG` overrides the `info` default.
+/// Colours only on a terminal: the journal and log files get plain text.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .without_time()
         .try_init();
 }
