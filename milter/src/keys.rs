@@ -72,7 +72,25 @@ impl SigningKey for SharedEd25519 {
     }
 }
 
+/// The systemd credential ID under which the unit loads the key directory
+/// (`LoadCredential=dkim:STORAGE_ROOT/mail/dkim`): the file `mail.private` then arrives as
+/// `$CREDENTIALS_DIRECTORY/dkim_mail.private`, read by PID 1 as root, so the key may stay
+/// `opendkim:opendkim 0600` in a `0700` directory, as MIAB's `dkim.sh` leaves it.
+pub const KEY_CREDENTIAL: &str = "dkim";
+
+/// Where `path` is really read from: the systemd credential for its file name if the unit
+/// passed one, else the path itself.
+pub fn source(path: &Path) -> PathBuf {
+    let credential = std::env::var_os("CREDENTIALS_DIRECTORY").and_then(|dir| {
+        let name = path.file_name()?.to_str()?;
+        let c = Path::new(&dir).join(format!("{KEY_CREDENTIAL}_{name}"));
+        c.is_file().then_some(c)
+    });
+    credential.unwrap_or_else(|| path.to_owned())
+}
+
 fn read(path: &Path) -> Result<String, KeyError> {
+    let path = &source(path);
     std::fs::read_to_string(path).map_err(|error| KeyError::Read {
         path: path.to_owned(),
         error,
@@ -191,7 +209,7 @@ impl Keyring {
             .entry(domain.to_owned())
             .or_insert_with(|| {
                 let path = self.dir.join(format!("{domain}.private"));
-                if !path.is_file() {
+                if !source(&path).is_file() {
                     return None;
                 }
                 match load_rsa(&path) {

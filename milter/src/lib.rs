@@ -23,7 +23,7 @@ use indymilter::{
 use mail_auth::MessageAuthenticator;
 use message::Session;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use userdb::{AsyncUserDb, HandleConfig};
 
@@ -43,6 +43,8 @@ pub struct State {
     pub(crate) max_header_bytes: usize,
     max_connections: usize,
     idle_timeout: Duration,
+    /// The accept-only socket (`accept_listen`), bound at start and served by [`run`].
+    accept_only: Mutex<Option<Listener>>,
 }
 
 impl std::fmt::Debug for State {
@@ -66,6 +68,8 @@ pub enum StartError {
     Dns(String),
     #[error("[milter] trusted_hosts: {0:?} is not an address or network")]
     Trusted(String),
+    #[error("[milter] accept_listen: {0}")]
+    AcceptListen(String),
 }
 
 /// Parses `192.0.2.1`, `2001:db8::/32` and the like.
@@ -121,7 +125,22 @@ impl State {
             .iter()
             .map(|t| parse_network(t).ok_or_else(|| StartError::Trusted(t.clone())))
             .collect::<Result<Vec<_>, _>>()?;
+        let accept_only = if m.accept_listen.is_empty() {
+            None
+        } else {
+            let addr: daemon::ListenAddr =
+                m.accept_listen
+                    .parse()
+                    .map_err(|e: daemon::listen::BadListenAddr| {
+                        StartError::AcceptListen(e.to_string())
+                    })?;
+            let unix = m.unix_options().map_err(StartError::AcceptListen)?;
+            let l = Listener::bind(&addr, &unix)
+                .map_err(|e| StartError::AcceptListen(format!("{addr}: {e}")))?;
+            Some(l)
+        };
         Ok(State {
+            accept_only: Mutex::new(accept_only),
             hostname: config.box_hostname(),
             keys,
             db,
@@ -266,14 +285,18 @@ fn callbacks(state: Arc<State>) -> Callbacks<Session> {
         })
 }
 
-/// Serves `listener` until `shutdown` fires.
-pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<()> {
-    let config = MilterLoop {
-        max_connections: state.max_connections.max(1),
-        actions: Actions::ADD_HEADER | Actions::CHANGE_HEADER,
-        connection_timeout: state.idle_timeout,
-    };
-    let cbs = callbacks(Arc::clone(&state));
+/// Callbacks that accept every connection at once and change nothing.
+fn accept_only() -> Callbacks<()> {
+    Callbacks::new().on_connect(|_, _, _| Box::pin(async { Status::Accept }))
+}
+
+/// Serves `listener` with `cbs` until `shutdown` fires.
+async fn serve<T: Send + 'static>(
+    listener: Listener,
+    cbs: Callbacks<T>,
+    config: MilterLoop,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let stop = async move { shutdown.wait().await };
     match listener {
         Listener::Tcp(l) => indymilter::run(l, cbs, config, stop).await,
@@ -282,5 +305,31 @@ pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> s
             drop(guard);
             out
         }
+    }
+}
+
+/// Serves `listener`, and the accept-only socket if there is one, until `shutdown` fires.
+pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<()> {
+    let config = MilterLoop {
+        max_connections: state.max_connections.max(1),
+        actions: Actions::ADD_HEADER | Actions::CHANGE_HEADER,
+        connection_timeout: state.idle_timeout,
+    };
+    let second = state.accept_only.lock().ok().and_then(|mut l| l.take());
+    let main = serve(
+        listener,
+        callbacks(Arc::clone(&state)),
+        config.clone(),
+        shutdown.clone(),
+    );
+    match second {
+        Some(l) => {
+            let config = MilterLoop {
+                actions: Actions::empty(),
+                ..config
+            };
+            tokio::try_join!(main, serve(l, accept_only(), config, shutdown)).map(drop)
+        }
+        None => main.await,
     }
 }

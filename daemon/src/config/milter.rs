@@ -51,6 +51,11 @@ pub struct MilterConfig {
     /// Header bytes kept per message; a message with more is passed on unsigned and
     /// unverified. Default 1048576.
     pub max_header_bytes: usize,
+    /// A second address answered with "accept" and nothing else, in Postfix notation. On a
+    /// Mail-in-a-Box box this is OpenDMARC's `inet:127.0.0.1:8893`: MIAB's status checks look
+    /// for it there, and a `main.cf` that an upgrade put back still lists it. `""` (default)
+    /// turns it off.
+    pub accept_listen: String,
 }
 
 /// OpenDKIM's default `SignHeaders` (RFC 6376 §5.4.1's list).
@@ -104,6 +109,7 @@ impl Default for MilterConfig {
             dmarc_reject: false,
             verify_timeout_secs: 20,
             max_header_bytes: 1 << 20,
+            accept_listen: String::new(),
         }
     }
 }
