@@ -20,7 +20,7 @@ pub mod syslog;
 
 use daemon::{Config, Limits, Listener, Shutdown};
 use greylist::store::{Counts, Store};
-use greylist::whitelist::{self, ClientList, RecipientList};
+use greylist::whitelist::{self, Whitelists};
 use greylist::{Timing, store};
 use handler::Check;
 use policy::{Greylisting, Policy, RateLimits};
@@ -161,23 +161,15 @@ fn open_greylist(config: &Config, report: &mut Report) -> Result<Greylisting, St
         timing,
         Duration::from_secs(g.expire_interval_secs.max(1)),
     )?;
-    let mut clients = ClientList::default();
-    let mut recipients = RecipientList::default();
-    let mut skipped = whitelist::load_files(&g.whitelist_clients, |t, n| clients.add_text(t, n));
-    skipped.extend(whitelist::load_files(&g.whitelist_recipients, |t, n| {
-        recipients.add_text(t, n)
-    }));
-    for s in &skipped {
-        tracing::warn!(file = %s.file, line = s.line, reason = %s.reason, "whitelist entry ignored");
-    }
+    let (whitelists, skipped) = Whitelists::load(&g.whitelist_clients, &g.whitelist_recipients);
+    log_skipped(&skipped);
     report.greylist_db = Some(path);
     report.greylist_entries = Some(counts);
-    report.whitelist_entries = clients.len() + recipients.len();
+    report.whitelist_entries = whitelists.len();
     report.skipped_lines = skipped.len();
     Ok(Greylisting {
         store,
-        clients,
-        recipients,
+        whitelists,
         v4_prefix: g.ipv4_prefix,
         v6_prefix: g.ipv6_prefix,
         action: g.action.clone(),
@@ -189,12 +181,33 @@ fn open_greylist(config: &Config, report: &mut Report) -> Result<Greylisting, St
     })
 }
 
+fn log_skipped(skipped: &[whitelist::Skipped]) {
+    for s in skipped {
+        tracing::warn!(file = %s.file, line = s.line, reason = %s.reason, "whitelist entry ignored");
+    }
+}
+
+/// How often the whitelist files are checked for a change (MIAB's cron refreshes them).
+const WHITELIST_CHECK: Duration = Duration::from_secs(30);
+
 /// Serves `listener` until `shutdown` fires, then drains.
 pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<()> {
     let limits = state.limits.clone();
     let _sweeper = daemon::periodic(Duration::from_secs(60), {
         let state = Arc::clone(&state);
         move || state.policy.rate.retain_recent()
+    });
+    let _whitelists = daemon::periodic(WHITELIST_CHECK, {
+        let state = Arc::clone(&state);
+        move || {
+            let Some(g) = &state.policy.greylist else {
+                return;
+            };
+            if let Some(skipped) = g.whitelists.reload_if_changed() {
+                log_skipped(&skipped);
+                tracing::info!(entries = g.whitelists.len(), "whitelist files read again");
+            }
+        }
     });
     daemon::serve(listener, &limits, shutdown, move |conn| {
         session::run(Arc::clone(&state), conn)

@@ -8,7 +8,7 @@
 use crate::dns;
 use crate::dnsbl::{self, Checker, List, ListAction, Verdict as ListVerdict};
 use crate::greylist::store::{Store, unix_now};
-use crate::greylist::whitelist::{ClientList, RecipientList};
+use crate::greylist::whitelist::Whitelists;
 use crate::greylist::{Outcome, normalize};
 use crate::handler::{self, Check, Verdict};
 use crate::net::{Cidr, any_contains};
@@ -30,8 +30,7 @@ const MEMO_DOMAIN: u8 = 2;
 #[derive(Debug)]
 pub struct Greylisting {
     pub store: Store,
-    pub clients: ClientList,
-    pub recipients: RecipientList,
+    pub whitelists: Whitelists,
     pub v4_prefix: u8,
     pub v6_prefix: u8,
     pub action: String,
@@ -327,11 +326,13 @@ impl Policy {
             g.syslog
                 .postgrey(&handler::postgrey_line(action, reason, delay, req));
         };
-        if g.clients.matches(&req.client_name, &req.client_address) {
+        let lists = g.whitelists.current();
+        let (clients, recipients) = &*lists;
+        if clients.matches(&req.client_name, &req.client_address) {
             log("pass", "client whitelist", None);
             return Ok(Verdict::Dunno);
         }
-        if g.recipients.matches(&req.recipient) {
+        if recipients.matches(&req.recipient) {
             log("pass", "recipient whitelist", None);
             return Ok(Verdict::Dunno);
         }

@@ -7,6 +7,7 @@
 //! - the read queries the daemons need, with MIAB's map semantics and the partial keys Postfix
 //!   would try (`user+ext@domain`, `user@domain`, `@domain`) ([`db`]);
 //! - app passwords, in our own `miab_sidecar_*` tables ([`app_password`]);
+//! - the backup hold that keeps the daemons' own files copyable ([`backup`]);
 //! - SHA512-CRYPT hashing compatible with `doveadm pw` ([`password`]);
 //! - MIAB's display order ([`sort`]) and an async handle for daemons (`handle`, feature `async`).
 //!
@@ -15,6 +16,7 @@
 pub mod address;
 pub mod admin;
 pub mod app_password;
+pub mod backup;
 pub mod db;
 mod error;
 #[cfg(feature = "async")]

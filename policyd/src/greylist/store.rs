@@ -222,6 +222,9 @@ async fn sweeper(inner: Weak<Inner>, every: Duration) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        if userdb::backup::held() {
+            continue;
+        }
         let round = tokio::task::spawn_blocking(move || {
             let n = sweep.round(&lock(&inner.db), unix_now(), &inner.timing);
             (sweep, n)

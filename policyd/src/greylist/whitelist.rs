@@ -13,6 +13,8 @@ use regex::{RegexSet, RegexSetBuilder};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Regexes matched in one pass: a request costs one automaton run, not one per line of a
 /// 300-line file.
@@ -256,6 +258,94 @@ pub fn load_files(
     skipped
 }
 
+/// What identifies a version of a whitelist file: a refreshed file (MIAB's cron replaces
+/// `whitelist_clients` by rename) changes at least one of these.
+type Stamp = Option<(u64, u64, i64, i64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+}
+
+/// Both whitelists as read from their files, read again when a file changes.
+#[derive(Debug)]
+pub struct Whitelists {
+    client_files: Vec<PathBuf>,
+    recipient_files: Vec<PathBuf>,
+    stamps: Mutex<Vec<Stamp>>,
+    lists: RwLock<Arc<(ClientList, RecipientList)>>,
+}
+
+impl Whitelists {
+    /// Reads the files; returns the lists and the lines that were skipped.
+    pub fn load(
+        client_files: &[PathBuf],
+        recipient_files: &[PathBuf],
+    ) -> (Whitelists, Vec<Skipped>) {
+        let w = Whitelists {
+            client_files: client_files.to_vec(),
+            recipient_files: recipient_files.to_vec(),
+            stamps: Mutex::new(Vec::new()),
+            lists: RwLock::new(Arc::default()),
+        };
+        let skipped = w.read();
+        (w, skipped)
+    }
+
+    fn stamps(&self) -> Vec<Stamp> {
+        self.client_files
+            .iter()
+            .chain(&self.recipient_files)
+            .map(|f| stamp(f))
+            .collect()
+    }
+
+    fn read(&self) -> Vec<Skipped> {
+        let stamps = self.stamps();
+        let mut clients = ClientList::default();
+        let mut recipients = RecipientList::default();
+        let mut skipped = load_files(&self.client_files, |t, n| clients.add_text(t, n));
+        skipped.extend(load_files(&self.recipient_files, |t, n| {
+            recipients.add_text(t, n)
+        }));
+        if let Ok(mut l) = self.lists.write() {
+            *l = Arc::new((clients, recipients));
+        }
+        if let Ok(mut s) = self.stamps.lock() {
+            *s = stamps;
+        }
+        skipped
+    }
+
+    /// Reads the files again if any of them changed, appeared or went away since the last
+    /// read. Returns the skipped lines of a new read, `None` when nothing changed.
+    pub fn reload_if_changed(&self) -> Option<Vec<Skipped>> {
+        let now = self.stamps();
+        let same = self.stamps.lock().map(|s| *s == now).unwrap_or(false);
+        (!same).then(|| self.read())
+    }
+
+    /// The lists in force.
+    pub fn current(&self) -> Arc<(ClientList, RecipientList)> {
+        self.lists
+            .read()
+            .map(|l| Arc::clone(&l))
+            .unwrap_or_default()
+    }
+
+    /// Entries in both lists.
+    pub fn len(&self) -> usize {
+        let l = self.current();
+        l.0.len() + l.1.len()
+    }
+
+    /// No entries at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,5 +409,31 @@ amazon.com
         let skipped = load_files(&[f, dir.path().join("wl.local")], |t, n| l.add_text(t, n));
         assert!(skipped.is_empty());
         assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn a_refreshed_file_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("whitelist_clients");
+        std::fs::write(&f, "example.net\n").unwrap();
+        let (w, skipped) = Whitelists::load(std::slice::from_ref(&f), &[]);
+        assert!(skipped.is_empty());
+        assert!(w.current().0.matches("mx.example.net", "192.0.2.1"));
+        assert!(w.reload_if_changed().is_none(), "nothing changed");
+        // As MIAB's cron does it: a new file moved into place.
+        let tmp = dir.path().join("new");
+        std::fs::write(&tmp, "example.org\n192.0.2.0/24\n").unwrap();
+        std::fs::rename(&tmp, &f).unwrap();
+        assert!(w.reload_if_changed().is_some());
+        let l = w.current();
+        assert!(!l.0.matches("mx.example.net", "198.51.100.1"));
+        assert!(l.0.matches("mail.example.org", "198.51.100.1"));
+        assert!(l.0.matches("unknown", "192.0.2.77"));
+        std::fs::remove_file(&f).unwrap();
+        assert!(
+            w.reload_if_changed().is_some(),
+            "a removed file empties the list"
+        );
+        assert!(w.is_empty());
     }
 }
