@@ -292,13 +292,12 @@ mod tests {
         // The sample documents the defaults.
         assert_eq!(c.dns, DnsConfig::default());
         assert_eq!(c.policyd, PolicydConfig::default());
-        let authd = AuthdConfig {
-            socket_group: Some("postfix".into()),
-            checkpassword_socket_group: Some("dovecot".into()),
-            ..AuthdConfig::default()
+        assert_eq!(c.authd, AuthdConfig::default());
+        let milter = MilterConfig {
+            accept_listen: "inet:127.0.0.1:8893".into(),
+            ..MilterConfig::default()
         };
-        assert_eq!(c.authd, authd, "the sample only adds the sockets' groups");
-        assert_eq!(c.milter, MilterConfig::default());
+        assert_eq!(c.milter, milter, "the sample adds OpenDMARC's port");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use userdb::{Access, BoxEnv, Outcome, Password, UserDb, address, sort};
 
 mod dkim;
+mod sidecars;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,6 +72,32 @@ enum Command {
         #[command(subcommand)]
         command: DnsCmd,
     },
+    /// Switch a live Mail-in-a-Box box to the sidecar daemons and back (run as root).
+    Sidecars {
+        #[command(subcommand)]
+        command: SidecarsCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SidecarsCmd {
+    /// Switch over in one step: start the daemons, neutralise postgrey, OpenDKIM and
+    /// OpenDMARC, wire Postfix and Dovecot to the sidecars (the originals are kept for disable).
+    Enable,
+    /// Check every integration point; exit 0 when all are fine, 1 otherwise.
+    Status,
+    /// Put back exactly what was there before enable, and start the old daemons again.
+    Disable,
+    /// On a switched box, put back any wiring that was rewritten (run by
+    /// miab-sidecars-repair.path and .timer); does nothing otherwise.
+    Repair,
+    /// Before Mail-in-a-Box's backup: checkpoint the sidecars' SQLite files and hold their
+    /// background writes (run by the neutralised postgrey unit's stop).
+    #[command(hide = true)]
+    BackupHold,
+    /// After the backup: let background writes go again (the neutralised postgrey's start).
+    #[command(hide = true)]
+    BackupRelease,
 }
 
 #[derive(Debug, Subcommand)]
@@ -392,6 +419,21 @@ fn run(cli: &Cli) -> Result<()> {
             }
             for (name, value) in rows {
                 println!("{name}\tIN\tTXT\t{}", dkim::quoted(&value));
+            }
+        }
+        Command::Sidecars { command } => {
+            let sys = sidecars::Sys::live(&cli.storage_root);
+            match command {
+                SidecarsCmd::Enable => sidecars::enable(&sys)?,
+                SidecarsCmd::Disable => sidecars::disable(&sys)?,
+                SidecarsCmd::Repair => sidecars::repair(&sys)?,
+                SidecarsCmd::BackupHold => sidecars::backup_hold(&sys)?,
+                SidecarsCmd::BackupRelease => sidecars::backup_release(&sys)?,
+                SidecarsCmd::Status => {
+                    if !sidecars::status::print(&sidecars::status::check(&sys)) {
+                        bail!("some parts need attention (see the fix: lines)");
+                    }
+                }
             }
         }
         Command::Kick => {

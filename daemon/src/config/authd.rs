@@ -7,8 +7,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthdConfig {
-    /// Where to listen. Default `unix:/var/spool/postfix/private/miab-auth`, inside Postfix's
-    /// queue directory where chrooted smtpd finds it as `smtpd_sasl_path = private/miab-auth`
+    /// Where to listen. Default `unix:/var/spool/postfix/miab-authd/auth`, inside Postfix's
+    /// queue directory where chrooted smtpd finds it as `smtpd_sasl_path = miab-authd/auth`
     /// (MIAB's Dovecot keeps `private/auth`).
     pub listen: ListenAddr,
     /// Mode of the UNIX socket, octal. Default `"0660"`.
@@ -65,7 +65,7 @@ pub struct AuthdConfig {
 impl Default for AuthdConfig {
     fn default() -> Self {
         AuthdConfig {
-            listen: ListenAddr::Unix("/var/spool/postfix/private/miab-auth".into()),
+            listen: ListenAddr::Unix("/var/spool/postfix/miab-authd/auth".into()),
             socket_mode: "0660".into(),
             socket_group: None,
             max_connections: 512,
