@@ -16,6 +16,9 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The storage root the packaged units' sandbox paths name.
+const UNITS_STORAGE_ROOT: &str = "/home/user-data";
+
 /// Where `enable` keeps its record and the original files.
 pub const STATE_DIR: &str = "/var/lib/miab-sidecars";
 
@@ -124,6 +127,14 @@ impl Sys {
 
     fn systemctl(&self, args: &[&str]) -> Result<String> {
         self.run("systemctl", args)
+    }
+
+    /// `postfix reload` if Postfix runs; a stopped one reads `main.cf` when it starts.
+    fn postfix_reload(&self) -> Result<()> {
+        if self.run("postfix", &["status"]).is_ok() {
+            self.run("postfix", &["reload"])?;
+        }
+        Ok(())
     }
 
     /// `postconf -h NAME`, or "" where it cannot be asked.
@@ -259,7 +270,31 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
     Ok(())
 }
 
-/// One pass of the wiring: returns what was changed, in words. Never touches the backup.
+/// The replaced daemons stopped and neutralised; returns what was changed, in words.
+fn neutralise(sys: &Sys) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for (unit, text) in REPLACED {
+        let path = sys.path(&drop_in(unit));
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
+            // Stopped while it is still the real daemon, so its process goes with it and
+            // its port is free for ours.
+            let _ = sys.systemctl(&["stop", unit]);
+            write_file(&path, text)?;
+            done.push(format!("neutralised {unit}.service"));
+        }
+    }
+    if !done.is_empty() {
+        sys.systemctl(&["daemon-reload"])?;
+        for (unit, _) in REPLACED {
+            // MIAB expects them enabled and active; now that starts nothing.
+            let _ = sys.systemctl(&["start", unit]);
+        }
+    }
+    Ok(done)
+}
+
+/// Dovecot's and Postfix's wiring; returns what was changed, in words. Never touches the
+/// backup.
 fn wire(sys: &Sys) -> Result<Vec<String>> {
     let mut done = Vec::new();
     // Dovecot first: our passdb in front before the SQL one goes, so no login fails between.
@@ -277,35 +312,17 @@ fn wire(sys: &Sys) -> Result<Vec<String>> {
             "{AUTH_CONF}: commented out !include auth-sql.conf.ext"
         ));
     }
-    let dovecot_changed = !done.is_empty();
+    if !done.is_empty() {
+        // Only if it runs: a stopped Dovecot (MIAB's backup) reads the files when it starts.
+        sys.systemctl(&["try-reload-or-restart", "dovecot"])?;
+    }
     let changes = wiring::main_cf_changes(|n| sys.postconf(n));
     for (k, v) in &changes {
         done.push(format!("main.cf: {k} = {v}"));
     }
     sys.postconf_set(&changes)?;
-    let mut units_changed = false;
-    for (unit, text) in REPLACED {
-        let path = sys.path(&drop_in(unit));
-        if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
-            // Stopped while it is still the real daemon, so its process goes with it.
-            let _ = sys.systemctl(&["stop", unit]);
-            write_file(&path, text)?;
-            done.push(format!("neutralised {unit}.service"));
-            units_changed = true;
-        }
-    }
-    if units_changed {
-        sys.systemctl(&["daemon-reload"])?;
-        for (unit, _) in REPLACED {
-            // MIAB expects them enabled and active; now that starts nothing.
-            let _ = sys.systemctl(&["start", unit]);
-        }
-    }
-    if dovecot_changed {
-        sys.systemctl(&["reload-or-restart", "dovecot"])?;
-    }
     if !changes.is_empty() {
-        sys.run("postfix", &["reload"])?;
+        sys.postfix_reload()?;
     }
     Ok(done)
 }
@@ -313,10 +330,19 @@ fn wire(sys: &Sys) -> Result<Vec<String>> {
 /// `enable`: the whole switch. Safe to run again.
 pub fn enable(sys: &Sys) -> Result<()> {
     if sys.is_live() {
-        preflight()?;
+        preflight(sys)?;
     }
     record_before(sys)?;
     state_dirs(sys)?;
+    // While OpenDKIM makes way for miab-milter, mail waits rather than leaving unsigned.
+    let brake = [("milter_default_action", "tempfail".to_owned())];
+    if sys.postconf("milter_default_action") != "tempfail" {
+        sys.postconf_set(&brake)?;
+        sys.postfix_reload()?;
+    }
+    for line in neutralise(sys)? {
+        println!("{line}");
+    }
     if sys.is_live() {
         let mut args = vec!["enable", "--now"];
         args.extend(DAEMONS);
@@ -341,7 +367,7 @@ pub fn repair(sys: &Sys) -> Result<()> {
     if !sys.enabled() {
         return Ok(());
     }
-    for line in wire(sys)? {
+    for line in neutralise(sys)? {
         println!("repaired: {line}");
     }
     if sys.is_live() {
@@ -351,6 +377,9 @@ pub fn repair(sys: &Sys) -> Result<()> {
                 let _ = sys.systemctl(&["start", unit]);
             }
         }
+    }
+    for line in wire(sys)? {
+        println!("repaired: {line}");
     }
     Ok(())
 }
@@ -414,8 +443,8 @@ pub fn disable(sys: &Sys) -> Result<()> {
                 let _ = sys.systemctl(&["stop", unit]);
             }
         }
-        sys.systemctl(&["reload-or-restart", "dovecot"])?;
-        sys.run("postfix", &["reload"])?;
+        sys.systemctl(&["try-reload-or-restart", "dovecot"])?;
+        sys.postfix_reload()?;
     }
     // The record goes, so a later enable records the box as it is then.
     let old = sys
@@ -427,9 +456,20 @@ pub fn disable(sys: &Sys) -> Result<()> {
     Ok(())
 }
 
-fn preflight() -> Result<()> {
+fn preflight(sys: &Sys) -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("run this as root");
+    }
+    // The packaged units name the default storage root in their sandbox paths.
+    let miab = std::fs::read_to_string("/etc/mailinabox.conf").unwrap_or_default();
+    if let Some(root) = miab.lines().find_map(|l| l.strip_prefix("STORAGE_ROOT=")) {
+        let root = root.trim().trim_matches('"');
+        if Path::new(root) != sys.storage_root || Path::new(root) != Path::new(UNITS_STORAGE_ROOT) {
+            bail!(
+                "this box's STORAGE_ROOT is {root}; the packaged units and /etc/miab/sidecars.toml use {UNITS_STORAGE_ROOT}: \
+                 set storage_root in /etc/miab/sidecars.toml and the paths in drop-ins for the miab-* units first, then run enable with --storage-root {root}"
+            );
+        }
     }
     for bin in [
         "miab-lookup",
