@@ -104,6 +104,22 @@ impl Handler<Command> for Answers {
         reply.encode(&mut line);
         out.extend_from_slice(line.as_bytes());
     }
+
+    fn temp_failure(&self, cmd: &Command, out: &mut Vec<u8>) {
+        let id = match cmd {
+            Command::Auth(a) => a.id,
+            Command::Cont { id, .. } | Command::User { id, .. } => *id,
+            Command::Version { .. } | Command::Cpid(_) => return,
+        };
+        let mut line = String::new();
+        Reply::Fail {
+            id,
+            temp: true,
+            reason: None,
+        }
+        .encode(&mut line);
+        out.extend_from_slice(line.as_bytes());
+    }
 }
 
 impl Answers {

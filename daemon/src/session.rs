@@ -8,9 +8,11 @@
 //! gets its answer first.
 
 use crate::serve::{Conn, Limits, timed};
+use futures_util::FutureExt as _;
 use std::fmt::Display;
 use std::future::Future;
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -38,6 +40,11 @@ pub trait Handler<F> {
 
     /// Appends the reply to `frame`, the connection's request number `seq`, to `out`.
     fn answer(&mut self, frame: F, seq: u64, out: &mut Vec<u8>) -> impl Future<Output = ()> + Send;
+
+    /// Appends the protocol's temporary failure for `frame` to `out`: the answer when
+    /// [`Handler::answer`] panics. Written before the frame is handed over, so it may not
+    /// depend on anything but the frame.
+    fn temp_failure(&self, frame: &F, out: &mut Vec<u8>);
 }
 
 /// Serves one connection until the peer closes it, an error, a timeout or shutdown.
@@ -54,6 +61,7 @@ where
     } = conn;
     let mut chunk = [0u8; READ_CHUNK];
     let mut out = Vec::with_capacity(512);
+    let mut fallback = Vec::with_capacity(128);
     let mut seq = 0u64;
     handler.greeting(&mut out);
     if !out.is_empty()
@@ -69,7 +77,21 @@ where
             Ok(Some(frame)) => {
                 seq += 1;
                 out.clear();
-                handler.answer(frame, seq, &mut out).await;
+                fallback.clear();
+                handler.temp_failure(&frame, &mut fallback);
+                let answered = AssertUnwindSafe(handler.answer(frame, seq, &mut out))
+                    .catch_unwind()
+                    .await;
+                if let Err(panic) = answered {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(conn = id, %peer, req = seq, panic = ?what,
+                        "bug: the request's handler panicked; answered with a temporary failure");
+                    std::mem::swap(&mut out, &mut fallback);
+                }
                 started = (decoder.buffered() > 0).then(Instant::now);
                 if let Err(e) = timed(limits.io_timeout, stream.write_all(&out)).await {
                     tracing::info!(conn = id, %peer, error = %e, "write failed; closing");
@@ -113,5 +135,75 @@ where
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::listen::{ListenAddr, Listener, UnixOptions};
+    use crate::serve::{Shutdown, serve};
+
+    /// Lines in, lines out; a line "boom" makes the handler panic.
+    #[derive(Default)]
+    struct Lines(Vec<u8>);
+
+    impl Decoder for Lines {
+        type Frame = Vec<u8>;
+        type Error = &'static str;
+        fn push(&mut self, bytes: &[u8]) {
+            self.0.extend_from_slice(bytes);
+        }
+        fn next_frame(&mut self) -> Result<Option<Vec<u8>>, &'static str> {
+            Ok(self
+                .0
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|at| self.0.drain(..=at).collect()))
+        }
+        fn buffered(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    struct Echo;
+
+    impl Handler<Vec<u8>> for Echo {
+        async fn answer(&mut self, frame: Vec<u8>, _seq: u64, out: &mut Vec<u8>) {
+            assert!(frame != b"boom\n", "a bug in the handler");
+            out.extend_from_slice(&frame);
+        }
+        fn temp_failure(&self, _frame: &Vec<u8>, out: &mut Vec<u8>) {
+            out.extend_from_slice(b"TEMP\n");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_gets_the_temporary_failure_and_the_connection_goes_on() {
+        let listener = Listener::bind(
+            &ListenAddr::Inet("127.0.0.1:0".parse().unwrap()),
+            &UnixOptions::default(),
+        )
+        .unwrap();
+        let ListenAddr::Inet(addr) = listener.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let (trigger, shutdown) = Shutdown::new();
+        let server = tokio::spawn(async move {
+            let limits = Limits::default();
+            serve(listener, &limits.clone(), shutdown, move |c| {
+                let limits = limits.clone();
+                async move { run(c, &limits, Lines::default(), Echo).await }
+            })
+            .await
+        });
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"one\nboom\ntwo\n").await.unwrap();
+        let mut got = vec![0u8; b"one\nTEMP\ntwo\n".len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"one\nTEMP\ntwo\n");
+        trigger.fire();
+        drop(s);
+        server.await.unwrap().unwrap();
     }
 }

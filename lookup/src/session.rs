@@ -55,6 +55,10 @@ impl Handler<Vec<u8>> for Answers {
             .await
             .encode(out);
     }
+
+    fn temp_failure(&self, _frame: &Vec<u8>, out: &mut Vec<u8>) {
+        Reply::Temp("internal error".into()).encode(out);
+    }
 }
 
 async fn answer(state: &State, payload: &[u8], conn: u64, seq: u64) -> Reply {

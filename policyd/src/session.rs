@@ -57,4 +57,12 @@ impl Handler<Request> for Answers {
         tracing::debug!(conn = self.conn, req = seq, request = ?req, %action, "answered");
         encode_reply(&action, out);
     }
+
+    fn temp_failure(&self, _req: &Request, out: &mut Vec<u8>) {
+        encode_reply(TEMP_FAILURE, out);
+    }
 }
+
+/// What a request gets when answering it failed inside: Postfix defers (4xx) whatever the
+/// check; nothing is accepted by accident.
+const TEMP_FAILURE: &str = "DEFER_IF_PERMIT 4.3.0 Service temporarily unavailable";

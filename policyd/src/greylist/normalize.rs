@@ -54,9 +54,11 @@ fn strip_batv(local: &str) -> &str {
 
 /// `K DDD SSSSSS`: a key digit, a three-digit day, six hex digits of hash.
 fn is_batv_tag(s: &str) -> bool {
-    s.len() == 10
-        && s[..4].bytes().all(|b| b.is_ascii_digit())
-        && s[4..].bytes().all(|b| b.is_ascii_hexdigit())
+    // Bytes, not a str slice: a multi-byte character may straddle any index.
+    let b = s.as_bytes();
+    b.len() == 10
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4..].iter().all(u8::is_ascii_hexdigit)
 }
 
 /// Perl's `s/\b\d+\b/#/g`: a run of word characters made only of digits becomes `#`.
@@ -121,5 +123,22 @@ mod tests {
         assert_eq!(sender("bounce.42.x@example.net"), "bounce.#.x@example.net");
         assert_eq!(sender(""), "");
         assert_eq!(sender("no-at-sign"), "no-at-sign");
+    }
+
+    #[test]
+    fn multi_byte_characters_in_a_batv_tag_do_not_panic() {
+        // 10 bytes with a two-byte character across index 4 (a str slice there panicked).
+        assert_eq!(
+            sender("prvs=123\u{e9}45678=user@example.org"),
+            "prvs=123\u{e9}45678=user@example.org",
+            "not a tag: kept as it is"
+        );
+        for s in [
+            "prvs=\u{1F600}\u{1F600}xx=a@b",
+            "prvs=a=\u{1F600}\u{1F600}xx@b",
+            "\u{e9}@\u{e9}",
+        ] {
+            let _ = sender(s);
+        }
     }
 }
