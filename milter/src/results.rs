@@ -19,6 +19,53 @@ fn comment(reason: &str) -> String {
         .collect()
 }
 
+/// The most characters of one value we write; the rest of a longer one is cut.
+const MAX_VALUE: usize = 255;
+
+/// A value from the message or the SMTP session as an RFC 8601 `pvalue`: written as it is
+/// when it is a plain token, domain or `local-part@domain`, else as a quoted string with `"`
+/// and `\` escaped and every control or non-ASCII character replaced, so no input can end
+/// the value, start another `; method=result`, or fold the header.
+pub fn pvalue(v: &str) -> String {
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c);
+    let domain = |d: &str| {
+        !d.is_empty()
+            && d.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    };
+    let plain = match v.rsplit_once('@') {
+        Some((local, dom)) => local.chars().all(atext) && domain(dom),
+        None => domain(v) || (!v.is_empty() && v.chars().all(atext)),
+    };
+    if plain && v.len() <= MAX_VALUE {
+        return v.to_owned();
+    }
+    let mut out = String::with_capacity(v.len().min(MAX_VALUE) + 2);
+    out.push('"');
+    for c in v.chars().take(MAX_VALUE) {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A quoted string always (OpenDKIM quotes `header.b`).
+fn pvalue_quoted(v: &str) -> String {
+    let p = pvalue(v);
+    if p.starts_with('"') {
+        p
+    } else {
+        format!("\"{p}\"")
+    }
+}
+
 fn algorithm(s: &Signature) -> &'static str {
     match s.a {
         mail_auth::common::crypto::Algorithm::RsaSha256 => "rsa-sha256",
@@ -49,12 +96,12 @@ pub fn dkim_result(result: &DkimResult, sig: Option<&Signature>) -> String {
             s.i.clone()
         };
         out.push_str(&format!(
-            " header.d={} header.i={} header.a={} header.s={} header.b=\"{}\"",
-            s.d,
-            i,
+            " header.d={} header.i={} header.a={} header.s={} header.b={}",
+            pvalue(&s.d),
+            pvalue(&i),
             algorithm(s),
-            s.s,
-            b.get(..8).unwrap_or(&b)
+            pvalue(&s.s),
+            pvalue_quoted(b.get(..8).unwrap_or(&b))
         ));
     }
     out
@@ -88,11 +135,16 @@ fn spf_word(r: SpfResult) -> &'static str {
 /// the null sender, the HELO name.
 pub fn spf_header(host: &str, result: SpfResult, mail_from_domain: &str, helo: &str) -> String {
     if mail_from_domain.is_empty() {
-        format!("{host}; spf={} smtp.helo={helo}", spf_word(result))
+        format!(
+            "{host}; spf={} smtp.helo={}",
+            spf_word(result),
+            pvalue(helo)
+        )
     } else {
         format!(
-            "{host}; spf={} smtp.mailfrom={mail_from_domain}",
-            spf_word(result)
+            "{host}; spf={} smtp.mailfrom={}",
+            spf_word(result),
+            pvalue(mail_from_domain)
         )
     }
 }
@@ -120,9 +172,10 @@ pub fn dmarc_header(
         DmarcResult::None => "none",
     };
     format!(
-        "{host}; dmarc={word} (p={} dis={}) header.from={header_from}",
+        "{host}; dmarc={word} (p={} dis={}) header.from={}",
         policy_word(out.policy()),
-        policy_word(disposition)
+        policy_word(disposition),
+        pvalue(header_from)
     )
 }
 
@@ -131,7 +184,10 @@ pub fn timed_out(host: &str, mail_from_domain: &str, helo: &str, header_from: &s
     [
         format!("{host}; dkim=temperror (DNS timeout)"),
         spf_header(host, SpfResult::TempError, mail_from_domain, helo),
-        format!("{host}; dmarc=temperror (p=none dis=none) header.from={header_from}"),
+        format!(
+            "{host}; dmarc=temperror (p=none dis=none) header.from={}",
+            pvalue(header_from)
+        ),
     ]
 }
 
@@ -171,6 +227,69 @@ mod tests {
         assert!(d.starts_with("h; dkim=temperror"));
         assert!(s.starts_with("h; spf=temperror"));
         assert!(m.starts_with("h; dmarc=temperror"));
+    }
+
+    #[test]
+    fn hostile_values_cannot_add_results() {
+        for (v, want) in [
+            ("example.org", "example.org"),
+            ("@example.org", "@example.org"),
+            ("user+tag@mail.example.org", "user+tag@mail.example.org"),
+            (
+                "x; dkim=pass header.d=bank.example",
+                "\"x; dkim=pass header.d=bank.example\"",
+            ),
+            ("a\r\n\tdkim=pass", "\"a???dkim=pass\""),
+            ("q\"uo\\te", "\"q\\\"uo\\\\te\""),
+            ("b\u{e4}nk.example", "\"b?nk.example\""),
+            ("", "\"\""),
+            ("a@b@c", "\"a@b@c\""),
+        ] {
+            assert_eq!(pvalue(v), want, "{v:?}");
+        }
+        let long = "a".repeat(1000) + ";";
+        assert_eq!(pvalue(&long).len(), MAX_VALUE + 2);
+        let h = spf_header(
+            "h",
+            SpfResult::Pass,
+            "",
+            "evil; spf=pass smtp.mailfrom=bank.example",
+        );
+        assert_eq!(
+            h,
+            "h; spf=pass smtp.helo=\"evil; spf=pass smtp.mailfrom=bank.example\""
+        );
+    }
+
+    /// Whatever the input, the value has no line break, and only a quoted string may hold `;`.
+    #[test]
+    fn pvalue_on_pseudo_random_input() {
+        let pieces: [&[u8]; 10] = [
+            b"a",
+            b"@",
+            b";",
+            b"\"",
+            b"\\",
+            b"\r\n",
+            b" ",
+            b"\xc3\xa4",
+            b"=3B",
+            b".",
+        ];
+        miab_e2e::pseudo_random_inputs(&pieces, 3000, |bytes| {
+            let v = String::from_utf8_lossy(bytes);
+            let p = pvalue(&v);
+            assert!(p.is_ascii() && !p.contains(['\r', '\n']), "{p:?}");
+            if !p.starts_with('"') {
+                assert!(!p.contains([';', ' ', '(', ')', '"']), "{p:?}");
+            } else {
+                let inner = &p[1..p.len() - 1];
+                assert!(
+                    !inner.replace("\\\\", "").replace("\\\"", "").contains('"'),
+                    "{p:?}"
+                );
+            }
+        });
     }
 
     #[test]
