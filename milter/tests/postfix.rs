@@ -145,6 +145,31 @@ fn signs_local_mail_and_checks_inbound_mail() {
         forged_ar.iter().any(|h| h.contains("mx.other.example")),
         "{forged_ar:?}"
     );
+
+    // A signature whose i= holds quoted-printable (decoded by the DKIM parser) must not put a
+    // result of its own into our header: it stays inside one quoted value.
+    let sig = "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/simple; d=good.example; s=sel; \
+        i==3B=20dkim=3Dpass=20header.d=3Dbank.example=0D=0A@good.example; h=from:subject; \
+        bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=; b=AAAA";
+    let qp = send(
+        &s,
+        "127.0.0.5",
+        "a@good.example",
+        &["--add-header", sig],
+        "in-qp-i",
+    );
+    let qp_ar = ar(&qp);
+    let dkim = qp_ar
+        .iter()
+        .find(|h| h.contains("dkim="))
+        .expect("a dkim result");
+    let outside_quotes: String = dkim.split('"').step_by(2).collect();
+    assert_eq!(outside_quotes.matches("dkim=").count(), 1, "{dkim}");
+    assert!(!outside_quotes.contains("bank.example"), "{dkim}");
+    assert!(
+        dkim.contains("header.i=\"; dkim=pass header.d=bank.example??@good.example\""),
+        "{dkim}"
+    );
 }
 
 #[test]
