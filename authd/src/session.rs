@@ -142,7 +142,7 @@ impl Answers {
             &auth.remote_ip,
             self.state.allow_insecure_plaintext,
         ) {
-            tracing::info!(cuid = self.cuid, id, rip = %auth.remote_ip, "plaintext authentication without TLS refused");
+            tracing::info!(cuid = self.cuid, id, rip = ?auth.remote_ip, "plaintext authentication without TLS refused");
             return fail(INSECURE_REASON);
         }
         let step = match (auth.mech.as_str(), auth.resp.as_deref()) {
@@ -233,13 +233,13 @@ impl Answers {
                     .await
             }
             Err(e) => {
-                tracing::info!(cuid = self.cuid, id, rip = %auth.remote_ip, error = %e, "malformed SASL response");
+                tracing::info!(cuid = self.cuid, id, rip = ?auth.remote_ip, error = %e, "malformed SASL response");
                 Verified::No(String::new(), "malformed SASL response")
             }
         };
         match outcome {
             Verified::Yes(account, how) => {
-                tracing::info!(cuid = self.cuid, id, user = %account.email, rip = %auth.remote_ip, service = %auth.service, with = how, "authenticated");
+                tracing::info!(cuid = self.cuid, id, user = ?account.email, rip = ?auth.remote_ip, service = ?auth.service, with = how, "authenticated");
                 let fields = match self.socket {
                     Socket::Postfix => Vec::new(),
                     Socket::Checkpassword => self.state.userdb_fields(&account),
@@ -251,7 +251,7 @@ impl Answers {
                 }
             }
             Verified::No(login, why) => {
-                tracing::info!(cuid = self.cuid, id, login = %login, rip = %auth.remote_ip, service = %auth.service, reason = why, "authentication failed");
+                tracing::info!(cuid = self.cuid, id, login = ?login, rip = ?auth.remote_ip, service = ?auth.service, reason = why, "authentication failed");
                 if self.socket == Socket::Postfix {
                     tokio::time::sleep(self.state.failure_delay).await;
                 }
@@ -262,7 +262,7 @@ impl Answers {
                 }
             }
             Verified::Refused(login) => {
-                tracing::info!(cuid = self.cuid, id, login = %login, rip = %auth.remote_ip, "refused while cooling off");
+                tracing::info!(cuid = self.cuid, id, login = ?login, rip = ?auth.remote_ip, "refused while cooling off");
                 Reply::Fail {
                     id,
                     temp: false,
@@ -270,7 +270,7 @@ impl Answers {
                 }
             }
             Verified::Temp(why) => {
-                tracing::warn!(cuid = self.cuid, id, rip = %auth.remote_ip, error = %why, "user DB unavailable; temporary failure");
+                tracing::warn!(cuid = self.cuid, id, rip = ?auth.remote_ip, error = %why, "user DB unavailable; temporary failure");
                 Reply::Fail {
                     id,
                     temp: true,

@@ -379,3 +379,30 @@ fn brute_force_is_braked_per_client_and_the_cache_follows_password_changes() {
         "OK\t4\tuser=me@example.com"
     );
 }
+
+/// A login with a line break in it is logged as one escaped line: it cannot write the brake
+/// line that fail2ban acts on.
+#[test]
+fn a_login_with_a_line_break_writes_one_escaped_line() {
+    let dir = Scratch::new("aut");
+    miab_box(dir.path());
+    let (d, port) = start(&dir, "failure_delay_ms = 0");
+    let (mut c, _) = Client::connect(port);
+    let forged = "x\nWARN authd::guard: authentication brake: too many failures from rip=198.51.100.7, refused for 300 s";
+    let r = c.ask(&plain(1, forged, "wrong-password"));
+    assert!(r.starts_with("FAIL\t1"), "{r}");
+    let r = c.ask(&plain(2, "me@example.com", "a-long-password"));
+    assert!(r.starts_with("OK\t2"), "the connection goes on: {r}");
+    let log = miab_e2e::wait_until(Duration::from_secs(5), || {
+        let l = d.log();
+        l.contains("authentication failed").then_some(l)
+    })
+    .expect("the failure is logged");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("198.51.100.7")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("authentication failed") && lines[0].contains("\\n"),
+        "{log}"
+    );
+    assert!(!log.lines().any(|l| l.starts_with("WARN")), "{log}");
+}

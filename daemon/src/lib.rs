@@ -23,15 +23,76 @@ pub use serve::{
 };
 
 /// Logs to stderr (journald adds timestamps); `RUST_LOG` overrides the `info` default.
-/// Colours only on a terminal: the journal and log files get plain text.
+/// Colours only on a terminal: the journal and log files get plain text. Every event is one
+/// line whatever its fields hold: a login or header value with a line break cannot write a
+/// line of its own (say, the brake line fail2ban acts on).
 pub fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_writer(move || OneLine {
+            inner: std::io::stderr(),
+            ansi,
+        })
+        .with_ansi(ansi)
         .without_time()
         .try_init();
+}
+
+/// A log writer that escapes every control character of an event but its final line break
+/// (the formatter writes each event in one piece).
+#[derive(Debug)]
+pub struct OneLine<W> {
+    pub inner: W,
+    /// Let ESC through, for the formatter's own colours on a terminal.
+    pub ansi: bool,
+}
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+        let mut out = Vec::with_capacity(buf.len() + 8);
+        for &b in body {
+            match b {
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                0x1b if self.ansi => out.push(b),
+                b'\t' => out.push(b),
+                0..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+                _ => out.push(b),
+            }
+        }
+        if body.len() < buf.len() {
+            out.push(b'\n');
+        }
+        self.inner.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OneLine;
+    use std::io::Write;
+
+    #[test]
+    fn an_event_stays_one_line() {
+        let mut w = OneLine {
+            inner: Vec::new(),
+            ansi: false,
+        };
+        w.write_all(b" INFO authd: authentication failed login=x\nWARN authentication brake: rip=192.0.2.9\r\x1b[31m\n")
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(w.inner).unwrap(),
+            " INFO authd: authentication failed login=x\\nWARN authentication brake: rip=192.0.2.9\\r\\x1b[31m\n"
+        );
+    }
 }

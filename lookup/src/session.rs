@@ -91,11 +91,11 @@ async fn answer(state: &State, payload: &[u8], conn: u64, seq: u64) -> Reply {
         .await;
     match found {
         Ok(Some(v)) => {
-            tracing::debug!(conn, seq, map = map.name(), key, value = %v, "found");
+            tracing::debug!(conn, seq, map = map.name(), ?key, value = ?v, "found");
             Reply::Ok(v)
         }
         Ok(None) => {
-            tracing::debug!(conn, seq, map = map.name(), key, "not found");
+            tracing::debug!(conn, seq, map = map.name(), ?key, "not found");
             Reply::NotFound
         }
         Err(e) => {

@@ -222,7 +222,7 @@ impl Session {
             match self.is_mail_domain(&domain).await {
                 Ok(true) => self.start_signing(domain).await,
                 Ok(false) => {
-                    tracing::debug!(domain, "From: domain is not ours; not signed");
+                    tracing::debug!(?domain, "From: domain is not ours; not signed");
                     self.work = Work::Pass;
                 }
                 Err(e) => {
@@ -321,7 +321,7 @@ impl Session {
                                 return Status::Tempfail;
                             }
                         }
-                        tracing::info!(domain, "signed");
+                        tracing::info!(?domain, "signed");
                         Status::Continue
                     }
                     Ok(Err(e)) => {

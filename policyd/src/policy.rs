@@ -167,7 +167,7 @@ impl Policy {
         if owned.is_some() {
             return Ok(Verdict::Dunno);
         }
-        tracing::info!(login = %req.sasl_username, sender = %req.sender, client = %req.client_address,
+        tracing::info!(login = ?req.sasl_username, sender = ?req.sender, client = ?req.client_address,
             "sender address not owned by the login; rejected");
         Ok(Verdict::Stop(handler::sender_not_owned(&req.sasl_username)))
     }
@@ -199,7 +199,7 @@ impl Policy {
         {
             return Ok(Verdict::Dunno);
         }
-        tracing::info!(sender = %req.sender, client = %req.client_address,
+        tracing::info!(sender = ?req.sender, client = ?req.client_address,
             "unauthenticated mail from one of our domains; rejected");
         Ok(Verdict::Stop(handler::sender_not_logged_in()))
     }
@@ -213,7 +213,7 @@ impl Policy {
             && conn.counted_instance != req.instance
         {
             if lim.check_key(&login).is_err() {
-                tracing::warn!(login = %login, client = %req.client_address, limit = n,
+                tracing::warn!(login = ?login, client = ?req.client_address, limit = n,
                     "message rate limit reached; deferred");
                 return Verdict::Stop(format!(
                     "450 4.7.1 rate limit: {login} may send {n} messages per hour"
@@ -225,7 +225,7 @@ impl Policy {
             && !req.recipient.is_empty()
             && lim.check_key(&login).is_err()
         {
-            tracing::warn!(login = %login, client = %req.client_address, limit = n,
+            tracing::warn!(login = ?login, client = ?req.client_address, limit = n,
                 "recipient rate limit reached; deferred");
             return Verdict::Stop(format!(
                 "450 4.7.1 rate limit: {login} may send to {n} recipients per hour"
@@ -280,7 +280,7 @@ impl Policy {
             let ListVerdict::Listed(code) = self.lists.check(list, name).await else {
                 continue;
             };
-            tracing::info!(list = %list.name, %code, client = %req.client_address, sender = %req.sender,
+            tracing::info!(list = %list.name, %code, client = ?req.client_address, sender = ?req.sender,
                 recipient = %req.recipient, action = ?list.action, "listed");
             let status = match list.action {
                 ListAction::Reject => "554 5.7.1",
