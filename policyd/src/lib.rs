@@ -119,6 +119,7 @@ impl State {
         let policy = Policy {
             checks,
             fail_action: p.fail_action.clone(),
+            security_fail_action: p.security_fail_action.clone(),
             trusted,
             hostname: config.box_hostname(),
             db,

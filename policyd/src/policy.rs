@@ -72,6 +72,7 @@ impl RateLimits {
 pub struct Policy {
     pub checks: Vec<Check>,
     pub fail_action: String,
+    pub security_fail_action: String,
     pub trusted: Vec<Cidr>,
     pub hostname: String,
     pub db: AsyncUserDb,
@@ -131,13 +132,18 @@ impl Policy {
                 }
                 Ok(v) => verdicts.push(v),
                 Err(Failed(why)) => {
+                    // Security checks fail closed; greylisting and block lists fail open.
+                    let action = match check {
+                        Check::SenderLogin | Check::ForgedSender => &self.security_fail_action,
+                        _ => &self.fail_action,
+                    };
                     tracing::warn!(
                         conn = id.0, req = id.1, check = check.name(), error = %why,
-                        action = %self.fail_action, "check failed; answering the fail action"
+                        %action, "check failed; answering the fail action"
                     );
                     // A DUNNO fail action lets the remaining checks have their say.
-                    if !self.fail_action.eq_ignore_ascii_case("DUNNO") {
-                        verdicts.push(Verdict::Stop(self.fail_action.clone()));
+                    if !action.eq_ignore_ascii_case("DUNNO") {
+                        verdicts.push(Verdict::Stop(action.clone()));
                         break;
                     }
                 }

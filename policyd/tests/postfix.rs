@@ -280,3 +280,94 @@ fn sender_login_through_postfix_and_dovecot_sasl() {
     // Unauthenticated mail is not this check's business.
     assert!(send(&ours, "127.0.0.5", "you@example.com", "me@example.com", &[]).ok());
 }
+
+/// Sender login fails closed: with the user DB locked, and with miab-policyd stopped (the
+/// packaged sender reference has default_action=DEFER_IF_PERMIT), an authenticated sender is
+/// deferred (4xx), never accepted unchecked.
+#[test]
+fn a_locked_db_and_a_stopped_policyd_defer_an_authenticated_sender() {
+    let dir = Scratch::new("pol");
+    miab_box(dir.path());
+    // policyd reads its own copy of the DB, so the lock below does not stop Dovecot's SASL.
+    let own = Scratch::new("pol");
+    std::fs::create_dir_all(own.join("mail")).unwrap();
+    std::fs::copy(dir.join("mail/users.sqlite"), own.join("mail/users.sqlite")).unwrap();
+    let dns = TestDns::start();
+    let dovecot = Dovecot::start(dir.path());
+    let cfg = format!(
+        "db_busy_timeout_ms = 200\n{}",
+        config(&own, dns.addr(), "checks = [\"sender_login\"]", "")
+    );
+    let mut d = start(&own, &cfg);
+    let sender_ref = format!(
+        "check_policy_service {{ inet:127.0.0.1:{}, timeout=10s, default_action=DEFER_IF_PERMIT, policy_context=sender }}",
+        d.port
+    );
+    let pf = Postfix::start(
+        PostfixConfig::default()
+            .set("mynetworks", "127.0.0.1/32")
+            .set("smtpd_sasl_auth_enable", "yes")
+            .set("smtpd_sasl_type", "dovecot")
+            .set(
+                "smtpd_sasl_path",
+                dovecot.auth_client_socket().display().to_string(),
+            )
+            .set("smtpd_sender_restrictions", sender_ref)
+            .set(
+                "smtpd_recipient_restrictions",
+                "permit_sasl_authenticated, reject_unauth_destination",
+            ),
+    );
+    let auth = [
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "me@example.com",
+        "--auth-password",
+        "a-long-password",
+    ];
+    let as_you = || {
+        send(
+            &pf,
+            "127.0.0.5",
+            "you@example.com",
+            "x@elsewhere.example",
+            &auth,
+        )
+    };
+    let refused = as_you();
+    assert!(
+        refused.stdout.contains("<** 553 5.7.1"),
+        "{}",
+        refused.stdout
+    );
+
+    let lock = rusqlite::Connection::open(own.join("mail/users.sqlite")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // A sender not yet remembered: the check cannot decide.
+    let locked = send(
+        &pf,
+        "127.0.0.5",
+        "hello@example.com",
+        "x@elsewhere.example",
+        &auth,
+    );
+    assert!(!locked.ok(), "{}", locked.stdout);
+    assert!(
+        locked.stdout.contains(
+            "<** 451 4.3.0 <hello@example.com>: Sender address rejected: Temporary lookup failure"
+        ),
+        "{}",
+        locked.stdout
+    );
+    lock.execute_batch("ROLLBACK").unwrap();
+
+    d.process.terminate();
+    let stopped = as_you();
+    assert!(!stopped.ok(), "{}", stopped.stdout);
+    assert!(
+        stopped.stdout.contains("<** 4"),
+        "deferred, not accepted: {}",
+        stopped.stdout
+    );
+}

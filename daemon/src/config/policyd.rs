@@ -25,9 +25,14 @@ pub struct PolicydConfig {
     /// The checks that run, in order. Names: `sender_login`, `forged_sender`, `rate_limit`,
     /// `rhsbl`, `dnsbl`, `greylist`. Default: sender_login, rhsbl, dnsbl, greylist.
     pub checks: Vec<String>,
-    /// The answer when a check fails internally (DB or DNS trouble is not a reason to lose
-    /// mail). Default `DUNNO`.
+    /// The answer when greylisting or a block list fails internally (DB or DNS trouble is not
+    /// a reason to lose mail). Default `DUNNO`.
     pub fail_action: String,
+    /// The answer when a security check (`sender_login`, `forged_sender`) cannot decide
+    /// (the user DB is locked or unreadable): it fails closed, as Postfix does when MIAB's
+    /// own sender-login map fails. Default `451 4.3.0 Temporary lookup failure`; `DUNNO` lets
+    /// the mail through unchecked.
+    pub security_fail_action: String,
     /// Clients never greylisted, DNSBL-checked or treated as forging (CIDRs). Default
     /// `127.0.0.0/8`, `::1/128`.
     pub trusted_clients: Vec<String>,
@@ -55,6 +60,7 @@ impl Default for PolicydConfig {
                 .map(String::from)
                 .to_vec(),
             fail_action: "DUNNO".into(),
+            security_fail_action: "451 4.3.0 Temporary lookup failure".into(),
             trusted_clients: vec!["127.0.0.0/8".into(), "::1/128".into()],
             db_connections: 2,
             greylist: GreylistConfig::default(),
