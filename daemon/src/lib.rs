@@ -19,7 +19,8 @@ pub use config::{
 pub use launch::{Runtime, Section, launch};
 pub use listen::{ListenAddr, Listener, Peer, Stream, UnixOptions};
 pub use serve::{
-    Conn, Limits, Periodic, Shutdown, Trigger, periodic, serve, shutdown_on_signals, timed,
+    Conn, Limits, Periodic, Shutdown, Trigger, on_reload, periodic, reloads, serve,
+    shutdown_on_signals, timed,
 };
 
 /// Logs to stderr (journald adds timestamps); `RUST_LOG` overrides the `info` default.

@@ -79,6 +79,14 @@ pub fn shutdown_on_signals(trigger: Trigger) -> io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // SIGHUP (systemctl reload, logrotate) reloads; by default it would end the process.
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(signal = "SIGHUP", "reloading");
+            RELOADS.send_modify(|n| *n += 1);
+        }
+    });
     tokio::spawn(async move {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
@@ -88,6 +96,14 @@ pub fn shutdown_on_signals(trigger: Trigger) -> io::Result<()> {
         trigger.fire();
     });
     Ok(())
+}
+
+static RELOADS: std::sync::LazyLock<watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| watch::Sender::new(0));
+
+/// Changes each time the process gets SIGHUP: what a daemon reads from files it reads again.
+pub fn reloads() -> watch::Receiver<u64> {
+    RELOADS.subscribe()
 }
 
 /// One accepted connection, handed to the daemon's session code.
@@ -274,6 +290,16 @@ impl Drop for Periodic {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Runs `f` after each SIGHUP; stops when dropped. Must run inside a tokio runtime.
+pub fn on_reload(f: impl Fn() + Send + 'static) -> Periodic {
+    let mut reloads = reloads();
+    Periodic(tokio::spawn(async move {
+        while reloads.changed().await.is_ok() {
+            f();
+        }
+    }))
 }
 
 /// Runs `f` every `every`, first after one period. Must run inside a tokio runtime.

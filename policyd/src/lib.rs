@@ -198,7 +198,7 @@ pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> s
         let state = Arc::clone(&state);
         move || state.policy.rate.retain_recent()
     });
-    let _whitelists = daemon::periodic(WHITELIST_CHECK, {
+    let reread = {
         let state = Arc::clone(&state);
         move || {
             let Some(g) = &state.policy.greylist else {
@@ -209,7 +209,9 @@ pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> s
                 tracing::info!(entries = g.whitelists.len(), "whitelist files read again");
             }
         }
-    });
+    };
+    let _whitelists = daemon::periodic(WHITELIST_CHECK, reread.clone());
+    let _on_hup = daemon::on_reload(reread);
     daemon::serve(listener, &limits, shutdown, move |conn| {
         session::run(Arc::clone(&state), conn)
     })

@@ -468,7 +468,7 @@ fn a_locked_user_db_gives_the_fail_action() {
     let dir = Scratch::new("pol");
     let db = miab_box(dir.path());
     let dns = TestDns::start();
-    let top = "checks = [\"sender_login\"]\nfail_action = \"DEFER_IF_PERMIT Service temporarily unavailable\"";
+    let top = "checks = [\"sender_login\"]\nsecurity_fail_action = \"DEFER_IF_PERMIT Service temporarily unavailable\"";
     let cfg = config(&dir, dns.addr(), top, "").replace("[dns]", "db_busy_timeout_ms = 200\n[dns]");
     let d = start(&dir, &cfg);
     let mut c = Client::connect(d.port);
@@ -497,12 +497,25 @@ fn a_locked_user_db_gives_the_fail_action() {
     );
     drop(d);
 
-    // With the default fail action, DUNNO, the checks after the failed one still run.
+    // By default sender login fails closed, as Postfix does when MIAB's own map fails.
+    let top = "checks = [\"sender_login\", \"rhsbl\"]";
+    let cfg = config(&dir, dns.addr(), top, "").replace("[dns]", "db_busy_timeout_ms = 200\n[dns]");
+    let d = start(&dir, &cfg);
+    let mut c = Client::connect(d.port);
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    assert_eq!(
+        c.ask(&auth("hello@example.com")),
+        "451 4.3.0 Temporary lookup failure"
+    );
+    lock.execute_batch("COMMIT").unwrap();
+    drop(d);
+
+    // With a DUNNO fail action, the checks after the failed one still run.
     dns.add_a(
         "spam.example.dbl.spamhaus.org",
         "127.0.1.2".parse().unwrap(),
     );
-    let top = "checks = [\"sender_login\", \"rhsbl\"]";
+    let top = "checks = [\"sender_login\", \"rhsbl\"]\nsecurity_fail_action = \"DUNNO\"";
     let cfg = config(&dir, dns.addr(), top, "").replace("[dns]", "db_busy_timeout_ms = 200\n[dns]");
     let d = start(&dir, &cfg);
     let mut c = Client::connect(d.port);
@@ -514,4 +527,40 @@ fn a_locked_user_db_gives_the_fail_action() {
     );
     assert_eq!(c.ask(&auth("me@example.com")), "DUNNO");
     lock.execute_batch("COMMIT").unwrap();
+}
+
+/// SIGHUP reads postgrey's whitelist files again, and the daemon goes on serving, on the same
+/// connection too.
+#[test]
+fn sighup_reloads_the_whitelists_and_keeps_serving() {
+    let dir = Scratch::new("pol");
+    miab_box(dir.path());
+    let dns = TestDns::start();
+    let wl = dir.join("whitelist_clients");
+    std::fs::write(&wl, "# none yet\n").unwrap();
+    let extra = format!("whitelist_clients = [\"{}\"]", wl.display());
+    let cfg = greylist_only(&dir, &dns, &extra).replace("whitelist_clients = []\n", "");
+    let d = start(&dir, &cfg);
+    let mut c = Client::connect(d.port);
+    let from = |inst: &'static str| vec![("client_address", "203.0.113.9"), ("instance", inst)];
+    assert!(c.ask(&from("a")).starts_with("DEFER_IF_PERMIT"));
+    std::fs::write(&wl, "203.0.113.0/24\n").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(d.process.pid()).unwrap()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let passed = miab_e2e::wait_until(Duration::from_secs(5), || {
+        (c.ask(&from("b")) == "DUNNO").then_some(())
+    });
+    assert!(passed.is_some(), "{}", d.process.log());
+    assert!(
+        Client::connect(d.port).ask(&from("c")) == "DUNNO",
+        "a new connection is served"
+    );
+    let log = d.process.log();
+    assert!(
+        log.contains("reloading") && log.contains("whitelist files read again"),
+        "{log}"
+    );
 }
