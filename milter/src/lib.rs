@@ -41,6 +41,7 @@ pub struct State {
     pub(crate) dmarc_reject: bool,
     pub(crate) verify_timeout: Duration,
     pub(crate) max_header_bytes: usize,
+    pub(crate) max_signatures: usize,
     max_connections: usize,
     idle_timeout: Duration,
     /// The accept-only socket (`accept_listen`), bound at start and served by [`run`].
@@ -153,6 +154,7 @@ impl State {
             dmarc_reject: m.dmarc_reject,
             verify_timeout: Duration::from_secs(m.verify_timeout_secs),
             max_header_bytes: m.max_header_bytes,
+            max_signatures: m.max_signatures,
             max_connections: m.max_connections,
             idle_timeout: Duration::from_secs(m.idle_timeout_secs),
         })

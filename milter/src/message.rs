@@ -236,8 +236,10 @@ impl Session {
             self.work = Work::Pass;
             return self.carry_on();
         }
+        let max = self.state.max_signatures;
         let hashers = AuthenticatedMessage::parse(&self.headers)
-            .map(|m| {
+            .map(|mut m| {
+                cap_signatures(&mut m, max);
                 m.body_hashes
                     .iter()
                     .map(|(c, h, l, _)| Hasher::new(*c, *h, *l))
@@ -352,6 +354,7 @@ impl Session {
         let Some(mut msg) = AuthenticatedMessage::parse(&self.headers) else {
             return Status::Continue;
         };
+        let skipped = cap_signatures(&mut msg, self.state.max_signatures);
         for (slot, h) in msg.body_hashes.iter_mut().zip(hashers) {
             slot.3 = h.finish();
         }
@@ -390,7 +393,7 @@ impl Session {
                 && !dmarc.dmarc_record().is_some_and(|r| r.t);
             let disposition = if reject { Policy::Reject } else { Policy::None };
             let texts = [
-                results::dkim_header(host, &dkim),
+                results::dkim_header(host, &dkim, skipped),
                 results::spf_header(host, spf.result(), &mail_from_domain, helo),
                 results::dmarc_header(host, &dmarc, &header_from, disposition),
             ];
@@ -516,6 +519,38 @@ fn header_value(rendered: &str) -> String {
         .trim_start()
         .trim_end_matches(['\r', '\n']);
     v.replace("\r\n", "\n")
+}
+
+/// Keeps the first `max` DKIM signatures (well-formed ones first, then malformed ones while
+/// room is left) and the body hashes they need; returns how many were dropped. The body hashes
+/// are listed in the order their signatures come, so the kept ones are a prefix.
+fn cap_signatures(msg: &mut AuthenticatedMessage<'_>, max: usize) -> usize {
+    let signatures = msg.dkim_headers.len();
+    msg.dkim_headers.truncate(max);
+    let room = max - msg.dkim_headers.len();
+    let mut malformed = 0usize;
+    let mut dropped_malformed = 0usize;
+    msg.errors.retain(|e| {
+        if !matches!(e.header, mail_auth::Error::Dkim(_)) {
+            return true;
+        }
+        malformed += 1;
+        let keep = malformed <= room;
+        dropped_malformed += usize::from(!keep);
+        keep
+    });
+    let needed = msg
+        .body_hashes
+        .iter()
+        .take_while(|(c, h, l, _)| {
+            msg.dkim_headers.iter().any(|s| {
+                let s = &s.header;
+                s.cb == *c && HashAlgorithm::from(s.a) == *h && s.l == *l
+            })
+        })
+        .count();
+    msg.body_hashes.truncate(needed);
+    signatures.saturating_sub(max) + dropped_malformed
 }
 
 #[cfg(test)]

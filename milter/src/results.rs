@@ -108,14 +108,20 @@ pub fn dkim_result(result: &DkimResult, sig: Option<&Signature>) -> String {
 }
 
 /// `HOST; dkim=...` for every signature (`dkim=none` if there is none).
-pub fn dkim_header(host: &str, results: &[DkimOutput<'_>]) -> String {
-    if results.is_empty() {
+/// `skipped` signatures beyond the per-message limit get one `dkim=policy` result.
+pub fn dkim_header(host: &str, results: &[DkimOutput<'_>], skipped: usize) -> String {
+    if results.is_empty() && skipped == 0 {
         return format!("{host}; dkim=none");
     }
-    let parts: Vec<String> = results
+    let mut parts: Vec<String> = results
         .iter()
         .map(|r| dkim_result(r.result(), r.signature()))
         .collect();
+    if skipped > 0 {
+        parts.push(format!(
+            "dkim=policy ({skipped} more signatures not checked)"
+        ));
+    }
     format!("{host}; {}", parts.join(";\n\t"))
 }
 
@@ -221,7 +227,11 @@ mod tests {
             spf_header("box.example.com", SpfResult::None, "", "mx.example.org"),
             "box.example.com; spf=none smtp.helo=mx.example.org"
         );
-        assert_eq!(dkim_header("h", &[]), "h; dkim=none");
+        assert_eq!(dkim_header("h", &[], 0), "h; dkim=none");
+        assert_eq!(
+            dkim_header("h", &[], 7),
+            "h; dkim=policy (7 more signatures not checked)"
+        );
         assert_eq!(comment("a (b) \"c\"\nd"), "a 'b' 'c' d");
         let [d, s, m] = timed_out("h", "example.org", "helo", "example.org");
         assert!(d.starts_with("h; dkim=temperror"));

@@ -213,3 +213,39 @@ fn large_message_and_milter_stopped() {
     let unsigned = send(&s, "127.0.0.1", "me@example.com", &[], "milter-down");
     assert!(!unsigned.contains("DKIM-Signature:"), "{unsigned}");
 }
+
+/// A message with 1,000 DKIM signatures (each its own domain to look up) costs at most
+/// `max_signatures` checks: it gets its results, the rest reported as not checked, while a
+/// message on another connection goes through meanwhile.
+#[test]
+fn a_thousand_signatures_are_capped() {
+    let s = setup();
+    let mut msg = String::new();
+    for n in 0..1000 {
+        msg.push_str(&format!(
+            "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=d{n}.example; s=s; h=from; bh=frcCV1k9oG9oKj3dpUqdJg1PxRT2RSN/XKdLCPjaYaY=; b=AAAA\r\n"
+        ));
+    }
+    msg.push_str("From: <a@good.example>\r\nSubject: many-signatures\r\n\r\nbody\r\n");
+    let path = s.dir.join("many.eml");
+    std::fs::write(&path, msg).unwrap();
+    let (many, other) = std::thread::scope(|t| {
+        let many =
+            t.spawn(|| send_file(&s, "127.0.0.5", "a@good.example", &path, "many-signatures"));
+        let other = t.spawn(|| send(&s, "127.0.0.5", "b@good.example", &[], "meanwhile"));
+        (many.join().unwrap(), other.join().unwrap())
+    });
+    assert!(ar(&other)[0].contains("dkim=none"), "{other}");
+    let results = ar(&many);
+    let dkim = &results[0];
+    assert_eq!(dkim.matches("dkim=").count(), 6, "{dkim}");
+    assert!(
+        dkim.contains("dkim=policy (995 more signatures not checked)"),
+        "{dkim}"
+    );
+    assert!(!dkim.contains("temperror (DNS timeout)"), "{dkim}");
+    assert!(
+        dkim.contains("header.d=d0.example") && !dkim.contains("header.d=d5.example"),
+        "{dkim}"
+    );
+}

@@ -51,6 +51,10 @@ pub struct MilterConfig {
     /// Header bytes kept per message; a message with more is passed on unsigned and
     /// unverified. Default 1048576.
     pub max_header_bytes: usize,
+    /// DKIM signatures verified per message, the topmost first (each costs a DNS query and a
+    /// public-key operation on the milter's one thread); the rest are reported as
+    /// `dkim=policy (N more signatures not checked)`. OpenDKIM checks 3. Default 5.
+    pub max_signatures: usize,
     /// A second address answered with "accept" and nothing else, in Postfix notation. On a
     /// Mail-in-a-Box box this is OpenDMARC's `inet:127.0.0.1:8893`: MIAB's status checks look
     /// for it there, and a `main.cf` that an upgrade put back still lists it. `""` (default)
@@ -109,6 +113,7 @@ impl Default for MilterConfig {
             dmarc_reject: false,
             verify_timeout_secs: 20,
             max_header_bytes: 1 << 20,
+            max_signatures: 5,
             accept_listen: String::new(),
         }
     }
