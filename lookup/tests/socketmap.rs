@@ -340,3 +340,39 @@ fn db_changes_show_at_once_and_a_locked_or_unreadable_db_answers_temp() {
     assert!(!b.sock.exists());
     assert!(b.daemon.log().contains("miab-lookup stopped"));
 }
+
+/// A users.sqlite replaced by a rename (a restore from backup) is what the next lookup reads,
+/// without a restart; so is a change made with sqlite3, as MIAB's Python makes it.
+#[test]
+fn a_replaced_db_file_and_a_sqlite3_change_are_seen() {
+    let b = start("");
+    let key = "restored@example.com";
+    assert_eq!(tools::postmap_q(None, key, &b.map("aliases")), None);
+    let copy = b.db.with_extension("restore");
+    std::fs::copy(&b.db, &copy).unwrap();
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    conn.execute(
+        "INSERT INTO aliases (source, destination, permitted_senders) VALUES (?1, 'me@example.com', NULL)",
+        [key],
+    )
+    .unwrap();
+    drop(conn);
+    std::fs::rename(&copy, &b.db).unwrap();
+    assert_eq!(
+        tools::postmap_q(None, key, &b.map("aliases")).as_deref(),
+        Some("me@example.com")
+    );
+    let sqlite3 = miab_e2e::require_program("/usr/bin/sqlite3", "sqlite3");
+    let out = std::process::Command::new(sqlite3)
+        .arg(&b.db)
+        .arg(format!(
+            "UPDATE aliases SET destination = 'you@example.com' WHERE source = '{key}'"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        tools::postmap_q(None, key, &b.map("aliases")).as_deref(),
+        Some("you@example.com")
+    );
+}

@@ -61,16 +61,32 @@ impl std::fmt::Debug for Memo {
     }
 }
 
+/// The DB file as opened: a file replaced by a rename (a restore, `cp` over a temporary
+/// name) is a new inode, which the open connections would never see.
+#[derive(Debug)]
+struct Opened {
+    /// Opened once to read the header's change counter.
+    file: std::fs::File,
+    /// Device and inode.
+    id: (u64, u64),
+    /// Bumped each time the file is found replaced; pooled connections carry theirs.
+    generation: u64,
+}
+
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
     config: HandleConfig,
-    idle: Mutex<Vec<UserDb>>,
+    idle: Mutex<Vec<(u64, UserDb)>>,
     memo: Mutex<Memo>,
-    /// The DB file, opened once to read its header.
-    file: std::fs::File,
+    opened: Mutex<Opened>,
     db_permits: Semaphore,
     hash_permits: Semaphore,
+}
+
+fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
 }
 
 /// A cheap-to-clone, read-only handle usable from async code.
@@ -84,17 +100,51 @@ impl AsyncUserDb {
     pub fn open(path: impl AsRef<Path>, config: HandleConfig) -> Result<AsyncUserDb> {
         let path = path.as_ref().to_owned();
         let first = UserDb::open_with_timeout(&path, Access::ReadOnly, config.busy_timeout)?;
+        let file = std::fs::File::open(&path).map_err(|_| Error::Missing(path.clone()))?;
+        let id = file
+            .metadata()
+            .map(|m| file_id(&m))
+            .map_err(|_| Error::Missing(path.clone()))?;
         Ok(AsyncUserDb {
             inner: Arc::new(Inner {
                 db_permits: Semaphore::new(config.max_connections.max(1)),
                 hash_permits: Semaphore::new(config.max_hashers.max(1)),
-                idle: Mutex::new(vec![first]),
+                idle: Mutex::new(vec![(0, first)]),
                 memo: Mutex::new(Memo::default()),
-                file: std::fs::File::open(&path).map_err(|_| Error::Missing(path.clone()))?,
+                opened: Mutex::new(Opened {
+                    file,
+                    id,
+                    generation: 0,
+                }),
                 path,
                 config,
             }),
         })
+    }
+
+    /// The generation of the file at the path now: if it was replaced since the last look,
+    /// the new file is opened, and the pool and the memo of the old one are dropped.
+    fn generation(&self) -> u64 {
+        let inner = &self.inner;
+        let Ok(mut o) = inner.opened.lock() else {
+            return 0;
+        };
+        if let Ok(m) = std::fs::metadata(&inner.path)
+            && file_id(&m) != o.id
+            && let Ok(file) = std::fs::File::open(&inner.path)
+        {
+            tracing::info!(path = ?inner.path, "the user DB file was replaced; reading the new one");
+            o.id = file.metadata().map_or((0, 0), |m| file_id(&m));
+            o.file = file;
+            o.generation += 1;
+            if let Ok(mut idle) = inner.idle.lock() {
+                idle.clear();
+            }
+            if let Ok(mut memo) = inner.memo.lock() {
+                *memo = Memo::default();
+            }
+        }
+        o.generation
     }
 
     /// The DB file.
@@ -115,11 +165,17 @@ impl AsyncUserDb {
             .acquire()
             .await
             .map_err(|_| Error::Internal("user DB handle closed".into()))?;
+        let generation = self.generation();
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let pooled = inner.idle.lock().ok().and_then(|mut v| v.pop());
+            let pooled = inner
+                .idle
+                .lock()
+                .ok()
+                .and_then(|mut v| v.pop())
+                .filter(|(g, _)| *g == generation);
             let mut db = match pooled {
-                Some(db) => db,
+                Some((_, db)) => db,
                 None => UserDb::open_with_timeout(
                     &inner.path,
                     Access::ReadOnly,
@@ -132,7 +188,7 @@ impl AsyncUserDb {
             if out.is_ok()
                 && let Ok(mut idle) = inner.idle.lock()
             {
-                idle.push(db);
+                idle.push((generation, db));
             }
             out
         })
@@ -180,8 +236,15 @@ impl AsyncUserDb {
     /// The header's file change counter; `None` in WAL mode or if the header cannot be read.
     fn change_counter(&self) -> Option<u32> {
         use std::os::unix::fs::FileExt;
+        self.generation();
         let mut h = [0u8; 10];
-        self.inner.file.read_exact_at(&mut h, 18).ok()?;
+        self.inner
+            .opened
+            .lock()
+            .ok()?
+            .file
+            .read_exact_at(&mut h, 18)
+            .ok()?;
         // Bytes 18 and 19: file format write/read versions, 2 for WAL.
         if h[0] != 1 || h[1] != 1 {
             return None;
@@ -282,5 +345,37 @@ mod tests {
         ask("new@example.com").await.unwrap();
         ask("new@example.com").await.unwrap();
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_replaced_by_a_rename_is_read_at_once() {
+        let (dir, mut db, env) = crate::one_user_box();
+        let path = dir.path().join("users.sqlite");
+        let h = AsyncUserDb::open(&path, HandleConfig::default()).unwrap();
+        let ask = || {
+            h.memo(1, "restored@example.com".to_owned(), |db, k| {
+                db.alias_key(k)
+            })
+        };
+        assert_eq!(ask().await.unwrap(), None);
+        // A restore: a copy with the alias, moved over the live file.
+        db.add_alias("restored@example.com", "me@example.com", "", false, &env)
+            .unwrap();
+        let copy = dir.path().join("restore.sqlite");
+        std::fs::copy(&path, &copy).unwrap();
+        db.remove_alias("restored@example.com", &env).unwrap();
+        drop(db);
+        assert_eq!(ask().await.unwrap(), None, "the live file has no alias");
+        std::fs::rename(&copy, &path).unwrap();
+        assert_eq!(
+            ask().await.unwrap().as_deref(),
+            Some("me@example.com"),
+            "the new file is read, not the old inode"
+        );
+        let r = h
+            .read(|db| db.resolve_alias("restored@example.com", &Delimiters::default()))
+            .await
+            .unwrap();
+        assert_eq!(r, Some(vec!["me@example.com".to_owned()]));
     }
 }
