@@ -29,6 +29,7 @@ pub struct State {
     /// 128 random bits, hex, as Dovecot's COOKIE (only used by auth-master requests).
     cookie: String,
     failure_delay: Duration,
+    pub(crate) exchange_timeout: Duration,
     allow_insecure_plaintext: bool,
     /// A hash verified for unknown users, so they cost what known ones do.
     decoy_hash: String,
@@ -115,6 +116,7 @@ impl State {
             pid: std::process::id(),
             cookie: hex(&bytes),
             failure_delay: Duration::from_millis(a.failure_delay_ms),
+            exchange_timeout: Duration::from_secs(a.exchange_timeout_secs),
             allow_insecure_plaintext: a.allow_insecure_plaintext,
             decoy_hash: decoy,
             cache: guard::SuccessCache::new(Duration::from_secs(a.cache_ttl_secs), a.cache_entries)

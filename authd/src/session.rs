@@ -14,6 +14,7 @@ use daemon::Conn;
 use daemon::session::{Decoder, Handler};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use userdb::{Password, app_password};
 
 /// The memo kinds in the DB handle: user rows, and app password matches.
@@ -38,6 +39,7 @@ pub(crate) async fn run(state: Arc<State>, conn: Conn, socket: Socket) {
         cuid: conn.id,
         state: Arc::clone(&state),
         pending: HashMap::new(),
+        swept: Instant::now(),
     };
     daemon::session::run(conn, &state.limits, Commands::default(), answers).await;
 }
@@ -82,7 +84,10 @@ struct Answers {
     state: Arc<State>,
     socket: Socket,
     cuid: u64,
-    pending: HashMap<u32, (Step, Auth)>,
+    /// Exchanges waiting for their CONT, with when they started.
+    pending: HashMap<u32, (Step, Auth, Instant)>,
+    /// When expired exchanges were last swept out.
+    swept: Instant,
 }
 
 impl Handler<Command> for Answers {
@@ -94,6 +99,13 @@ impl Handler<Command> for Answers {
     }
 
     async fn answer(&mut self, cmd: Command, _seq: u64, out: &mut Vec<u8>) {
+        // Exchanges a client walked away from are forgotten, in one sweep a second at most.
+        let ttl = self.state.exchange_timeout;
+        if !self.pending.is_empty() && self.swept.elapsed() >= Duration::from_secs(1) {
+            self.pending
+                .retain(|_, (_, _, started)| started.elapsed() < ttl);
+            self.swept = Instant::now();
+        }
         let reply = match cmd {
             Command::Version { .. } | Command::Cpid(_) => return,
             Command::Auth(auth) => self.start(auth).await,
@@ -164,7 +176,7 @@ impl Answers {
                 reason: Some("too many authentications in progress".into()),
             };
         }
-        self.pending.insert(id, (step.0, auth));
+        self.pending.insert(id, (step.0, auth, Instant::now()));
         Reply::Cont {
             id,
             challenge: step.1.to_owned(),
@@ -172,7 +184,10 @@ impl Answers {
     }
 
     async fn cont(&mut self, id: u32, data: &str) -> Reply {
-        let Some((step, auth)) = self.pending.remove(&id) else {
+        let expired = |(_, _, started): &(Step, Auth, Instant)| {
+            started.elapsed() >= self.state.exchange_timeout
+        };
+        let Some((step, auth, started)) = self.pending.remove(&id).filter(|p| !expired(p)) else {
             return Reply::Fail {
                 id,
                 temp: false,
@@ -183,7 +198,8 @@ impl Answers {
             Step::Plain => handler::plain(data),
             Step::LoginUser => match handler::login_user(data) {
                 Ok(user) => {
-                    self.pending.insert(id, (Step::LoginPassword(user), auth));
+                    self.pending
+                        .insert(id, (Step::LoginPassword(user), auth, started));
                     return Reply::Cont {
                         id,
                         challenge: LOGIN_PASS_PROMPT.to_owned(),

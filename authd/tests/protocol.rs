@@ -406,3 +406,28 @@ fn a_login_with_a_line_break_writes_one_escaped_line() {
     );
     assert!(!log.lines().any(|l| l.starts_with("WARN")), "{log}");
 }
+
+/// An exchange the client walked away from (AUTH LOGIN, then nothing) expires: its CONT is
+/// refused afterwards, and its id can start afresh.
+#[test]
+fn an_aborted_exchange_expires() {
+    let dir = Scratch::new("aut");
+    miab_box(dir.path());
+    let (_d, port) = start(&dir, "failure_delay_ms = 0\nexchange_timeout_secs = 1");
+    let (mut c, _) = Client::connect(port);
+    let login = "AUTH\t7\tLOGIN\tservice=smtp\tnologin\tlip=127.0.0.1\trip=127.0.0.1\n";
+    assert!(c.ask(login).starts_with("CONT\t7\t"));
+    std::thread::sleep(Duration::from_millis(1300));
+    let late = c.ask(&format!("CONT\t7\t{}\n", b64("me@example.com")));
+    assert!(late.starts_with("FAIL\t7"), "{late}");
+    assert!(
+        c.ask(login).starts_with("CONT\t7\t"),
+        "the id is free again"
+    );
+    assert!(
+        c.ask(&format!("CONT\t7\t{}\n", b64("me@example.com")))
+            .starts_with("CONT\t7\t")
+    );
+    let ok = c.ask(&format!("CONT\t7\t{}\n", b64("a-long-password")));
+    assert!(ok.starts_with("OK\t7"), "{ok}");
+}

@@ -28,6 +28,10 @@ pub struct AuthdConfig {
     /// Milliseconds a failed authentication waits before its FAIL, as Dovecot's
     /// `auth_failure_delay`; other connections are not held up. Default 2000.
     pub failure_delay_ms: u64,
+    /// Seconds a started exchange (AUTH LOGIN waiting for its CONT) is kept; an aborted one
+    /// is then forgotten and its CONT refused. Postfix gives a client 300 s to answer.
+    /// Default 300.
+    pub exchange_timeout_secs: u64,
     /// Accept PLAIN and LOGIN from a non-loopback client on a connection without TLS (Postfix
     /// says `secured` when the SMTP session has TLS). Default false.
     pub allow_insecure_plaintext: bool,
@@ -74,6 +78,7 @@ impl Default for AuthdConfig {
             drain_timeout_secs: 5,
             db_connections: 4,
             failure_delay_ms: 2000,
+            exchange_timeout_secs: 300,
             allow_insecure_plaintext: false,
             hash_threads: 0,
             cache_ttl_secs: 300,
