@@ -256,6 +256,10 @@ impl Answers {
         match outcome {
             Verified::Yes(account, how) => {
                 tracing::info!(cuid = self.cuid, id, user = ?account.email, rip = ?auth.remote_ip, service = ?auth.service, with = how, "authenticated");
+                self.state.brake.succeeded(
+                    auth.remote_ip.parse().ok(),
+                    &handler::fold_login(&account.email),
+                );
                 let fields = match self.socket {
                     Socket::Postfix => Vec::new(),
                     Socket::Checkpassword => self.state.userdb_fields(&account),
@@ -426,10 +430,14 @@ impl State {
             }
         }
         if account.app_passwords_required {
+            // As long as a wrong password takes: no faster answer tells such users apart.
+            self.db
+                .verify_password(password, self.decoy_hash.clone())
+                .await;
             return self.failed(ip, key, rip, "app password required");
         }
         if self.cache.hit(&key, password.expose(), &account.hash) {
-            return Verified::Yes(account, "password");
+            return Verified::Yes(account, "remembered password");
         }
         let remember = password.clone();
         if self
@@ -460,7 +468,11 @@ impl State {
                     self.brake.cooloff().as_secs()
                 ),
                 guard::Blocked::Login(l) => tracing::warn!(
-                    "authentication brake: too many failures for login={l} (last rip={rip}), refused for {} s",
+                    "authentication brake: too many failures for login={l:?} (last rip={rip:?}), refused for {} s to clients it never logged in from",
+                    self.brake.cooloff().as_secs()
+                ),
+                guard::Blocked::ProxiedLogin(l) => tracing::warn!(
+                    "authentication brake: too many failures for login={l:?} through a trusted proxy (rip={rip:?}), refused there for {} s",
                     self.brake.cooloff().as_secs()
                 ),
             }

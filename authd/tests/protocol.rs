@@ -359,6 +359,15 @@ fn brute_force_is_braked_per_client_and_the_cache_follows_password_changes() {
         other.ask(&from("192.0.2.10", 2, "me@example.com", "a-long-password")),
         "OK\t2\tuser=me@example.com"
     );
+    let hit = miab_e2e::wait_until(Duration::from_secs(5), || {
+        let l = d.log();
+        l.contains("with=\"remembered password\"").then_some(())
+    });
+    assert!(
+        hit.is_some(),
+        "the second login is a cache hit: {}",
+        d.log()
+    );
     let mut udb = userdb::UserDb::open(&db, userdb::Access::ReadWrite).unwrap();
     udb.set_password(
         "me@example.com",
@@ -430,4 +439,125 @@ fn an_aborted_exchange_expires() {
     );
     let ok = c.ask(&format!("CONT\t7\t{}\n", b64("a-long-password")));
     assert!(ok.starts_with("OK\t7"), "{ok}");
+}
+
+/// Strangers' failures cannot keep a user out: from a network that logged in as the user
+/// before, the right password still works; strangers spreading guesses over many addresses
+/// are still refused; behind the trusted proxy (webmail on 127.0.0.1) one user's failures
+/// refuse neither the next user nor the proxy itself.
+#[test]
+fn strangers_cannot_lock_out_a_user_and_webmail_users_are_braked_apart() {
+    let dir = Scratch::new("aut");
+    miab_box(dir.path());
+    let (d, port) = start(
+        &dir,
+        "failure_delay_ms = 0\nip_failures_per_minute = 3\nlogin_failures_per_minute = 5",
+    );
+    let from = |ip: &str, id: u32, user: &str, pass: &str| {
+        plain(id, user, pass).replace("rip=127.0.0.1", &format!("rip={ip}\tsecured"))
+    };
+    let (mut c, _) = Client::connect(port);
+    let ok = |r: String, id: u32| assert!(r.starts_with(&format!("OK\t{id}")), "{r}");
+    let fail = |r: String, id: u32| assert!(r.starts_with(&format!("FAIL\t{id}")), "{r}");
+    // Her phone logs in, then strangers guess from six addresses, two guesses each.
+    ok(
+        c.ask(&from(
+            "198.51.100.20",
+            1,
+            "me@example.com",
+            "a-long-password",
+        )),
+        1,
+    );
+    let mut id = 10;
+    for n in 1..=6 {
+        for _ in 0..2 {
+            id += 1;
+            fail(
+                c.ask(&from(
+                    &format!("203.0.113.{n}"),
+                    id,
+                    "me@example.com",
+                    "guess",
+                )),
+                id,
+            );
+        }
+    }
+    // A stranger with the right password is refused without a check...
+    let refused = c.ask(&from(
+        "192.0.2.77",
+        100,
+        "me@example.com",
+        "a-long-password",
+    ));
+    assert_eq!(
+        refused,
+        "FAIL\t100\treason=Too many failed authentications; try again later."
+    );
+    // ...her phone is not.
+    ok(
+        c.ask(&from(
+            "198.51.100.20",
+            101,
+            "me@example.com",
+            "a-long-password",
+        )),
+        101,
+    );
+    // Webmail: you@ fails six times behind 127.0.0.1; me@ logs in there, you@ is refused
+    // there but not from her own laptop.
+    ok(
+        c.ask(&from(
+            "192.0.2.50",
+            102,
+            "you@example.com",
+            "a-long-password",
+        )),
+        102,
+    );
+    for i in 0..6 {
+        fail(
+            c.ask(&from("127.0.0.1", 110 + i, "you@example.com", "stale")),
+            110 + i,
+        );
+    }
+    ok(
+        c.ask(&from("127.0.0.1", 120, "me@example.com", "a-long-password")),
+        120,
+    );
+    fail(
+        c.ask(&from(
+            "127.0.0.1",
+            121,
+            "you@example.com",
+            "a-long-password",
+        )),
+        121,
+    );
+    ok(
+        c.ask(&from(
+            "192.0.2.50",
+            122,
+            "you@example.com",
+            "a-long-password",
+        )),
+        122,
+    );
+    ok(
+        c.ask(&from(
+            "127.0.0.1",
+            123,
+            "boss@other.example",
+            "a-long-password",
+        )),
+        123,
+    );
+    let log = d.log();
+    assert!(log.contains("for login=\"me@example.com\""), "{log}");
+    assert!(log.contains("through a trusted proxy"), "{log}");
+    assert!(
+        !log.contains("from rip=127.0.0.1"),
+        "the proxy itself is never braked: {log}"
+    );
 }

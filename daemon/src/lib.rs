@@ -8,6 +8,7 @@ pub mod config;
 pub mod dns;
 pub mod launch;
 pub mod listen;
+pub mod net;
 pub mod serve;
 pub mod session;
 

@@ -12,7 +12,7 @@ pub mod dns;
 pub mod dnsbl;
 pub mod greylist;
 pub mod handler;
-pub mod net;
+pub use daemon::net;
 pub mod policy;
 pub mod proto;
 mod session;

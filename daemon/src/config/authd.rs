@@ -32,6 +32,10 @@ pub struct AuthdConfig {
     /// is then forgotten and its CONT refused. Postfix gives a client 300 s to answer.
     /// Default 300.
     pub exchange_timeout_secs: u64,
+    /// Addresses of trusted proxies that log users in for them (Roundcube, Z-Push and
+    /// Nextcloud on MIAB all come from 127.0.0.1): their clients are braked per login only,
+    /// never per address. Default `["127.0.0.0/8", "::1"]`.
+    pub proxy_networks: Vec<String>,
     /// Accept PLAIN and LOGIN from a non-loopback client on a connection without TLS (Postfix
     /// says `secured` when the SMTP session has TLS). Default false.
     pub allow_insecure_plaintext: bool,
@@ -79,6 +83,7 @@ impl Default for AuthdConfig {
             db_connections: 4,
             failure_delay_ms: 2000,
             exchange_timeout_secs: 300,
+            proxy_networks: vec!["127.0.0.0/8".into(), "::1".into()],
             allow_insecure_plaintext: false,
             hash_threads: 0,
             cache_ttl_secs: 300,

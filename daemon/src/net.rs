@@ -10,13 +10,15 @@ pub struct Cidr {
     prefix: u8,
 }
 
-pub(crate) fn mask32(prefix: u8) -> u32 {
+/// The IPv4 netmask of a prefix length.
+pub fn mask32(prefix: u8) -> u32 {
     u32::MAX
         .checked_shl(32 - u32::from(prefix.min(32)))
         .unwrap_or(0)
 }
 
-pub(crate) fn mask128(prefix: u8) -> u128 {
+/// The IPv6 netmask of a prefix length.
+pub fn mask128(prefix: u8) -> u128 {
     u128::MAX
         .checked_shl(128 - u32::from(prefix.min(128)))
         .unwrap_or(0)
