@@ -72,21 +72,19 @@ impl SigningKey for SharedEd25519 {
     }
 }
 
-/// The systemd credential ID under which the unit loads the key directory
-/// (`LoadCredential=dkim:STORAGE_ROOT/mail/dkim`): the file `mail.private` then arrives as
-/// `$CREDENTIALS_DIRECTORY/dkim_mail.private`, read by PID 1 as root, so the key may stay
-/// `opendkim:opendkim 0600` in a `0700` directory, as MIAB's `dkim.sh` leaves it.
-pub const KEY_CREDENTIAL: &str = "dkim";
+/// The environment variable naming a directory the unit copied the keys into (as root, at
+/// each start): MIAB's `dkim.sh` keeps `STORAGE_ROOT/mail/dkim` `opendkim:opendkim 0700`, so
+/// the milter reads `<that directory>/<file name>` instead of the key path itself.
+pub const KEY_DIR_ENV: &str = "MIAB_KEY_DIR";
 
-/// Where `path` is really read from: the systemd credential for its file name if the unit
-/// passed one, else the path itself.
+/// Where `path` is really read from: the unit's copy of the file if there is one, else the
+/// path itself.
 pub fn source(path: &Path) -> PathBuf {
-    let credential = std::env::var_os("CREDENTIALS_DIRECTORY").and_then(|dir| {
-        let name = path.file_name()?.to_str()?;
-        let c = Path::new(&dir).join(format!("{KEY_CREDENTIAL}_{name}"));
+    let copy = std::env::var_os(KEY_DIR_ENV).and_then(|dir| {
+        let c = Path::new(&dir).join(path.file_name()?);
         c.is_file().then_some(c)
     });
-    credential.unwrap_or_else(|| path.to_owned())
+    copy.unwrap_or_else(|| path.to_owned())
 }
 
 fn read(path: &Path) -> Result<String, KeyError> {

@@ -262,7 +262,7 @@ pub fn check(sys: &Sys) -> Vec<Finding> {
     let key = sys.storage_root.join("mail/dkim/mail.private");
     if key.exists() {
         out.push(ok(format!(
-            "DKIM key {} (read by systemd for miab-milter)",
+            "DKIM key {} (copied for miab-milter at its start)",
             key.display()
         )));
     } else {
