@@ -106,6 +106,8 @@ impl Handler<Command> for Answers {
                 .retain(|_, (_, _, started)| started.elapsed() < ttl);
             self.swept = Instant::now();
         }
+        // Command's Debug form leaves out SASL responses.
+        tracing::debug!(cuid = self.cuid, command = ?cmd, "request");
         let reply = match cmd {
             Command::Version { .. } | Command::Cpid(_) => return,
             Command::Auth(auth) => self.start(auth).await,

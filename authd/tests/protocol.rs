@@ -16,18 +16,23 @@ fn b64(s: &str) -> String {
 }
 
 fn start(dir: &Scratch, extra: &str) -> (DaemonProcess, u16) {
+    start_logging(dir, extra, "info")
+}
+
+fn start_logging(dir: &Scratch, extra: &str, level: &str) -> (DaemonProcess, u16) {
     let port = free_port();
     let config = format!(
         "storage_root = \"{}\"\n[authd]\ncheckpassword_listen = \"\"\n{extra}\n",
         dir.path().display()
     );
     let listen = format!("inet:127.0.0.1:{port}");
-    let d = DaemonProcess::with_config(
+    let path = dir.join("authd.toml");
+    std::fs::write(&path, config).unwrap();
+    let d = DaemonProcess::start_logging(
         Path::new(env!("CARGO_BIN_EXE_miab-authd")),
-        dir,
-        "authd",
-        &config,
-        &["--listen", &listen],
+        &["--config", path.to_str().unwrap(), "--listen", &listen],
+        dir.join("authd.log"),
+        level,
     );
     (d, port)
 }
@@ -85,7 +90,8 @@ fn plain(id: u32, user: &str, pass: &str) -> String {
 fn postfix_exchanges() {
     let dir = Scratch::new("aut");
     miab_box(dir.path());
-    let (d, port) = start(&dir, "failure_delay_ms = 0");
+    // The most verbose logging: no password, in clear or in base64, may reach it.
+    let (d, port) = start_logging(&dir, "failure_delay_ms = 0", "trace");
     let (mut c, hs) = Client::connect(port);
     let kinds: Vec<&str> = hs.iter().map(|l| l.split('\t').next().unwrap()).collect();
     assert_eq!(
@@ -202,7 +208,14 @@ fn postfix_exchanges() {
         log.contains("unknown command") && log.contains("longer than 16384"),
         "{log}"
     );
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "the check is worth something only at trace level: {log}"
+    );
     assert!(!log.contains("a-long-password"), "no password in the log");
+    let encoded = b64("\0me@example.com\0a-long-password");
+    assert!(!log.contains(&encoded), "no SASL response in the log");
+    assert!(!log.contains("{SHA512-CRYPT}"), "no hash in the log");
 }
 
 #[test]

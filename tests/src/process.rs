@@ -16,13 +16,17 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Starts `bin` with `args` and waits for a log line containing `ready`.
     pub fn start(bin: &Path, args: &[&str], log: PathBuf) -> DaemonProcess {
+        let level = std::env::var("MIAB_TEST_LOG").unwrap_or_else(|_| "info".into());
+        Self::start_logging(bin, args, log, &level)
+    }
+
+    /// [`start`](Self::start) with `RUST_LOG=level`, for tests that look at what the most
+    /// verbose logging writes.
+    pub fn start_logging(bin: &Path, args: &[&str], log: PathBuf, level: &str) -> DaemonProcess {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin)
             .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("MIAB_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", level)
             .env_remove("MIAB_CONFIG")
             .env_remove("MIAB_STORAGE_ROOT")
             .stdin(Stdio::null())
