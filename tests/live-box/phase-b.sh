@@ -1,0 +1,270 @@
+# shellcheck shell=bash
+# Phase B of the live-box test, sourced by `run` once the stock box passed phase A: the
+# sidecars package installed, `miabctl sidecars enable`, every check after each of MIAB's
+# own maintenance events, a restore from the backup taken meanwhile, `disable`.
+
+# --- what enable must leave alone (and disable must put back byte for byte) -------------
+record_stock() {
+	box_exec bash -c '
+		sha256sum /etc/postfix/main.cf /etc/postfix/master.cf
+		find /etc/dovecot/conf.d -type f -print0 | sort -z | xargs -0 sha256sum
+		echo "systemctl cat postgrey opendkim opendmarc: $(systemctl cat postgrey opendkim opendmarc 2>&1 | sha256sum)"'
+}
+compare_record() {
+	local now
+	now=$(record_stock)
+	if [ "$now" != "$(cat "$1")" ]; then
+		diff -u "$1" <(echo "$now") || true
+		echo "differs from the record taken before enable ($1)"
+		return 1
+	fi
+	echo "main.cf, master.cf, dovecot conf.d and the postgrey/opendkim/opendmarc units match the record"
+}
+
+install_deb() {
+	local debs
+	# shellcheck disable=SC2206
+	debs=($DEB_GLOB)
+	if [ ! -f "${debs[0]}" ]; then
+		echo "no package at $DEB_GLOB: build it first with packaging/build-deb"
+		return 1
+	fi
+	[ "${#debs[@]}" = 1 ] || { echo "more than one package: ${debs[*]}"; return 1; }
+	echo "package: ${debs[0]}"
+	record_stock >"$LB_STATE/record-before-install"
+	mail_cli dump >"$LB_STATE/users-before"
+	box_exec bash -c 'cat >/root/miab-sidecars.deb' <"${debs[0]}"
+	box_exec dpkg -i /root/miab-sidecars.deb
+	local f
+	for f in /usr/bin/miabctl /usr/bin/miab-lookup /usr/bin/miab-policyd /usr/bin/miab-authd \
+		/usr/bin/miab-milter /usr/bin/miab-checkpassword /etc/miab/sidecars.toml; do
+		box_exec test -e "$f" || { echo "the package has no $f"; return 1; }
+	done
+	for f in miab-lookup.service miab-policyd.service miab-authd.service miab-milter.service \
+		miab-sidecars-repair.path miab-sidecars-repair.timer miab-sidecars-repair.service; do
+		box_exec systemctl cat "$f" >/dev/null || { echo "the package has no unit $f"; return 1; }
+	done
+	# The box's stand-in for a foreign client is 127.0.0.9 (Postfix's mynetworks is
+	# 127.0.0.1/32 here): trust only what Postfix trusts, as an operator would.
+	box_exec sed -i 's|^trusted_clients = .*|trusted_clients = ["127.0.0.1/32", "::1/128"]|' /etc/miab/sidecars.toml
+	box_exec grep -n '^trusted_clients' /etc/miab/sidecars.toml
+	# Installing switches nothing.
+	compare_record "$LB_STATE/record-before-install"
+	box_exec systemctl is-active postgrey opendkim opendmarc postfix dovecot
+}
+step "sidecars: dpkg -i the package (installing switches nothing)" install_deb
+record_stock >"$LB_STATE/record-before-enable"
+step "sidecars: miabctl sidecars enable" box_exec miabctl sidecars enable
+
+# --- checks after enable ----------------------------------------------------------------
+# miabctl sidecars status, polled (config-rewriting events leave the repair a moment).
+poll_status() {
+	local i out=""
+	for i in $(seq 1 70); do
+		if out=$(box_exec miabctl sidecars status 2>&1); then
+			echo "miabctl sidecars status: ok after ${i} try/tries"
+			return 0
+		fi
+		sleep 1
+	done
+	echo "$out"
+	echo "miabctl sidecars status still failing after 70 s"
+	return 1
+}
+check_wiring() {
+	local p
+	for p in /var/spool/postfix/miab-lookup/socketmap /var/spool/postfix/miab-authd/auth /run/miab-authd/checkpassword; do
+		box_exec test -S "$p" || { echo "no socket $p"; return 1; }
+	done
+	box_exec bash -c '
+		for pp in 10023:miab-policyd 8891:miab-milter 8893:miab-milter; do
+			port=${pp%%:*} prog=${pp#*:}
+			line=$(ss -Hltnp "sport = :$port")
+			echo "$port: $line"
+			echo "$line" | grep -q "\"$prog\"" || { echo "port $port is not $prog"; exit 1; }
+		done
+		for s in postgrey opendkim opendmarc; do
+			for c in start stop restart; do
+				service "$s" "$c" || { echo "service $s $c failed"; exit 1; }
+			done
+		done
+		sleep 1
+		for s in postgrey opendkim opendmarc; do
+			# Each runs as its own system user (postgrey sets its process name to
+			# "postgrey --inet=...").
+			if pgrep -u "$s" >/dev/null; then echo "$s runs: $(pgrep -a -u "$s")"; exit 1; fi
+		done
+		for pp in 10023:miab-policyd 8891:miab-milter 8893:miab-milter; do
+			ss -Hltnp "sport = :${pp%%:*}" | grep -q "\"${pp#*:}\"" || { echo "port ${pp%%:*} lost after service starts"; exit 1; }
+		done
+		echo "postgrey, opendkim, opendmarc: service start/stop/restart succeed and start nothing"'
+}
+check_app_password() {
+	local f=$LB_STATE/app-password out
+	if [ ! -s "$f" ]; then
+		out=$(box_exec miabctl user app-password add "$APPUSER" --label t)
+		echo "$out" | grep -Eo '([A-Za-z0-9]{4}-){4}[A-Za-z0-9]{4}' | head -1 >"$f"
+		[ -s "$f" ] || echo "$out" | awk 'NF {l=$NF} END {print l}' >"$f"
+		box_exec miabctl user app-password require "$APPUSER" on
+	fi
+	local app rc
+	app=$(cat "$f")
+	set +e
+	box_exec python3 /opt/miab-livebox/probe.py smtp-auth "$APPUSER" "$PW_APP" 465; rc=$?
+	[ "$rc" = 3 ] || { echo "main password of an app-password-only user: SMTP AUTH not refused with 535 (exit $rc)"; return 1; }
+	box_exec python3 /opt/miab-livebox/probe.py imap-login "$APPUSER" "$PW_APP"; rc=$?
+	[ "$rc" = 3 ] || { echo "main password of an app-password-only user: IMAP login not refused (exit $rc)"; return 1; }
+	set -e
+	box_exec python3 /opt/miab-livebox/probe.py smtp-auth "$APPUSER" "$app" 465
+	box_exec python3 /opt/miab-livebox/probe.py imap-login "$APPUSER" "$app"
+}
+check_socketmap() {
+	local out
+	out=$(box_exec postmap -q "$ME" socketmap:unix:/var/spool/postfix/miab-lookup/socketmap:mailboxes)
+	echo "postmap -q $ME socketmap:...:mailboxes -> $out"
+	[ -n "$out" ]
+}
+check_journal_plain() {
+	local n
+	n=$(box_exec journalctl -a -o cat --no-pager -u miab-policyd -u miab-lookup -u miab-authd -u miab-milter |
+		tr -cd '\033' | wc -c)
+	[ "$n" = 0 ] || { echo "$n ESC bytes in the sidecars' journal"; return 1; }
+	echo "no ESC byte in the sidecars' journal"
+}
+check_doveconf() {
+	box_exec bash -c 'doveconf -n' | python3 -c '
+import re, sys
+drivers, cur = [], None
+for line in sys.stdin:
+    s = line.strip()
+    if re.match(r"^passdb(\s+\S+)?\s*\{$", s): cur = []
+    elif cur is not None and s.startswith("driver ="): drivers.append(s.split("=", 1)[1].strip()); cur = None
+    elif s == "}": cur = None
+print("doveconf -n passdb drivers, in order:", drivers)
+if "checkpassword" not in drivers: sys.exit("no checkpassword passdb")
+if "sql" in drivers and drivers.index("sql") < drivers.index("checkpassword"):
+    sys.exit("the sql passdb comes before checkpassword")
+'
+}
+check_all() {
+	local what=$1
+	step "$what: miabctl sidecars status (polled up to 70 s)" poll_status
+	step "$what: sockets, ports, neutralised postgrey/opendkim/opendmarc" check_wiring
+	step "$what: (a) tests/test_mail.py" check_test_mail
+	step "$what: (b) a submission is DKIM-signed (dkimverify)" check_dkim_signed "$ME" "$PW_ME" 587
+	step "$what: (c) a foreign client is greylisted (450 4.2.0)" check_greylisted
+	step "$what: (d) SMTP AUTH and IMAP for a normal user" check_normal_login
+	step "$what: (d) app-password-only user: main password refused, app password works" check_app_password
+	step "$what: (e) postmap -q through miab-lookup's socketmap" check_socketmap
+	step "$what: (f) no ESC byte in the sidecars' journal" check_journal_plain
+	step "$what: (g) miabctl sidecars status" box_exec miabctl sidecars status
+	step "$what: (h) doveconf -n: checkpassword passdb first" check_doveconf
+}
+check_all "enabled"
+
+# --- MIAB's own maintenance, each followed by every check -------------------------------
+# The nightly backup, as management/daily_tasks.sh runs it (in MIAB's venv, en_US.UTF-8).
+record_state_rows() {
+	box_exec python3 - "$ST" <<-'EOF'
+	import sqlite3, sys
+	st = sys.argv[1]
+	def rows(db, q):
+	    con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=10)
+	    try:
+	        return [r[0] for r in con.execute(q)]
+	    finally:
+	        con.close()
+	for k in rows(st + "/mail/policyd/greylist.sqlite", "SELECT key FROM triplets"):
+	    print("triplet", k)
+	for k in rows(st + "/mail/authd/app-password-use.sqlite", "SELECT id FROM app_password_use"):
+	    print("app_password_use", k)
+	EOF
+}
+nightly_backup() {
+	record_state_rows >"$LB_STATE/rows-at-backup"
+	grep -q '^triplet ' "$LB_STATE/rows-at-backup" || { echo "no greylist triplet to back up"; return 1; }
+	grep -q '^app_password_use ' "$LB_STATE/rows-at-backup" || { echo "no app-password use to back up"; return 1; }
+	box_exec bash -c 'cd /root/mailinabox && export LANGUAGE=en_US.UTF-8 LC_ALL=en_US.UTF-8 LANG=en_US.UTF-8 LC_TYPE=en_US.UTF-8 && management/backup.py'
+	box_exec ls "$ST/backup/encrypted"
+}
+step "event: MIAB's nightly backup (management/backup.py)" nightly_backup
+check_all "after backup"
+
+restore_check() {
+	box_exec bash -c 'cd /root/mailinabox && rm -rf /tmp/live-box-restore && export LANG=en_US.UTF-8 LC_ALL=en_US.UTF-8 && management/backup.py --restore /tmp/live-box-restore'
+	box_exec bash -c 'cat >/tmp/live-box-rows-at-backup' <"$LB_STATE/rows-at-backup"
+	box_exec python3 - /tmp/live-box-restore /tmp/live-box-rows-at-backup <<-'EOF'
+	import sqlite3, sys
+	r = sys.argv[1]
+	dbs = {"triplet": (r + "/mail/policyd/greylist.sqlite", "SELECT 1 FROM triplets WHERE key=?"),
+	       "app_password_use": (r + "/mail/authd/app-password-use.sqlite", "SELECT 1 FROM app_password_use WHERE id=?")}
+	want = [l.rstrip("\n").split(" ", 1) for l in open(sys.argv[2]) if " " in l]
+	for name, (db, _) in dbs.items():
+	    con = sqlite3.connect(db)
+	    ok = con.execute("PRAGMA integrity_check").fetchone()[0]
+	    print(db, "integrity_check:", ok)
+	    if ok != "ok": sys.exit(1)
+	    con.close()
+	for kind, key in want:
+	    db, q = dbs[kind]
+	    con = sqlite3.connect(db)
+	    if not con.execute(q, (key,)).fetchone():
+	        sys.exit("restored %s lacks %s %s" % (db, kind, key))
+	    con.close()
+	print(len(want), "rows present at backup time are in the restored copy")
+	EOF
+}
+step "restore: duplicity restore of that backup; the sidecars' sqlite state intact" restore_check
+
+postgrey_cron() {
+	box_exec bash -c '/etc/cron.daily/mailinabox-postgrey-whitelist; service postgrey restart'
+}
+step "event: postgrey whitelist cron + service postgrey restart" postgrey_cron
+check_all "after postgrey cron"
+
+domain_change() {
+	mail_cli add-user "$BOB" "$PW_BOB"
+	box_exec cat /etc/opendkim/SigningTable
+}
+step "event: a new domain (mailconfig.py add_mail_user + kick: opendkim restart)" domain_change
+check_all "after domain change"
+step "after domain change: mail from the new domain is DKIM-signed" check_dkim_signed "$BOB" "$PW_BOB" 587
+
+step "event: upgrade (MIAB's mail setup scripts again)" inbox miab "${MIAB_MAIL_SCRIPTS[@]}"
+check_all "after upgrade"
+
+step "event: apt-get install --reinstall postfix" box_exec apt-get install --reinstall -y -q postfix
+check_all "after postfix reinstall"
+
+reboot_box() { box_reboot; inbox dns; }
+step "event: reboot of the box" reboot_box
+check_all "after reboot"
+
+# --- disable: back to the stock box -----------------------------------------------------
+step "sidecars: miabctl sidecars disable" box_exec miabctl sidecars disable
+step "disabled: main.cf, master.cf, dovecot conf.d, units match the record" compare_record "$LB_STATE/record-before-enable"
+stock_running() {
+	local i
+	for i in $(seq 1 30); do
+		if box_exec systemctl is-active --quiet postgrey opendkim opendmarc &&
+			box_exec bash -c 'for p in 10023 8891 8893; do ss -Hltn "sport = :$p" | grep -q . || exit 1; done'; then
+			box_exec bash -c 'ss -Hltnp "( sport = :10023 or sport = :8891 or sport = :8893 )"'
+			return 0
+		fi
+		sleep 1
+	done
+	box_exec systemctl status --no-pager postgrey opendkim opendmarc || true
+	return 1
+}
+step "disabled: postgrey, opendkim, opendmarc run again" stock_running
+step "disabled: tests/test_mail.py on the stock box" check_test_mail
+users_unchanged() {
+	mail_cli dump >"$LB_STATE/users-after"
+	# Everything phase A made is still there, unchanged (phase B added bob@ and app passwords).
+	local missing
+	missing=$(comm -23 <(sort "$LB_STATE/users-before") <(sort "$LB_STATE/users-after"))
+	[ -z "$missing" ] || { echo "changed or gone after disable:"; echo "$missing"; return 1; }
+	echo "users and aliases unchanged"
+}
+step "disabled: users and aliases unchanged" users_unchanged
+echo "phase B passed"
