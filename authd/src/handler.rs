@@ -40,7 +40,7 @@ pub enum SaslError {
     Plain,
     #[error("authorization identity differs from the login")]
     Authzid,
-    #[error("login or password too long, empty or not UTF-8")]
+    #[error("login or password too long, empty, not UTF-8, or a login with control characters")]
     Field,
 }
 
@@ -56,6 +56,15 @@ fn field(bytes: Vec<u8>, max: usize) -> Result<String, SaslError> {
     Ok(s)
 }
 
+/// A login: a field without control characters (NUL, line breaks), which no address has.
+fn login_field(bytes: Vec<u8>) -> Result<String, SaslError> {
+    let s = field(bytes, MAX_LOGIN)?;
+    if s.chars().any(char::is_control) {
+        return Err(SaslError::Field);
+    }
+    Ok(s)
+}
+
 /// PLAIN (RFC 4616): `authzid NUL authcid NUL password`. An authorization identity other than
 /// the login (a master user) is refused, as are more than three fields.
 pub fn plain(resp_b64: &str) -> Result<Credentials, SaslError> {
@@ -66,7 +75,7 @@ pub fn plain(resp_b64: &str) -> Result<Credentials, SaslError> {
     else {
         return Err(SaslError::Plain);
     };
-    let login = field(authcid.to_vec(), MAX_LOGIN)?;
+    let login = login_field(authcid.to_vec())?;
     if !authzid.is_empty() && authzid != login.as_bytes() {
         return Err(SaslError::Authzid);
     }
@@ -78,7 +87,7 @@ pub fn plain(resp_b64: &str) -> Result<Credentials, SaslError> {
 
 /// LOGIN's username step.
 pub fn login_user(resp_b64: &str) -> Result<String, SaslError> {
-    field(decode(resp_b64)?, MAX_LOGIN)
+    login_field(decode(resp_b64)?)
 }
 
 /// LOGIN's password step.

@@ -287,6 +287,29 @@ fn callbacks(state: Arc<State>) -> Callbacks<Session> {
         })
 }
 
+/// The body of the fuzz target for the Authentication-Results writer: whatever a message or
+/// session brings as HELO, MAIL FROM domain or From: domain, our header values stay one line,
+/// and each holds exactly one `method=result` outside quoted strings.
+pub fn fuzz_results(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let v = results::pvalue(&text);
+    assert!(v.is_ascii() && !v.contains(['\r', '\n']), "{v:?}");
+    for header in [
+        results::spf_header("box.example.com", mail_auth::SpfResult::Pass, &text, "h"),
+        results::spf_header("box.example.com", mail_auth::SpfResult::None, "", &text),
+    ]
+    .into_iter()
+    .chain(results::timed_out("box.example.com", &text, &text, &text))
+    {
+        assert!(!header.contains(['\r', '\n']), "{header:?}");
+        assert_eq!(
+            results::unquoted(&header).matches(';').count(),
+            1,
+            "{header:?}"
+        );
+    }
+}
+
 /// Callbacks that accept every connection at once and change nothing.
 fn accept_only() -> Callbacks<()> {
     Callbacks::new().on_connect(|_, _, _| Box::pin(async { Status::Accept }))
@@ -333,5 +356,28 @@ pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> s
             tokio::try_join!(main, serve(l, accept_only(), config, shutdown)).map(drop)
         }
         None => main.await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The writer's body over arbitrary bytes and Unicode, including quoted-printable that a
+    /// DKIM tag parser would have decoded.
+    #[test]
+    fn results_on_pseudo_random_input() {
+        let pieces: [&[u8]; 11] = [
+            b"example.org",
+            b";",
+            b" dkim=pass",
+            b"\"",
+            b"\\",
+            b"\r\n",
+            b"@",
+            b"\xc3\xa4",
+            b"\xe2\x80\xae",
+            b"(",
+            b"=3B",
+        ];
+        miab_e2e::pseudo_random_inputs(&pieces, 3000, crate::fuzz_results);
     }
 }

@@ -56,6 +56,23 @@ pub fn pvalue(v: &str) -> String {
     out
 }
 
+/// `header` without its quoted strings (escapes honoured): what a reader of the header takes
+/// for its structure.
+pub fn unquoted(header: &str) -> String {
+    let mut out = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for c in header.chars() {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (true, false, '"') | (false, _, '"') => quoted = !quoted,
+            (true, false, _) => {}
+            (false, _, c) => out.push(c),
+        }
+    }
+    out
+}
+
 /// A quoted string always (OpenDKIM quotes `header.b`).
 fn pvalue_quoted(v: &str) -> String {
     let p = pvalue(v);

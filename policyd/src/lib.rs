@@ -241,6 +241,59 @@ pub fn fuzz_decode(data: &[u8]) {
     }
 }
 
+/// The body of the fuzz target for what lies between the codec and the reply: the greylist
+/// normaliser, which checks a policy context selects, how verdicts combine, the greylist and
+/// header texts, and the reply. Nothing panics, and every reply is one line.
+pub fn fuzz_evaluate(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let n = data.first().copied().unwrap_or(0);
+    let sender = greylist::normalize::sender(&text);
+    assert!(
+        !sender.bytes().any(|b| b.is_ascii_uppercase()),
+        "{sender:?}"
+    );
+    let _ = greylist::normalize::client_net(&text, n % 40, n.wrapping_mul(7) % 140);
+    let all = [
+        Check::SenderLogin,
+        Check::ForgedSender,
+        Check::RateLimit,
+        Check::Rhsbl,
+        Check::Dnsbl,
+        Check::Greylist,
+    ];
+    assert!(handler::checks_for(&text, &all).count() <= all.len());
+    let req = proto::Request {
+        sender: text.to_string(),
+        recipient: text.to_string(),
+        client_address: text.to_string(),
+        client_name: text.to_string(),
+        sasl_username: text.to_string(),
+        ..proto::Request::default()
+    };
+    let verdicts = [
+        handler::Verdict::Prepend(handler::greylist_header(
+            "X-Greylist: %t %h %d",
+            i64::from(n),
+            &text,
+            i64::from(n),
+        )),
+        handler::Verdict::Stop(handler::greylist_text(
+            "Greylisted, see %r %s",
+            &req,
+            -i64::from(n),
+        )),
+        handler::Verdict::Stop(handler::postgrey_line("greylist", &text, Some(1), &req)),
+        handler::Verdict::Stop(handler::sender_not_owned(&text)),
+    ];
+    for v in verdicts {
+        let action = handler::combine([handler::Verdict::Dunno, v]);
+        let mut out = Vec::new();
+        proto::encode_reply(&action, &mut out);
+        assert!(out.starts_with(b"action=") && out.ends_with(b"\n\n"));
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 2, "{out:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// The fuzz body over pseudo-random inputs built from request-like pieces and noise.
@@ -257,5 +310,26 @@ mod tests {
             b"\xff\xfe",
         ];
         miab_e2e::pseudo_random_inputs(&pieces, 3000, crate::fuzz_decode);
+    }
+
+    /// The evaluation body over arbitrary bytes and Unicode: BATV tags with multi-byte
+    /// characters, line breaks in every attribute, odd prefixes.
+    #[test]
+    fn evaluation_on_pseudo_random_input() {
+        let pieces: [&[u8]; 12] = [
+            b"prvs=",
+            b"1234",
+            b"abcdef",
+            b"=",
+            b"@",
+            b"+tag",
+            b"\xc3\xa9",
+            b"\xf0\x9f\x98\x80",
+            b"\n",
+            b"\r",
+            b"192.0.2.",
+            b"::ffff:",
+        ];
+        miab_e2e::pseudo_random_inputs(&pieces, 3000, crate::fuzz_evaluate);
     }
 }
