@@ -2,19 +2,19 @@
 //! not found, never a panic, and a found value fits one reply.
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
-fn db() -> &'static userdb::UserDb {
-    static DB: OnceLock<(miab_e2e::Scratch, userdb::UserDb)> = OnceLock::new();
-    &DB.get_or_init(|| {
+fn db() -> &'static Mutex<(miab_e2e::Scratch, userdb::UserDb)> {
+    static DB: OnceLock<Mutex<(miab_e2e::Scratch, userdb::UserDb)>> = OnceLock::new();
+    DB.get_or_init(|| {
         let dir = miab_e2e::Scratch::new("fuzz");
         let path = miab_e2e::fixture::miab_box(dir.path());
         let db = userdb::UserDb::open(&path, userdb::Access::ReadOnly).unwrap();
-        (dir, db)
+        Mutex::new((dir, db))
     })
-    .1
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    lookup::fuzz_lookup(db(), data);
+    let guard = db().lock().unwrap();
+    lookup::fuzz_lookup(&guard.1, data);
 });
