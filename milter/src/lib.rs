@@ -30,7 +30,9 @@ use userdb::{AsyncUserDb, HandleConfig};
 /// What every connection shares.
 pub struct State {
     pub(crate) hostname: String,
-    pub(crate) keys: keys::Keyring,
+    keys: std::sync::RwLock<Arc<keys::Keyring>>,
+    /// Where the keys are read from, for a reload.
+    key_paths: (std::path::PathBuf, Option<std::path::PathBuf>),
     pub(crate) db: AsyncUserDb,
     pub(crate) auth: MessageAuthenticator,
     pub(crate) rsa_selector: String,
@@ -112,6 +114,7 @@ impl State {
                 .join("mail.private")
         });
         let keys = keys::Keyring::load(&key, m.ed25519_key_file.as_deref())?;
+        let key_paths = (key, m.ed25519_key_file.clone());
         let db = AsyncUserDb::open(
             config.db_path(),
             HandleConfig {
@@ -143,7 +146,8 @@ impl State {
         Ok(State {
             accept_only: Mutex::new(accept_only),
             hostname: config.box_hostname(),
-            keys,
+            keys: std::sync::RwLock::new(Arc::new(keys)),
+            key_paths,
             db,
             auth: daemon::dns::authenticator(&config.dns).map_err(StartError::Dns)?,
             rsa_selector: m.selector.clone(),
@@ -158,6 +162,30 @@ impl State {
             max_connections: m.max_connections,
             idle_timeout: Duration::from_secs(m.idle_timeout_secs),
         })
+    }
+
+    /// The keys in force.
+    pub(crate) fn keyring(&self) -> Arc<keys::Keyring> {
+        match self.keys.read() {
+            Ok(k) => Arc::clone(&k),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// Reads the keys again (SIGHUP); keeps the old ones if the new ones do not load.
+    pub fn reload_keys(&self) {
+        let (rsa, ed25519) = &self.key_paths;
+        match keys::Keyring::load(rsa, ed25519.as_deref()) {
+            Ok(k) => {
+                if let Ok(mut keys) = self.keys.write() {
+                    *keys = Arc::new(k);
+                }
+                tracing::info!("signing keys read again");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "signing keys unreadable; keeping the ones in use")
+            }
+        }
     }
 
     pub(crate) fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -341,6 +369,10 @@ pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> s
         connection_timeout: state.idle_timeout,
     };
     let second = state.accept_only.lock().ok().and_then(|mut l| l.take());
+    let _reload = daemon::on_reload({
+        let state = Arc::clone(&state);
+        move || state.reload_keys()
+    });
     let main = serve(
         listener,
         callbacks(Arc::clone(&state)),

@@ -251,7 +251,7 @@ impl Session {
     }
 
     async fn start_signing(&mut self, domain: String) {
-        let keys = self.state.keys.for_domain(&domain);
+        let keys = self.state.keyring().for_domain(&domain);
         // OpenDKIM's way: sign the listed headers the message has, and From once more so
         // that no From: can be added.
         let present: Vec<String> = self

@@ -249,3 +249,54 @@ fn a_thousand_signatures_are_capped() {
         "{dkim}"
     );
 }
+
+/// SIGHUP (systemctl reload) reads the keys again: after a rotation, mail is signed with the
+/// new key, and the daemon went on serving.
+#[test]
+fn sighup_reads_a_rotated_key() {
+    let s = setup();
+    let key = s.dir.join("mail/dkim/mail.private");
+    let fresh = s.dir.join("fresh.private");
+    common::openssl(&[
+        "genrsa",
+        "-traditional",
+        "-out",
+        fresh.to_str().unwrap(),
+        "2048",
+    ]);
+    std::fs::rename(&fresh, &key).unwrap();
+    let record = format!(
+        "v=DKIM1; k=rsa; p={}",
+        common::b64(&common::public_der(&key))
+    );
+    let pid = i32::try_from(s.milter.pid()).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let reloaded = miab_e2e::wait_until(std::time::Duration::from_secs(10), || {
+        s.milter
+            .log()
+            .contains("signing keys read again")
+            .then_some(())
+    });
+    assert!(reloaded.is_some(), "{}", s.milter.log());
+    let signed = send(&s, "127.0.0.1", "me@example.com", &[], "after-rotation");
+    let rotated: Vec<(String, String)> = s
+        .records
+        .iter()
+        .map(|(n, v)| {
+            let v = if n == "mail._domainkey.example.com" {
+                record.clone()
+            } else {
+                v.clone()
+            };
+            (n.clone(), v)
+        })
+        .collect();
+    let v = dkimpy(&s.dir, &signed, &rotated);
+    assert!(v.stdout.starts_with("2 [True, True]"), "{v:?}");
+    let old = dkimpy(&s.dir, &signed, &s.records);
+    assert!(!old.ok(), "the old record no longer verifies: {old:?}");
+}

@@ -32,7 +32,7 @@ pub fn b64(bytes: &[u8]) -> String {
 }
 
 /// The SubjectPublicKeyInfo (DER) of a private key file in any PEM form.
-fn public_der(key: &Path) -> Vec<u8> {
+pub fn public_der(key: &Path) -> Vec<u8> {
     openssl(&[
         "pkey",
         "-in",
