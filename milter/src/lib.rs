@@ -183,7 +183,7 @@ impl State {
                 tracing::info!("signing keys read again");
             }
             Err(e) => {
-                tracing::error!(error = %e, "signing keys unreadable; keeping the ones in use")
+                tracing::error!(error = %e, "signing keys unreadable; keeping the ones in use");
             }
         }
     }
