@@ -16,7 +16,8 @@ pub enum Check {
 }
 
 impl Check {
-    const ALL: [Check; 6] = [
+    /// Every check, in the default order of the list.
+    pub const ALL: [Check; 6] = [
         Check::SenderLogin,
         Check::ForgedSender,
         Check::RateLimit,
