@@ -564,3 +564,62 @@ fn sighup_reloads_the_whitelists_and_keeps_serving() {
         "{log}"
     );
 }
+
+/// A BATV sender with a multi-byte character in its tag, and raw 8-bit bytes (not UTF-8) in
+/// every attribute, each get an answer on the same connection: no request drops it.
+#[test]
+fn utf8_batv_senders_and_raw_8bit_attributes_get_an_answer() {
+    let dir = Scratch::new("pol");
+    miab_box(dir.path());
+    let dns = TestDns::start();
+    let top = "checks = [\"sender_login\", \"rhsbl\", \"dnsbl\", \"greylist\"]";
+    let d = start(&dir, &config(&dir, dns.addr(), top, ""));
+    let mut c = Client::connect(d.port);
+    for sender in [
+        "prvs=123\u{e9}45678=user@example.org",
+        "prvs=u=1\u{1F600}\u{1F600}xx@example.org",
+    ] {
+        let r = c.ask(&[("sender", sender), ("sasl_username", "me@example.com")]);
+        assert!(
+            r.starts_with("553 5.7.1") || r.starts_with("DEFER_IF_PERMIT"),
+            "{r}"
+        );
+        let r = c.ask(&[("sender", sender)]);
+        assert!(r.starts_with("DEFER_IF_PERMIT 4.2.0 Greylisted"), "{r}");
+    }
+    let names = [
+        "sender",
+        "recipient",
+        "client_address",
+        "client_name",
+        "reverse_client_name",
+        "helo_name",
+        "sasl_username",
+        "instance",
+        "policy_context",
+        "queue_id",
+    ];
+    for name in names {
+        let mut raw = Vec::new();
+        for line in request(&[])
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            if !line.starts_with(format!("{name}=").as_bytes()) {
+                raw.extend_from_slice(line);
+                raw.push(b'\n');
+            }
+        }
+        raw.extend_from_slice(name.as_bytes());
+        raw.extend_from_slice(b"=a\xff\xfe\xc3(\x80b@ex\xe9mple.org\n");
+        raw.push(b'\n');
+        c.send(&raw);
+        let r = c.reply();
+        assert!(r.as_deref().is_some_and(|r| !r.is_empty()), "{name}: {r:?}");
+    }
+    assert_eq!(
+        c.ask(&[("client_address", "127.0.0.1")]),
+        "DUNNO",
+        "still served"
+    );
+}
