@@ -205,7 +205,8 @@ box_boot() {
 
 # Runs a command inside the box as root, with a clean environment.
 box_exec() {
-	[ -n "$LB_BOX_PID" ] || box_pids
+	# From the file every time: steps run in subshells, and a reboot gives the box a new PID.
+	box_pids
 	[ -n "$LB_BOX_PID" ] || lb_die "the box is not running"
 	nsenter -t "$LB_BOX_PID" -a -- /usr/bin/env -i PATH="$LB_BOX_PATH" HOME=/root \
 		LANG=C.UTF-8 TERM=dumb "$@"
