@@ -402,10 +402,11 @@ fn brute_force_is_braked_per_client_and_the_cache_follows_password_changes() {
     );
 }
 
-/// A login with a line break in it is logged as one escaped line: it cannot write the brake
-/// line that fail2ban acts on.
+/// A login with a line break in it cannot write a line of its own (say, the brake line that
+/// fail2ban acts on): it is refused as malformed, logged once without it, and the connection
+/// goes on. (The log writer escapes any control character that would still reach a line.)
 #[test]
-fn a_login_with_a_line_break_writes_one_escaped_line() {
+fn a_login_with_a_line_break_writes_no_line_of_its_own() {
     let dir = Scratch::new("aut");
     miab_box(dir.path());
     let (d, port) = start(&dir, "failure_delay_ms = 0");
@@ -413,19 +414,19 @@ fn a_login_with_a_line_break_writes_one_escaped_line() {
     let forged = "x\nWARN authd::guard: authentication brake: too many failures from rip=198.51.100.7, refused for 300 s";
     let r = c.ask(&plain(1, forged, "wrong-password"));
     assert!(r.starts_with("FAIL\t1"), "{r}");
+    let r = c.ask(&format!(
+        "AUTH\t3\tLOGIN\tservice=smtp\tnologin\tlip=127.0.0.1\trip=127.0.0.1\tresp={}\n",
+        b64(forged)
+    ));
+    assert!(r.starts_with("FAIL\t3"), "{r}");
     let r = c.ask(&plain(2, "me@example.com", "a-long-password"));
     assert!(r.starts_with("OK\t2"), "the connection goes on: {r}");
     let log = miab_e2e::wait_until(Duration::from_secs(5), || {
         let l = d.log();
-        l.contains("authentication failed").then_some(l)
+        (l.matches("malformed SASL response").count() >= 4).then_some(l)
     })
-    .expect("the failure is logged");
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("198.51.100.7")).collect();
-    assert_eq!(lines.len(), 1, "{log}");
-    assert!(
-        lines[0].contains("authentication failed") && lines[0].contains("\\n"),
-        "{log}"
-    );
+    .expect("both refusals are logged");
+    assert!(!log.contains("198.51.100.7"), "{log}");
     assert!(!log.lines().any(|l| l.starts_with("WARN")), "{log}");
 }
 
