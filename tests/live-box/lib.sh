@@ -6,8 +6,12 @@ LB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LB_CACHE=${MIAB_LIVEBOX_CACHE:-/var/cache/miab-livebox}   # debs + wheels, kept between runs
 LB_STATE_BASE=${MIAB_LIVEBOX_STATE:-/var/lib/miab-livebox} # one fresh directory per run
 LB_HOSTNAME=box.example.org
-# Mail-in-a-Box v75's sources (setup/, management/, tests/, tools/, conf/).
-MIAB_SRC=${MIAB_SRC:-$(cd "$LB_DIR/../../.." && pwd)/shared/mailinabox-v75}
+# MIAB v75's sources (test input, never copied into the project): $MIAB_SRC, else the
+# shared/ folder beside the checkout, else the workplace's /work/shared.
+if [ -z "${MIAB_SRC:-}" ]; then
+	MIAB_SRC=$(cd "$LB_DIR/../../.." && pwd)/shared/mailinabox-v75
+	[ -f "$MIAB_SRC/setup/start.sh" ] || MIAB_SRC=/work/shared/mailinabox-v75
+fi
 LB_DUPLICITY_VERSION=3.2.1
 LB_BOX_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 LB_T0=$(date +%s)
