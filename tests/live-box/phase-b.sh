@@ -236,7 +236,17 @@ check_all "after upgrade"
 step "event: apt-get install --reinstall postfix" box_exec apt-get install --reinstall -y -q postfix
 check_all "after postfix reinstall"
 
-reboot_box() { box_reboot; inbox dns; }
+# After the boot, mail waits until spampd (10025) and Dovecot's LMTP (10026) answer, and
+# whatever Postfix deferred meanwhile is sent now rather than at its next queue run.
+reboot_box() {
+	box_reboot
+	inbox dns
+	box_exec bash -c 'for i in $(seq 1 90); do
+		ss -Hltn "sport = :10025" | grep -q . && ss -Hltn "sport = :10026" | grep -q . && break
+		sleep 1
+	done
+	postqueue -f'
+}
 step "event: reboot of the box" reboot_box
 check_all "after reboot"
 
