@@ -19,11 +19,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use userdb::{AsyncUserDb, HandleConfig, Password, app_password};
+use userdb::{Hashers, Live, Password, app_password};
 
 /// What every connection shares.
 pub struct State {
-    db: AsyncUserDb,
+    dir: Live,
+    hashers: Hashers,
     limits: Limits,
     pid: u32,
     /// 128 random bits, hex, as Dovecot's COOKIE (only used by auth-master requests).
@@ -53,7 +54,7 @@ pub struct State {
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
-            .field("db", &self.db)
+            .field("dir", &self.dir)
             .field("limits", &self.limits)
             .field("failure_delay", &self.failure_delay)
             .field("cache", &self.cache)
@@ -91,27 +92,21 @@ impl State {
                 Some(bind_checkpassword(&addr, config)?)
             }
         };
-        let db = AsyncUserDb::open(
-            config.db_path(),
-            HandleConfig {
-                max_connections: a.db_connections.max(1),
-                busy_timeout: config.db_busy_timeout(),
-                memo_entries: a.cache_entries,
-                // Twice the cores: a verification waits for the blocking pool's hand-off
-                // now and then, and the cores should not idle meanwhile.
-                max_hashers: match a.hash_threads {
-                    0 => 2 * std::thread::available_parallelism().map_or(1, usize::from),
-                    n => n,
-                },
-            },
-        )?;
+        let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
+        // Twice the cores: a verification waits for the blocking pool's hand-off now and
+        // then, and the cores should not idle meanwhile.
+        let hashers = Hashers::new(match a.hash_threads {
+            0 => 2 * std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        });
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|e| StartError::Random(e.to_string()))?;
         let mut salt = [0u8; 12];
         getrandom::fill(&mut salt).map_err(|e| StartError::Random(e.to_string()))?;
         let decoy = userdb::password::hash_password(&Password::new(hex(&salt)))?;
         Ok(State {
-            db,
+            dir,
+            hashers,
             limits: a.limits(),
             pid: std::process::id(),
             cookie: hex(&bytes),

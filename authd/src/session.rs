@@ -15,11 +15,7 @@ use daemon::session::{Decoder, Handler};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use userdb::{Password, app_password};
-
-/// The memo kinds in the DB handle: user rows, and app password matches.
-const MEMO_USER: u8 = 1;
-const MEMO_APP: u8 = 2;
+use userdb::{Directory, Password, app_password};
 
 /// Which socket a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,31 +311,6 @@ pub(crate) struct Account {
     pub(crate) quota: String,
 }
 
-impl Account {
-    /// The memo's one-string form; no field holds a newline.
-    fn encode(&self) -> String {
-        format!(
-            "{}\n{}\n{}\n{}\n{}",
-            self.email,
-            self.hash,
-            self.id,
-            u8::from(self.app_passwords_required),
-            self.quota
-        )
-    }
-
-    fn decode(row: &str) -> Option<Account> {
-        let mut f = row.split('\n');
-        Some(Account {
-            email: f.next()?.to_owned(),
-            hash: f.next()?.to_owned(),
-            id: f.next()?.parse().ok()?,
-            app_passwords_required: f.next()? == "1",
-            quota: f.next()?.to_owned(),
-        })
-    }
-}
-
 /// What a verification found.
 pub(crate) enum Verified {
     /// The account, and which password matched (for the log).
@@ -353,26 +324,16 @@ pub(crate) enum Verified {
 }
 
 impl State {
-    /// The account for a folded login, remembered until the DB file changes (see
-    /// `AsyncUserDb::memo`): a repeated login touches neither SQLite nor the blocking pool.
+    /// The account for a folded login, from the directory in memory.
     pub(crate) async fn account(&self, key: &str) -> userdb::Result<Option<Account>> {
-        let row = self
-            .db
-            .memo(MEMO_USER, key.to_owned(), |db, k| {
-                let Some(u) = db.user(k)? else {
-                    return Ok(None);
-                };
-                let account = Account {
-                    app_passwords_required: db.app_passwords_required(u.id)?,
-                    email: u.email,
-                    hash: u.password_hash,
-                    id: u.id,
-                    quota: u.quota,
-                };
-                Ok(Some(account.encode()))
-            })
-            .await?;
-        Ok(row.as_deref().and_then(Account::decode))
+        let dir = self.dir.current().await?;
+        Ok(dir.user(key).map(|u| Account {
+            app_passwords_required: dir.app_passwords_required(u.id),
+            email: u.email.clone(),
+            hash: u.password_hash.clone(),
+            id: u.id,
+            quota: u.quota.clone(),
+        }))
     }
 
     /// Checks a login and password against the user DB: an app password first (when the
@@ -396,26 +357,19 @@ impl State {
         };
         let Some(account) = account else {
             // An unknown user costs a hash as well, so timing does not tell which logins exist.
-            self.db
-                .verify_password(password, self.decoy_hash.clone())
-                .await;
+            self.hashers.verify(password, self.decoy_hash.clone()).await;
             return self.failed(ip, key, rip, "unknown user");
         };
         if let Some(digest) = app_password::candidate_digest(password.expose()) {
             let found = self
-                .db
-                .memo(MEMO_APP, format!("{}\n{digest}", account.id), |db, k| {
-                    let (uid, digest) = k.split_once('\n').unwrap_or_default();
-                    Ok(db
-                        .app_password_match(uid.parse().unwrap_or(-1), digest)?
-                        .map(|m| format!("{}\n{}", m.id, m.scopes)))
-                })
-                .await;
+                .dir
+                .current()
+                .await
+                .map(|dir| dir.app_password(account.id, &digest));
             match found {
                 Err(e) => return Verified::Temp(e.to_string()),
-                Ok(Some(row)) => {
-                    let (id, scopes) = row.split_once('\n').unwrap_or_default();
-                    if !app_password::scope_allows(scopes, service) {
+                Ok(Some(m)) => {
+                    if !app_password::scope_allows(&m.scopes, service) {
                         return self.failed(
                             ip,
                             key,
@@ -423,9 +377,7 @@ impl State {
                             "app password not valid for this service",
                         );
                     }
-                    if let Ok(id) = id.parse() {
-                        self.touch_app_password(id);
-                    }
+                    self.touch_app_password(m.id);
                     return Verified::Yes(account, "app password");
                 }
                 Ok(None) => {}
@@ -433,20 +385,14 @@ impl State {
         }
         if account.app_passwords_required {
             // As long as a wrong password takes: no faster answer tells such users apart.
-            self.db
-                .verify_password(password, self.decoy_hash.clone())
-                .await;
+            self.hashers.verify(password, self.decoy_hash.clone()).await;
             return self.failed(ip, key, rip, "app password required");
         }
         if self.cache.hit(&key, password.expose(), &account.hash) {
             return Verified::Yes(account, "remembered password");
         }
         let remember = password.clone();
-        if self
-            .db
-            .verify_password(password, account.hash.clone())
-            .await
-        {
+        if self.hashers.verify(password, account.hash.clone()).await {
             self.cache.insert(&key, remember.expose(), &account.hash);
             Verified::Yes(account, "password")
         } else {

@@ -98,9 +98,11 @@ fn exit_codes_and_reply_environment() {
         assert_eq!(r.code, 2, "{r:?}");
     }
 
-    // A locked DB: temporary (111), not a wrong password.
+    // A DB changed and then locked before the change could be read: temporary (111), not a
+    // wrong password and not the old data.
     let lock = rusqlite::Connection::open(&db).unwrap();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK)
+        .unwrap();
     let temp = helper(&dir, b"boss@other.example\0a-long-password\0\0", &[]);
     lock.execute_batch("COMMIT").unwrap();
     assert_eq!(temp.code, 111, "{temp:?}");

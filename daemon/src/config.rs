@@ -131,11 +131,11 @@ pub struct LookupConfig {
     pub idle_timeout_secs: u64,
     /// Seconds shutdown waits for connections to finish. Default 5.
     pub drain_timeout_secs: u64,
-    /// DB connections (and lookups running at once). Default 4.
-    pub db_connections: usize,
-    /// Answers remembered; the memo is dropped whenever the DB changes.
-    /// Default 4096; 0 turns it off.
-    pub cache_entries: usize,
+    /// Obsolete (the directory is held in memory); accepted so an older file still loads,
+    /// and ignored with a warning.
+    pub db_connections: Option<usize>,
+    /// Obsolete, as `db_connections`.
+    pub cache_entries: Option<usize>,
 }
 
 impl Default for LookupConfig {
@@ -148,8 +148,8 @@ impl Default for LookupConfig {
             io_timeout_secs: 10,
             idle_timeout_secs: 300,
             drain_timeout_secs: 5,
-            db_connections: 4,
-            cache_entries: 4096,
+            db_connections: None,
+            cache_entries: None,
         }
     }
 }
@@ -247,11 +247,48 @@ impl Config {
     pub fn db_busy_timeout(&self) -> Duration {
         Duration::from_millis(self.db_busy_timeout_ms)
     }
+
+    /// Settings present in the file that nothing reads any more.
+    pub fn obsolete_settings(&self) -> Vec<&'static str> {
+        [
+            (
+                "lookup.db_connections",
+                self.lookup.db_connections.is_some(),
+            ),
+            ("lookup.cache_entries", self.lookup.cache_entries.is_some()),
+            (
+                "policyd.db_connections",
+                self.policyd.db_connections.is_some(),
+            ),
+            ("authd.db_connections", self.authd.db_connections.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn obsolete_settings_still_load_and_are_named() {
+        let c = Config::from_toml(
+            "[lookup]\ndb_connections = 4\ncache_entries = 4096\n[authd]\ndb_connections = 2\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.obsolete_settings(),
+            [
+                "lookup.db_connections",
+                "lookup.cache_entries",
+                "authd.db_connections"
+            ]
+        );
+        assert!(Config::default().obsolete_settings().is_empty());
+    }
 
     #[test]
     fn empty_file_is_the_defaults() {

@@ -53,6 +53,9 @@ where
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
+    for name in config.obsolete_settings() {
+        tracing::warn!("setting {name} is no longer used and is ignored; it can be removed");
+    }
     if let Some(listen) = &common.listen {
         *section(&mut config).listen_mut() = listen.clone();
     }

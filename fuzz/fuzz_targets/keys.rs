@@ -2,19 +2,19 @@
 //! not found, never a panic, and a found value fits one reply.
 #![no_main]
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
-fn db() -> &'static Mutex<(miab_e2e::Scratch, userdb::UserDb)> {
-    static DB: OnceLock<Mutex<(miab_e2e::Scratch, userdb::UserDb)>> = OnceLock::new();
-    DB.get_or_init(|| {
+fn directory() -> &'static (miab_e2e::Scratch, userdb::Snapshot) {
+    static DIR: OnceLock<(miab_e2e::Scratch, userdb::Snapshot)> = OnceLock::new();
+    DIR.get_or_init(|| {
         let dir = miab_e2e::Scratch::new("fuzz");
         let path = miab_e2e::fixture::miab_box(dir.path());
         let db = userdb::UserDb::open(&path, userdb::Access::ReadOnly).unwrap();
-        Mutex::new((dir, db))
+        let snapshot = userdb::Snapshot::read(&db).unwrap();
+        (dir, snapshot)
     })
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let guard = db().lock().unwrap();
-    lookup::fuzz_lookup(&guard.1, data);
+    lookup::fuzz_lookup(&directory().1, data);
 });

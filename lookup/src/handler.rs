@@ -1,7 +1,7 @@
 //! The answers: what MIAB's four `sqlite:` maps give, including what Postfix would have found
 //! through its partial keys, since a socketmap only ever sees the full key.
 
-use userdb::{Delimiters, UserDb};
+use userdb::{Delimiters, Directory};
 
 /// The maps this server answers, named as in `socketmap:...:NAME`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,19 +37,14 @@ impl Map {
 }
 
 /// Answers one key. `None` is not found; a found value is never empty.
-pub fn lookup(
-    db: &UserDb,
-    map: Map,
-    key: &str,
-    delims: &Delimiters,
-) -> userdb::Result<Option<String>> {
+pub fn lookup(dir: &impl Directory, map: Map, key: &str, delims: &Delimiters) -> Option<String> {
     let found = |yes: bool| yes.then(|| "1".to_owned());
-    Ok(match map {
-        Map::Domains => found(db.is_local_domain(key)?),
-        Map::Mailboxes => found(db.is_mailbox(key, delims)?),
-        Map::Aliases => db.resolve_alias(key, delims)?.and_then(join),
-        Map::Senders => db.sender_owners(key, delims)?.and_then(join),
-    })
+    match map {
+        Map::Domains => found(dir.is_local_domain(key)),
+        Map::Mailboxes => found(dir.is_mailbox(key, delims)),
+        Map::Aliases => dir.resolve_alias(key, delims).and_then(join),
+        Map::Senders => dir.sender_owners(key, delims).and_then(join),
+    }
 }
 
 fn join(list: Vec<String>) -> Option<String> {
@@ -59,7 +54,7 @@ fn join(list: Vec<String>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use userdb::{BoxEnv, Password};
+    use userdb::{BoxEnv, Password, UserDb};
 
     #[test]
     fn every_map_over_a_small_box() {
@@ -82,7 +77,8 @@ mod tests {
         db.add_alias("@catch.example", "me@example.com", "", false, &env)
             .unwrap();
         let d = Delimiters::default();
-        let q = |m, k| lookup(&db, m, k, &d).unwrap();
+        let dir = userdb::Snapshot::read(&db).unwrap();
+        let q = |m, k| lookup(&dir, m, k, &d);
         assert_eq!(q(Map::Domains, "EXAMPLE.com").as_deref(), Some("1"));
         assert_eq!(q(Map::Domains, "nope.example"), None);
         assert_eq!(q(Map::Mailboxes, "me+x@example.com").as_deref(), Some("1"));

@@ -3,7 +3,7 @@
 //! together with Postfix's partial-key lookups.
 //!
 //! - [`proto`]: the netstring codec, without I/O.
-//! - [`handler`]: the answers, as plain functions over the DB.
+//! - [`handler`]: the answers, as plain functions over the directory.
 //! - `session`: one connection's read-answer-write loop.
 //! - [`run`]: serves a listener until shutdown.
 
@@ -13,21 +13,21 @@ mod session;
 
 use daemon::{Config, Limits, Listener, Shutdown};
 use std::sync::Arc;
-use userdb::{AsyncUserDb, Delimiters, HandleConfig};
+use userdb::{Delimiters, Live};
 
 /// What every connection shares.
 #[derive(Debug)]
 pub struct State {
-    db: AsyncUserDb,
+    dir: Live,
     delims: Arc<Delimiters>,
     limits: Limits,
 }
 
 impl State {
-    /// A state over an open DB handle.
-    pub fn new(db: AsyncUserDb, delims: Delimiters, limits: Limits) -> State {
+    /// A state over an open directory.
+    pub fn new(dir: Live, delims: Delimiters, limits: Limits) -> State {
         State {
-            db,
+            dir,
             delims: Arc::new(delims),
             limits,
         }
@@ -36,15 +36,9 @@ impl State {
     /// Opens the DB named by `config`. A missing or foreign DB is an error here, at start-up,
     /// rather than a stream of TEMP answers.
     pub fn open(config: &Config) -> userdb::Result<State> {
-        let handle = HandleConfig {
-            max_connections: config.lookup.db_connections.max(1),
-            busy_timeout: config.db_busy_timeout(),
-            memo_entries: config.lookup.cache_entries,
-            ..HandleConfig::default()
-        };
-        let db = AsyncUserDb::open(config.db_path(), handle)?;
+        let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
         Ok(State::new(
-            db,
+            dir,
             Delimiters::new(config.recipient_delimiter.clone()),
             config.lookup.limits(),
         ))
@@ -62,9 +56,9 @@ pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> s
 
 /// The body of the fuzz target for the key handling between the codec and the reply: any
 /// key, as Postfix would send it (case, `+ext`, IDNA, bytes that are not UTF-8), looked up in
-/// every map of `db` answers found or not found, never panics, and a found value is one
+/// every map of `dir` answers found or not found, never panics, and a found value is one
 /// line that fits a reply.
-pub fn fuzz_lookup(db: &userdb::UserDb, data: &[u8]) {
+pub fn fuzz_lookup(dir: &userdb::Snapshot, data: &[u8]) {
     let delims = Delimiters::new("+");
     let mut payload = b"aliases ".to_vec();
     payload.extend_from_slice(data);
@@ -80,7 +74,7 @@ pub fn fuzz_lookup(db: &userdb::UserDb, data: &[u8]) {
         handler::Map::Aliases,
         handler::Map::Senders,
     ] {
-        if let Ok(Some(v)) = handler::lookup(db, map, key, &delims) {
+        if let Some(v) = handler::lookup(dir, map, key, &delims) {
             assert!(!v.is_empty() && !v.contains(['\n', '\r']), "{v:?}");
             let mut out = Vec::new();
             proto::Reply::Ok(v).encode(&mut out);
@@ -118,6 +112,7 @@ mod tests {
         let dir = miab_e2e::Scratch::new("lkf");
         let path = miab_e2e::fixture::miab_box(dir.path());
         let db = userdb::UserDb::open(&path, userdb::Access::ReadOnly).unwrap();
+        let db = userdb::Snapshot::read(&db).unwrap();
         let pieces: [&[u8]; 14] = [
             b"me",
             b"hello",

@@ -82,13 +82,11 @@ async fn answer(state: &State, payload: &[u8], conn: u64, seq: u64) -> Reply {
             return Reply::NotFound;
         }
     };
-    let delims = Arc::clone(&state.delims);
     let found = state
-        .db
-        .memo(map as u8, key.to_owned(), move |db, k| {
-            handler::lookup(db, map, k, &delims)
-        })
-        .await;
+        .dir
+        .current()
+        .await
+        .map(|dir| handler::lookup(&*dir, map, key, &state.delims));
     match found {
         Ok(Some(v)) => {
             tracing::debug!(conn, seq, map = map.name(), ?key, value = ?v, "found");

@@ -25,7 +25,7 @@ use message::Session;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use userdb::{AsyncUserDb, HandleConfig};
+use userdb::Live;
 
 /// What every connection shares.
 pub struct State {
@@ -33,7 +33,7 @@ pub struct State {
     keys: std::sync::RwLock<Arc<keys::Keyring>>,
     /// Where the keys are read from, for a reload.
     key_paths: (std::path::PathBuf, Option<std::path::PathBuf>),
-    pub(crate) db: AsyncUserDb,
+    pub(crate) dir: Live,
     pub(crate) auth: MessageAuthenticator,
     pub(crate) rsa_selector: String,
     pub(crate) ed25519_selector: String,
@@ -115,15 +115,7 @@ impl State {
         });
         let keys = keys::Keyring::load(&key, m.ed25519_key_file.as_deref())?;
         let key_paths = (key, m.ed25519_key_file.clone());
-        let db = AsyncUserDb::open(
-            config.db_path(),
-            HandleConfig {
-                max_connections: 2,
-                busy_timeout: config.db_busy_timeout(),
-                memo_entries: 4096,
-                max_hashers: 1,
-            },
-        )?;
+        let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
         let trusted = m
             .trusted_hosts
             .iter()
@@ -148,7 +140,7 @@ impl State {
             hostname: config.box_hostname(),
             keys: std::sync::RwLock::new(Arc::new(keys)),
             key_paths,
-            db,
+            dir,
             auth: daemon::dns::authenticator(&config.dns).map_err(StartError::Dns)?,
             rsa_selector: m.selector.clone(),
             ed25519_selector: m.ed25519_selector.clone(),

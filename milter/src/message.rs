@@ -22,9 +22,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-/// The memo kind for "is this a mail domain of the box".
-const MEMO_DOMAIN: u8 = 1;
+use userdb::Directory;
 
 /// Body chunks (up to 64 KiB each) waiting for the signer.
 const SIGNER_QUEUE: usize = 4;
@@ -187,14 +185,7 @@ impl Session {
     }
 
     async fn is_mail_domain(&self, domain: &str) -> Result<bool, userdb::Error> {
-        let found = self
-            .state
-            .db
-            .memo(MEMO_DOMAIN, domain.to_owned(), |db, d| {
-                Ok(db.mail_domains()?.contains(d).then(String::new))
-            })
-            .await?;
-        Ok(found.is_some())
+        Ok(self.state.dir.current().await?.is_mail_domain(domain))
     }
 
     fn internal(&self) -> bool {

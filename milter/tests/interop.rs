@@ -437,13 +437,15 @@ fn malformed_milter_packets_cost_one_connection() {
 fn locked_user_db_answers_tempfail_and_loses_nothing() {
     require_program("/usr/bin/swaks", "swaks");
     let s = setup();
-    // MIAB's tools hold an exclusive lock while they write; here for 60 s at most.
+    // MIAB's tools hold an exclusive lock while they write; here a change, then the lock for
+    // 60 s at most, so the directory in memory is out of date and cannot be read again.
     let db = s.dir.join("mail/users.sqlite");
     let mut locker = Command::new(require_program("/usr/bin/python3", "python3"))
         .arg("-c")
         .arg(format!(
-            "import sqlite3, sys, time\nc = sqlite3.connect({:?}, isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(60)",
-            db.display().to_string()
+            "import sqlite3, sys, time\nc = sqlite3.connect({:?}, isolation_level=None)\nc.executescript({:?})\nprint('locked', flush=True)\ntime.sleep(60)",
+            db.display().to_string(),
+            miab_e2e::fixture::CHANGE_THEN_LOCK
         ))
         .stdout(Stdio::piped())
         .spawn()
@@ -457,7 +459,7 @@ fn locked_user_db_answers_tempfail_and_loses_nothing() {
         .unwrap();
     assert_eq!(&line, b"locked");
 
-    // The first question about other.example needs the DB: the message is refused for now.
+    // The first question about other.example needs the new directory: refused for now.
     let r = swaks(
         s.pf.smtp_port(),
         &[

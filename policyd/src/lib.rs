@@ -27,7 +27,7 @@ use policy::{Greylisting, Policy, RateLimits};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use userdb::{AsyncUserDb, Delimiters, HandleConfig};
+use userdb::{Delimiters, Live};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -97,14 +97,7 @@ impl State {
         let client_lists = lists(&p.dnsbl.client_lists).map_err(bad)?;
         let sender_lists = lists(&p.dnsbl.sender_lists).map_err(bad)?;
         let auth = dns::authenticator(&config.dns).map_err(StartError::Dns)?;
-        let db = AsyncUserDb::open(
-            config.db_path(),
-            HandleConfig {
-                max_connections: p.db_connections.max(1),
-                busy_timeout: config.db_busy_timeout(),
-                ..HandleConfig::default()
-            },
-        )?;
+        let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
         let mut report = Report {
             greylist_db: None,
             greylist_entries: None,
@@ -122,7 +115,7 @@ impl State {
             security_fail_action: p.security_fail_action.clone(),
             trusted,
             hostname: config.box_hostname(),
-            db,
+            dir,
             delims: Arc::new(Delimiters::new(config.recipient_delimiter.clone())),
             lists: dnsbl::Checker::new(dns::resolver(&auth), config.dns.timeout()),
             auth,

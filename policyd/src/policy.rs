@@ -20,11 +20,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
-use userdb::{AsyncUserDb, Delimiters};
-
-/// Memo kinds in the user DB handle.
-const MEMO_SENDER: u8 = 1;
-const MEMO_DOMAIN: u8 = 2;
+use userdb::{Delimiters, Directory, Live};
 
 /// Greylisting's settings and state.
 #[derive(Debug)]
@@ -75,7 +71,7 @@ pub struct Policy {
     pub security_fail_action: String,
     pub trusted: Vec<Cidr>,
     pub hostname: String,
-    pub db: AsyncUserDb,
+    pub dir: Live,
     pub delims: Arc<Delimiters>,
     pub auth: MessageAuthenticator,
     pub dns_timeout: Duration,
@@ -157,20 +153,13 @@ impl Policy {
         if !req.is_authenticated() || req.sender.is_empty() {
             return Ok(Verdict::Dunno);
         }
-        let login = req.sasl_username.clone();
-        let key = format!("{login}\n{}", req.sender);
-        let delims = Arc::clone(&self.delims);
         let owned = self
-            .db
-            .memo(MEMO_SENDER, key, move |db, k| {
-                let (login, sender) = k.split_once('\n').unwrap_or((k, ""));
-                Ok(db
-                    .may_send_as(login, sender, &delims)?
-                    .then(|| "1".to_owned()))
-            })
+            .dir
+            .current()
             .await
-            .map_err(|e| Failed(e.to_string()))?;
-        if owned.is_some() {
+            .map_err(|e| Failed(e.to_string()))?
+            .may_send_as(&req.sasl_username, &req.sender, &self.delims);
+        if owned {
             return Ok(Verdict::Dunno);
         }
         tracing::info!(login = ?req.sasl_username, sender = ?req.sender, client = ?req.client_address,
@@ -191,13 +180,12 @@ impl Policy {
             return Ok(Verdict::Dunno);
         }
         let ours = self
-            .db
-            .memo(MEMO_DOMAIN, domain.clone(), |db, d| {
-                Ok(db.is_local_domain(d)?.then(|| "1".to_owned()))
-            })
+            .dir
+            .current()
             .await
-            .map_err(|e| Failed(e.to_string()))?;
-        if ours.is_none() {
+            .map_err(|e| Failed(e.to_string()))?
+            .is_local_domain(&domain);
+        if !ours {
             return Ok(Verdict::Dunno);
         }
         if let Some(ip) = ip

@@ -105,3 +105,10 @@ pub const DOMAIN_KEYS: &[&str] = &[
     "ample.com",
     ".example.com",
 ];
+
+/// SQL for a writer that commits a change and then holds the DB's lock: the one state in which
+/// the daemons cannot read the directory again and must answer a temporary failure. A lock
+/// held without a change is no failure, since the directory in memory is still right. The
+/// change touches no MIAB table.
+pub const CHANGE_THEN_LOCK: &str =
+    "CREATE TABLE miab_lock_probe (x); DROP TABLE miab_lock_probe; BEGIN EXCLUSIVE";

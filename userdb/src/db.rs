@@ -7,6 +7,7 @@
 
 use crate::address::{self, Delimiters};
 use crate::error::{Error, Result};
+use crate::maps::{self, KeyTables, MAX_DOMAIN_KEY};
 use crate::schema::{self, DetectError, Schema};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::fmt;
@@ -15,9 +16,6 @@ use std::time::Duration;
 
 /// How long a reader or writer waits for another connection's lock before giving up.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Longest domain key worth asking about (RFC 1035's 255 octets); longer keys are not found.
-const MAX_DOMAIN_KEY: usize = 255;
 
 /// Read-only for daemons, read-write for the admin CLI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,67 +122,6 @@ fn like_escape(s: &str) -> String {
             out.push('\\');
         }
         out.push(c);
-    }
-    out
-}
-
-/// The keys Postfix tries for one address against an `sqlite:` table, in order.
-struct Keys {
-    full: String,
-    /// The key with the extension removed, and the extension as the client wrote it.
-    stripped: Option<(String, String)>,
-    at_domain: Option<String>,
-    /// The original local part (case kept), for `@domain` answers.
-    local: String,
-}
-
-fn keys(address: &str, delims: &Delimiters) -> Keys {
-    let (local, domain) = match address.rfind('@') {
-        Some(i) => (&address[..i], Some(&address[i..])),
-        None => (address, None),
-    };
-    let stripped = address::split_extension(local, delims).map(|(base, ext)| {
-        let key = address::fold(&format!("{base}{}", domain.unwrap_or("")));
-        (key, ext.to_owned())
-    });
-    let at_domain = domain.filter(|_| !local.is_empty()).map(address::fold);
-    Keys {
-        full: address::fold(address),
-        stripped,
-        at_domain,
-        local: local.to_owned(),
-    }
-}
-
-/// Splits a map answer into addresses as Postfix does (commas and white space).
-fn split_list(value: &str) -> Vec<String> {
-    value
-        .split(|c: char| c == ',' || c.is_ascii_whitespace())
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// What Postfix's `mail_addr_map()` makes of a virtual alias answer: `@domain` gets the original
-/// local part (without an unmatched extension), then the extension goes onto every address.
-fn map_alias_answer(value: &str, local: &str, ext: Option<&str>) -> Vec<String> {
-    let value = if value.starts_with('@') {
-        let base = match ext {
-            Some(e) => &local[..local.len() - e.len()],
-            None => local,
-        };
-        format!("{base}{value}")
-    } else {
-        value.to_owned()
-    };
-    let mut out = split_list(&value);
-    if let Some(ext) = ext {
-        for a in &mut out {
-            match a.rfind('@') {
-                Some(i) => a.insert_str(i, ext),
-                None => a.push_str(ext),
-            }
-        }
     }
     out
 }
@@ -353,92 +290,34 @@ impl UserDb {
             .map_err(|e| self.err(e))
     }
 
-    // ----- what Postfix reaches through its partial keys -----
+    // ----- what Postfix reaches through its partial keys (see `maps`) -----
 
     /// Is `domain` one of ours (`virtual_mailbox_domains`)? Case-insensitive. Parent-style keys
     /// (`.example.org`) and bare names are never found.
     pub fn is_local_domain(&self, domain: &str) -> Result<bool> {
-        if domain.starts_with('.') || domain.contains('@') {
-            return Ok(false);
-        }
-        self.domain_key(&address::fold(domain))
+        maps::is_local_domain(self, domain)
     }
 
     /// Is `address` a mailbox (`virtual_mailbox_maps`), trying `user+ext@d`, `user@d`, `@d`?
     pub fn is_mailbox(&self, address: &str, delims: &Delimiters) -> Result<bool> {
-        let k = keys(address, delims);
-        if k.full.is_empty() {
-            return Ok(false);
-        }
-        if self.mailbox_key(&k.full)? {
-            return Ok(true);
-        }
-        if let Some((key, _)) = &k.stripped
-            && self.mailbox_key(key)?
-        {
-            return Ok(true);
-        }
-        match &k.at_domain {
-            Some(key) => self.mailbox_key(key),
-            None => Ok(false),
-        }
+        maps::is_mailbox(self, address, delims)
     }
 
     /// The addresses `address` is rewritten to (`virtual_alias_maps`), as Postfix computes them
-    /// from MIAB's map: the first of `user+ext@d`, `user@d`, `@d` that answers wins; a match
-    /// without the extension puts it back on every result; an `@domain` answer keeps the local
-    /// part. A user maps to itself. `None` means unlisted.
+    /// from MIAB's map. A user maps to itself. `None` means unlisted.
     pub fn resolve_alias(&self, address: &str, delims: &Delimiters) -> Result<Option<Vec<String>>> {
-        let k = keys(address, delims);
-        if k.full.is_empty() {
-            return Ok(None);
-        }
-        if let Some(v) = self.alias_key(&k.full)? {
-            return Ok(Some(map_alias_answer(&v, &k.local, None)));
-        }
-        if let Some((key, ext)) = &k.stripped
-            && let Some(v) = self.alias_key(key)?
-        {
-            return Ok(Some(map_alias_answer(&v, &k.local, Some(ext))));
-        }
-        if let Some(key) = &k.at_domain
-            && let Some(v) = self.alias_key(key)?
-        {
-            return Ok(Some(map_alias_answer(&v, &k.local, None)));
-        }
-        Ok(None)
+        maps::resolve_alias(self, address, delims)
     }
 
-    /// The raw owner list of a sender address (`smtpd_sender_login_maps`), trying `user+ext@d`,
-    /// `user@d`, `@d`. `None`: nobody owns it. Entries may be addresses that match no login
-    /// (an alias's external destinations, a domain alias's `@b`).
+    /// The raw owner list of a sender address (`smtpd_sender_login_maps`). `None`: nobody owns
+    /// it.
     pub fn sender_owners(&self, address: &str, delims: &Delimiters) -> Result<Option<Vec<String>>> {
-        let k = keys(address, delims);
-        if k.full.is_empty() {
-            return Ok(None);
-        }
-        if let Some(v) = self.sender_key(&k.full)? {
-            return Ok(Some(split_list(&v)));
-        }
-        if let Some((key, _)) = &k.stripped
-            && let Some(v) = self.sender_key(key)?
-        {
-            return Ok(Some(split_list(&v)));
-        }
-        if let Some(key) = &k.at_domain
-            && let Some(v) = self.sender_key(key)?
-        {
-            return Ok(Some(split_list(&v)));
-        }
-        Ok(None)
+        maps::sender_owners(self, address, delims)
     }
 
-    /// Would `reject_authenticated_sender_login_mismatch` let `login` use `sender`? Postfix
-    /// compares logins case-insensitively.
+    /// Would `reject_authenticated_sender_login_mismatch` let `login` use `sender`?
     pub fn may_send_as(&self, login: &str, sender: &str, delims: &Delimiters) -> Result<bool> {
-        Ok(self
-            .sender_owners(sender, delims)?
-            .is_some_and(|owners| owners.iter().any(|o| o.eq_ignore_ascii_case(login))))
+        maps::may_send_as(self, login, sender, delims)
     }
 
     // ----- records -----
@@ -573,6 +452,22 @@ impl UserDb {
     }
 }
 
+impl KeyTables for UserDb {
+    type Error = Error;
+    fn domain_key(&self, domain: &str) -> Result<bool> {
+        UserDb::domain_key(self, domain)
+    }
+    fn mailbox_key(&self, key: &str) -> Result<bool> {
+        UserDb::mailbox_key(self, key)
+    }
+    fn alias_key(&self, key: &str) -> Result<Option<std::borrow::Cow<'_, str>>> {
+        Ok(UserDb::alias_key(self, key)?.map(Into::into))
+    }
+    fn sender_key(&self, key: &str) -> Result<Option<std::borrow::Cow<'_, str>>> {
+        Ok(UserDb::sender_key(self, key)?.map(Into::into))
+    }
+}
+
 fn detect_error(path: &Path, e: DetectError) -> Error {
     match e {
         DetectError::Sqlite(e) => Error::sqlite(path, e),
@@ -580,40 +475,5 @@ fn detect_error(path: &Path, e: DetectError) -> Error {
             path: path.to_owned(),
             reason,
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_sequence() {
-        let d = Delimiters::default();
-        let k = keys("Hello+Tag@Example.ORG", &d);
-        assert_eq!(k.full, "hello+tag@example.org");
-        assert_eq!(
-            k.stripped,
-            Some(("hello@example.org".into(), "+Tag".into()))
-        );
-        assert_eq!(k.at_domain.as_deref(), Some("@example.org"));
-        let k = keys("@example.org", &d);
-        assert!(k.stripped.is_none() && k.at_domain.is_none());
-        let k = keys("bare", &d);
-        assert!(k.stripped.is_none() && k.at_domain.is_none());
-    }
-
-    #[test]
-    fn alias_answers_as_postfix_maps_them() {
-        assert_eq!(
-            map_alias_answer("a@x,b@y", "hello+t", Some("+t")),
-            ["a+t@x", "b+t@y"]
-        );
-        assert_eq!(map_alias_answer("a@x, b@y", "hello", None), ["a@x", "b@y"]);
-        assert_eq!(
-            map_alias_answer("@b.org", "Random+Tag", None),
-            ["Random+Tag@b.org"]
-        );
-        assert_eq!(map_alias_answer("@b.org", "a+t", Some("+t")), ["a+t@b.org"]);
     }
 }

@@ -1,260 +1,167 @@
-//! An async-friendly handle for daemons.
+//! The async side for daemons: the live directory and the password-hashing pool.
 //!
-//! SQLite calls and password hashing block, so they run on tokio's blocking pool and never on a
-//! runtime worker thread. Two semaphores bound them: one for DB connections (each blocking task
-//! takes a pooled read-only connection) and one for hash verification, which costs milliseconds
-//! of CPU and must not starve the DB lookups.
+//! [`Live`] holds the current [`Snapshot`] behind an `Arc` and asks its [`Source`] on every
+//! request whether the data moved on (for MIAB's file: one `stat`, one 10-byte `pread`). While
+//! it has not, an answer costs no SQLite call and no trip to the blocking pool. When it has,
+//! the first request reads a new snapshot on the blocking pool while the others wait for it;
+//! the old one is never served once the version moved. A read that fails (the DB locked past
+//! the busy timeout) fails every request that was waiting for it, which then answer their
+//! protocol's temporary failure; a request that comes later tries again. So a held lock costs
+//! each wave of requests one busy timeout, not one each in turn.
 //!
-//! The handle can also remember answers ([`AsyncUserDb::memo`]). The memo is exact: it belongs
-//! to one value of the DB file's change counter (bytes 24-27 of the header, which SQLite bumps on
-//! every commit in rollback-journal mode, the only mode MIAB uses), read with one `pread`. A hit
-//! therefore costs no SQLite call and no trip to the blocking pool. In WAL mode the counter is
-//! not maintained, so the memo stays off.
+//! [`Hashers`] runs password verification (milliseconds of CPU) on the blocking pool, a
+//! bounded number at a time.
 
-use crate::db::{Access, UserDb};
+use crate::directory::{Snapshot, Source, SqliteSource, Version};
 use crate::error::{Error, Result};
 use crate::password::{self, Password};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
-/// Limits for [`AsyncUserDb`].
-#[derive(Debug, Clone)]
-pub struct HandleConfig {
-    /// Connections (and concurrent blocking DB tasks). Default 4.
-    pub max_connections: usize,
-    /// Concurrent password verifications. Default: the number of CPUs.
-    pub max_hashers: usize,
-    /// SQLite busy timeout per connection. Default 5 s; keep it below the client's own timeout.
-    pub busy_timeout: Duration,
-    /// Answers [`AsyncUserDb::memo`] keeps; 0 turns the memo off. Default 4096.
-    pub memo_entries: usize,
+/// A failed read, given to the requests that were waiting while it was tried.
+#[derive(Debug)]
+struct Failure {
+    version: Version,
+    /// Which read it was (see `Inner::reads`).
+    read: u64,
+    error: Error,
 }
 
-impl Default for HandleConfig {
-    fn default() -> Self {
-        HandleConfig {
-            max_connections: 4,
-            max_hashers: std::thread::available_parallelism().map_or(2, usize::from),
-            busy_timeout: crate::db::DEFAULT_BUSY_TIMEOUT,
-            memo_entries: 4096,
+impl Error {
+    /// The same failure, for another waiter.
+    fn again(&self) -> Error {
+        match self {
+            Error::Busy(p) => Error::Busy(p.clone()),
+            e => Error::Internal(format!("the user DB changed and could not be read: {e}")),
         }
     }
-}
-
-/// Remembered answers, valid for one value of the file change counter.
-#[derive(Default)]
-struct Memo {
-    counter: Option<u32>,
-    answers: HashMap<(u8, String), Option<String>>,
-}
-
-// Answers may hold password hashes (miab-authd remembers user rows): show only their number.
-impl std::fmt::Debug for Memo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Memo")
-            .field("counter", &self.counter)
-            .field("answers", &self.answers.len())
-            .finish()
-    }
-}
-
-/// The DB file as opened: a file replaced by a rename (a restore, `cp` over a temporary
-/// name) is a new inode, which the open connections would never see.
-#[derive(Debug)]
-struct Opened {
-    /// Opened once to read the header's change counter.
-    file: std::fs::File,
-    /// Device and inode.
-    id: (u64, u64),
-    /// Bumped each time the file is found replaced; pooled connections carry theirs.
-    generation: u64,
 }
 
 #[derive(Debug)]
 struct Inner {
-    path: PathBuf,
-    config: HandleConfig,
-    idle: Mutex<Vec<(u64, UserDb)>>,
-    memo: Mutex<Memo>,
-    opened: Mutex<Opened>,
-    db_permits: Semaphore,
-    hash_permits: Semaphore,
+    source: Arc<dyn Source>,
+    current: Mutex<Arc<Snapshot>>,
+    /// Held while a new snapshot is read; the last failure.
+    reading: tokio::sync::Mutex<Option<Failure>>,
+    /// Reads finished, successful or not.
+    reads: AtomicU64,
 }
 
-fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    (m.dev(), m.ino())
-}
-
-/// A cheap-to-clone, read-only handle usable from async code.
+/// The directory as it is now: cheap to clone, shared by every connection.
 #[derive(Debug, Clone)]
-pub struct AsyncUserDb {
+pub struct Live {
     inner: Arc<Inner>,
 }
 
-impl AsyncUserDb {
-    /// Opens one connection right away, so a missing or foreign file is reported at start-up.
-    pub fn open(path: impl AsRef<Path>, config: HandleConfig) -> Result<AsyncUserDb> {
-        let path = path.as_ref().to_owned();
-        let first = UserDb::open_with_timeout(&path, Access::ReadOnly, config.busy_timeout)?;
-        let file = std::fs::File::open(&path).map_err(|_| Error::Missing(path.clone()))?;
-        let id = file
-            .metadata()
-            .map(|m| file_id(&m))
-            .map_err(|_| Error::Missing(path.clone()))?;
-        Ok(AsyncUserDb {
+impl Live {
+    /// MIAB's DB file at `path`, read once now, so a missing or foreign file (or one that
+    /// cannot be read) is reported at start-up.
+    pub fn open(path: impl AsRef<Path>, busy_timeout: Duration) -> Result<Live> {
+        Live::new(Arc::new(SqliteSource::open(path, busy_timeout)?))
+    }
+
+    /// A directory over any source, read once now.
+    pub fn new(source: Arc<dyn Source>) -> Result<Live> {
+        let first = source.load()?;
+        Ok(Live {
             inner: Arc::new(Inner {
-                db_permits: Semaphore::new(config.max_connections.max(1)),
-                hash_permits: Semaphore::new(config.max_hashers.max(1)),
-                idle: Mutex::new(vec![(0, first)]),
-                memo: Mutex::new(Memo::default()),
-                opened: Mutex::new(Opened {
-                    file,
-                    id,
-                    generation: 0,
-                }),
-                path,
-                config,
+                source,
+                current: Mutex::new(Arc::new(first)),
+                reading: tokio::sync::Mutex::new(None),
+                reads: AtomicU64::new(0),
             }),
         })
     }
 
-    /// The generation of the file at the path now: if it was replaced since the last look,
-    /// the new file is opened, and the pool and the memo of the old one are dropped.
-    fn generation(&self) -> u64 {
-        let inner = &self.inner;
-        let Ok(mut o) = inner.opened.lock() else {
-            return 0;
-        };
-        if let Ok(m) = std::fs::metadata(&inner.path)
-            && file_id(&m) != o.id
-            && let Ok(file) = std::fs::File::open(&inner.path)
-        {
-            tracing::info!(path = ?inner.path, "the user DB file was replaced; reading the new one");
-            o.id = file.metadata().map_or((0, 0), |m| file_id(&m));
-            o.file = file;
-            o.generation += 1;
-            if let Ok(mut idle) = inner.idle.lock() {
-                idle.clear();
-            }
-            if let Ok(mut memo) = inner.memo.lock() {
-                *memo = Memo::default();
-            }
+    /// The snapshot last read, without asking whether it is still current.
+    pub fn latest(&self) -> Arc<Snapshot> {
+        match self.inner.current.lock() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
-        o.generation
     }
 
-    /// The DB file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
-    /// Runs `f` on a pooled read-only connection on the blocking pool. The schema is re-checked
-    /// first, so a MIAB migration run while the daemon is up is picked up.
-    pub async fn read<F, R>(&self, f: F) -> Result<R>
-    where
-        F: FnOnce(&UserDb) -> Result<R> + Send + 'static,
-        R: Send + 'static,
-    {
-        let _permit = self
-            .inner
-            .db_permits
-            .acquire()
+    /// The snapshot of the data as it is now, reading a new one if the source moved on.
+    pub async fn current(&self) -> Result<Arc<Snapshot>> {
+        let now = self.inner.source.version()?;
+        let snap = self.latest();
+        if snap.version() == Some(now) {
+            return Ok(snap);
+        }
+        let before = self.inner.reads.load(Ordering::Acquire);
+        let mut last = self.inner.reading.lock().await;
+        // Someone else may have read it while this request waited.
+        let snap = self.latest();
+        let now = self.inner.source.version()?;
+        if snap.version() == Some(now) {
+            return Ok(snap);
+        }
+        if let Some(f) = last.as_ref()
+            && f.version == now
+            && f.read > before
+        {
+            return Err(f.error.again());
+        }
+        let source = Arc::clone(&self.inner.source);
+        let started = Instant::now();
+        let read = tokio::task::spawn_blocking(move || source.load())
             .await
-            .map_err(|_| Error::Internal("user DB handle closed".into()))?;
-        let generation = self.generation();
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let pooled = inner
-                .idle
-                .lock()
-                .ok()
-                .and_then(|mut v| v.pop())
-                .filter(|(g, _)| *g == generation);
-            let mut db = match pooled {
-                Some((_, db)) => db,
-                None => UserDb::open_with_timeout(
-                    &inner.path,
-                    Access::ReadOnly,
-                    inner.config.busy_timeout,
-                )?,
-            };
-            db.refresh_schema()?;
-            let out = f(&db);
-            // A connection that just failed is dropped rather than reused.
-            if out.is_ok()
-                && let Ok(mut idle) = inner.idle.lock()
-            {
-                idle.push((generation, db));
+            .map_err(|e| Error::Internal(format!("user DB read failed: {e}")))
+            .and_then(|r| r);
+        let read_no = self.inner.reads.fetch_add(1, Ordering::AcqRel) + 1;
+        match read {
+            Ok(new) => {
+                let (users, aliases, auto) = new.counts();
+                tracing::info!(
+                    users,
+                    aliases,
+                    auto_aliases = auto,
+                    skipped_rows = new.skipped(),
+                    ms = started.elapsed().as_millis(),
+                    "user DB changed; directory read again"
+                );
+                let new = Arc::new(new);
+                if let Ok(mut c) = self.inner.current.lock() {
+                    *c = Arc::clone(&new);
+                }
+                *last = None;
+                Ok(new)
             }
-            out
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("user DB task failed: {e}")))?
-    }
-
-    /// Like [`read`](Self::read) for a single-valued answer, remembered under `(kind, key)`
-    /// until the DB changes. `f` gets the connection and the key.
-    pub async fn memo<F>(&self, kind: u8, key: String, f: F) -> Result<Option<String>>
-    where
-        F: FnOnce(&UserDb, &str) -> Result<Option<String>> + Send + 'static,
-    {
-        let limit = self.inner.config.memo_entries;
-        let counter = if limit == 0 {
-            None
-        } else {
-            self.change_counter()
-        };
-        let Some(counter) = counter else {
-            return self.read(move |db| f(db, &key)).await;
-        };
-        let slot = (kind, key);
-        if let Ok(m) = self.inner.memo.lock()
-            && m.counter == Some(counter)
-            && let Some(hit) = m.answers.get(&slot)
-        {
-            return Ok(hit.clone());
-        }
-        let key = slot.1.clone();
-        let out = self.read(move |db| f(db, &key)).await?;
-        // Filed under the counter read before the query: if a commit came in between, the
-        // next request sees a newer counter and starts over, so nothing stale is served.
-        if let Ok(mut m) = self.inner.memo.lock() {
-            // Crude but bounded: a flood of distinct keys starts the memo over.
-            if m.counter != Some(counter) || m.answers.len() >= limit {
-                m.answers.clear();
-                m.counter = Some(counter);
+            Err(error) => {
+                tracing::warn!(%error, "user DB changed but could not be read; answering temporary failures until it can");
+                let out = error.again();
+                *last = Some(Failure {
+                    version: now,
+                    read: read_no,
+                    error,
+                });
+                Err(out)
             }
-            m.answers.insert(slot, out.clone());
         }
-        Ok(out)
+    }
+}
+
+/// Password verification on the blocking pool, at most `n` at once, so hashing cannot starve
+/// the runtime or pile up without bound.
+#[derive(Debug)]
+pub struct Hashers {
+    permits: Semaphore,
+}
+
+impl Hashers {
+    /// At most `n` (at least one) verifications at once.
+    pub fn new(n: usize) -> Hashers {
+        Hashers {
+            permits: Semaphore::new(n.max(1)),
+        }
     }
 
-    /// The header's file change counter; `None` in WAL mode or if the header cannot be read.
-    fn change_counter(&self) -> Option<u32> {
-        use std::os::unix::fs::FileExt;
-        self.generation();
-        let mut h = [0u8; 10];
-        self.inner
-            .opened
-            .lock()
-            .ok()?
-            .file
-            .read_exact_at(&mut h, 18)
-            .ok()?;
-        // Bytes 18 and 19: file format write/read versions, 2 for WAL.
-        if h[0] != 1 || h[1] != 1 {
-            return None;
-        }
-        Some(u32::from_be_bytes([h[6], h[7], h[8], h[9]]))
-    }
-
-    /// Verifies a password against a stored hash on the bounded hashing pool.
-    pub async fn verify_password(&self, pw: Password, stored_hash: String) -> bool {
-        let Ok(_permit) = self.inner.hash_permits.acquire().await else {
+    /// Verifies a password against a stored hash.
+    pub async fn verify(&self, pw: Password, stored_hash: String) -> bool {
+        let Ok(_permit) = self.permits.acquire().await else {
             return false;
         };
         tokio::task::spawn_blocking(move || password::verify_password(&pw, &stored_hash))
@@ -266,116 +173,139 @@ impl AsyncUserDb {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::Delimiters;
+    use crate::Delimiters;
+    use crate::directory::Directory;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reads_and_verifies_off_the_runtime() {
+    async fn a_change_is_seen_by_the_next_request() {
         let (dir, mut db, env) = crate::one_user_box();
         let path = dir.path().join("users.sqlite");
-        let h = AsyncUserDb::open(&path, HandleConfig::default()).unwrap();
-        let mut tasks = Vec::new();
-        for _ in 0..16 {
-            let h = h.clone();
-            tasks.push(tokio::spawn(async move {
-                h.read(|db| db.is_mailbox("me+x@example.com", &Delimiters::default()))
-                    .await
-                    .unwrap()
-            }));
-        }
-        for t in tasks {
-            assert!(t.await.unwrap());
-        }
-        let user = h
-            .read(|db| db.user("me@example.com"))
-            .await
-            .unwrap()
-            .unwrap();
+        let live = Live::open(&path, Duration::from_secs(1)).unwrap();
+        let d = Delimiters::default();
+        let first = live.current().await.unwrap();
+        assert!(first.resolve_alias("hello@example.com", &d).is_none());
         assert!(
-            h.verify_password(Password::new("12345678"), user.password_hash.clone())
-                .await
+            Arc::ptr_eq(&first, &live.current().await.unwrap()),
+            "not read again"
         );
-        assert!(
-            !h.verify_password(Password::new("12345679"), user.password_hash)
-                .await
-        );
-        // A change by another connection is visible to the next read, with no reopen.
         db.add_alias("hello@example.com", "me@example.com", "", false, &env)
             .unwrap();
-        let r = h
-            .read(|db| db.resolve_alias("hello@example.com", &Delimiters::default()))
-            .await
-            .unwrap();
-        assert_eq!(r, Some(vec!["me@example.com".to_owned()]));
+        let now = live.current().await.unwrap();
+        assert_eq!(
+            now.resolve_alias("hello@example.com", &d),
+            Some(vec!["me@example.com".to_owned()])
+        );
+        // Many requests at once after a change read it once, and all see it.
+        db.remove_alias("hello@example.com", &env).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let live = live.clone();
+            tasks.push(tokio::spawn(async move { live.current().await.unwrap() }));
+        }
+        let mut seen = Vec::new();
+        for t in tasks {
+            let s = t.await.unwrap();
+            assert!(s.resolve_alias("hello@example.com", &d).is_none());
+            seen.push(s);
+        }
+        assert!(
+            seen.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])),
+            "one read"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn memo_is_dropped_when_the_db_changes() {
+    async fn a_locked_db_after_a_change_is_a_temporary_failure_not_stale_data() {
         let (dir, mut db, env) = crate::one_user_box();
         let path = dir.path().join("users.sqlite");
-        let h = AsyncUserDb::open(&path, HandleConfig::default()).unwrap();
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let ask = |key: &str| {
-            let calls = Arc::clone(&calls);
-            h.memo(1, key.to_owned(), move |db, k| {
-                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                db.alias_key(k)
-            })
-        };
-        assert_eq!(ask("new@example.com").await.unwrap(), None);
-        assert_eq!(ask("new@example.com").await.unwrap(), None);
-        assert_eq!(
-            calls.load(std::sync::atomic::Ordering::SeqCst),
-            1,
-            "remembered"
-        );
-        db.add_alias("new@example.com", "me@example.com", "", false, &env)
+        let live = Live::open(&path, Duration::from_millis(100)).unwrap();
+        db.add_alias("gone@example.com", "me@example.com", "", false, &env)
             .unwrap();
-        assert_eq!(
-            ask("new@example.com").await.unwrap().as_deref(),
-            Some("me@example.com")
-        );
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
-
-        // In WAL mode the change counter is not kept up to date: no memo at all.
-        drop(db);
-        let c = rusqlite::Connection::open(&path).unwrap();
-        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        // Another program commits, then holds the lock while the change is not read yet.
+        let writer = rusqlite::Connection::open(&path).unwrap();
+        writer
+            .execute_batch("BEGIN EXCLUSIVE; DELETE FROM aliases;")
             .unwrap();
-        drop(c);
-        ask("new@example.com").await.unwrap();
-        ask("new@example.com").await.unwrap();
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+        let e = live.current().await.unwrap_err();
+        assert!(e.is_temporary(), "{e}");
+        // Requests waiting during the failed read share its failure: one read, not sixteen.
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let live = live.clone();
+            tasks.push(tokio::spawn(async move { live.current().await }));
+        }
+        let before = live.inner.reads.load(Ordering::Acquire);
+        for t in tasks {
+            let e = t.await.unwrap().unwrap_err();
+            assert!(e.is_temporary(), "{e}");
+        }
+        let reads = live.inner.reads.load(Ordering::Acquire) - before;
+        assert!(reads < 8, "{reads} reads for 16 requests");
+        writer.execute_batch("COMMIT").unwrap();
+        let s = live.current().await.unwrap();
+        assert!(
+            s.resolve_alias("gone@example.com", &Delimiters::default())
+                .is_none()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_replaced_by_a_rename_is_read_at_once() {
         let (dir, mut db, env) = crate::one_user_box();
         let path = dir.path().join("users.sqlite");
-        let h = AsyncUserDb::open(&path, HandleConfig::default()).unwrap();
-        let ask = || {
-            h.memo(1, "restored@example.com".to_owned(), |db, k| {
-                db.alias_key(k)
-            })
-        };
-        assert_eq!(ask().await.unwrap(), None);
-        // A restore: a copy with the alias, moved over the live file.
+        let live = Live::open(&path, Duration::from_secs(1)).unwrap();
+        let d = Delimiters::default();
         db.add_alias("restored@example.com", "me@example.com", "", false, &env)
             .unwrap();
         let copy = dir.path().join("restore.sqlite");
         std::fs::copy(&path, &copy).unwrap();
         db.remove_alias("restored@example.com", &env).unwrap();
         drop(db);
-        assert_eq!(ask().await.unwrap(), None, "the live file has no alias");
+        let s = live.current().await.unwrap();
+        assert!(s.resolve_alias("restored@example.com", &d).is_none());
         std::fs::rename(&copy, &path).unwrap();
-        assert_eq!(
-            ask().await.unwrap().as_deref(),
-            Some("me@example.com"),
+        let s = live.current().await.unwrap();
+        assert!(
+            s.resolve_alias("restored@example.com", &d).is_some(),
             "the new file is read, not the old inode"
         );
-        let r = h
-            .read(|db| db.resolve_alias("restored@example.com", &Delimiters::default()))
-            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wal_mode_changes_are_seen_too() {
+        let (dir, mut db, env) = crate::one_user_box();
+        let path = dir.path().join("users.sqlite");
+        drop(db);
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
             .unwrap();
-        assert_eq!(r, Some(vec!["me@example.com".to_owned()]));
+        drop(c);
+        db = crate::UserDb::open(&path, crate::Access::ReadWrite).unwrap();
+        let live = Live::open(&path, Duration::from_secs(1)).unwrap();
+        let d = Delimiters::default();
+        assert!(
+            live.current()
+                .await
+                .unwrap()
+                .resolve_alias("w@example.com", &d)
+                .is_none()
+        );
+        db.add_alias("w@example.com", "me@example.com", "", false, &env)
+            .unwrap();
+        assert!(
+            live.current()
+                .await
+                .unwrap()
+                .resolve_alias("w@example.com", &d)
+                .is_some()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hashers_verify() {
+        let h = Hashers::new(1);
+        let hash = password::hash_password(&Password::new("12345678")).unwrap();
+        assert!(h.verify(Password::new("12345678"), hash.clone()).await);
+        assert!(!h.verify(Password::new("12345679"), hash).await);
     }
 }

@@ -4,12 +4,14 @@
 //! - open any schema generation MIAB ever shipped, or create a fresh one identical to MIAB's
 //!   ([`schema`]); never switch it to WAL, always set a busy timeout;
 //! - MIAB's address rules and error texts ([`address`], [`admin`]);
-//! - the read queries the daemons need, with MIAB's map semantics and the partial keys Postfix
-//!   would try (`user+ext@domain`, `user@domain`, `@domain`) ([`db`]);
+//! - MIAB's map queries, key by key ([`db`]), and the partial keys Postfix would try over them
+//!   (`user+ext@domain`, `user@domain`, `@domain`), written once (`maps`);
+//! - the [`directory`] the daemons ask: an in-memory snapshot with the same answers, and the
+//!   live handle that swaps it when the DB changes (`handle`, feature `async`);
 //! - app passwords, in our own `miab_sidecar_*` tables ([`app_password`]);
 //! - the backup hold that keeps the daemons' own files copyable ([`backup`]);
 //! - SHA512-CRYPT hashing compatible with `doveadm pw` ([`password`]);
-//! - MIAB's display order ([`sort`]) and an async handle for daemons (`handle`, feature `async`).
+//! - MIAB's display order ([`sort`]).
 //!
 //! It knows nothing of sockets or protocols.
 
@@ -18,9 +20,11 @@ pub mod admin;
 pub mod app_password;
 pub mod backup;
 pub mod db;
+pub mod directory;
 mod error;
 #[cfg(feature = "async")]
 pub mod handle;
+mod maps;
 pub mod password;
 pub mod schema;
 pub mod sort;
@@ -28,9 +32,10 @@ pub mod sort;
 pub use address::Delimiters;
 pub use admin::{BoxEnv, KickReport, Outcome};
 pub use db::{Access, Alias, Mfa, User, UserDb, db_path};
+pub use directory::{Directory, Snapshot};
 pub use error::{Error, Result};
 #[cfg(feature = "async")]
-pub use handle::{AsyncUserDb, HandleConfig};
+pub use handle::{Hashers, Live};
 pub use password::Password;
 
 /// A DB with the user me@example.com (password "12345678"), for unit tests; the directory

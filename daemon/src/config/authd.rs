@@ -23,8 +23,9 @@ pub struct AuthdConfig {
     pub idle_timeout_secs: u64,
     /// Seconds shutdown waits for connections to finish. Default 5.
     pub drain_timeout_secs: u64,
-    /// User DB connections. Default 4.
-    pub db_connections: usize,
+    /// Obsolete (the directory is held in memory); accepted so an older file still loads,
+    /// and ignored with a warning.
+    pub db_connections: Option<usize>,
     /// Milliseconds a failed authentication waits before its FAIL, as Dovecot's
     /// `auth_failure_delay`; other connections are not held up. Default 2000.
     pub failure_delay_ms: u64,
@@ -80,7 +81,7 @@ impl Default for AuthdConfig {
             io_timeout_secs: 10,
             idle_timeout_secs: 3600,
             drain_timeout_secs: 5,
-            db_connections: 4,
+            db_connections: None,
             failure_delay_ms: 2000,
             exchange_timeout_secs: 300,
             proxy_networks: vec!["127.0.0.0/8".into(), "::1".into()],

@@ -36,8 +36,9 @@ pub struct PolicydConfig {
     /// Clients never greylisted, DNSBL-checked or treated as forging (CIDRs). Default
     /// `127.0.0.0/8`, `::1/128`.
     pub trusted_clients: Vec<String>,
-    /// User DB connections. Default 2.
-    pub db_connections: usize,
+    /// Obsolete (the directory is held in memory); accepted so an older file still loads,
+    /// and ignored with a warning.
+    pub db_connections: Option<usize>,
     /// `[policyd.greylist]`.
     pub greylist: GreylistConfig,
     /// `[policyd.dnsbl]`.
@@ -62,7 +63,7 @@ impl Default for PolicydConfig {
             fail_action: "DUNNO".into(),
             security_fail_action: "451 4.3.0 Temporary lookup failure".into(),
             trusted_clients: vec!["127.0.0.0/8".into(), "::1/128".into()],
-            db_connections: 2,
+            db_connections: None,
             greylist: GreylistConfig::default(),
             dnsbl: DnsblConfig::default(),
             rate_limit: RateLimitConfig::default(),
