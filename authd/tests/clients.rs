@@ -172,7 +172,8 @@ fn postfix_smtp_auth_and_sender_login() {
     // A locked DB: FAIL with `temp`. Postfix 3.7 answers every FAIL with 535 (only a lost auth
     // connection gives 454), so the client sees our reason, as with Dovecot's own socket.
     let lock = rusqlite::Connection::open(&db).unwrap();
-    lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK).unwrap();
+    lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK)
+        .unwrap();
     let temp = auth(
         "PLAIN",
         "you@example.com",

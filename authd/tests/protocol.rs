@@ -302,7 +302,8 @@ fn failure_delay_and_a_locked_db() {
     );
     let (mut c, _) = Client::connect(port);
     let lock = rusqlite::Connection::open(&db).unwrap();
-    lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK).unwrap();
+    lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK)
+        .unwrap();
     assert_eq!(
         c.ask(&plain(1, "me@example.com", "a-long-password")),
         "FAIL\t1\ttemp\tcode=temp_fail\treason=Temporary authentication failure"

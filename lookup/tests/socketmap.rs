@@ -313,7 +313,9 @@ fn db_changes_show_at_once_and_a_locked_or_unreadable_db_answers_temp() {
     // A writer holding the lock: TEMP after the busy timeout, and Postfix's client sees a
     // table error, not "not found".
     let locker = rusqlite::Connection::open(&b.db).unwrap();
-    locker.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK).unwrap();
+    locker
+        .execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK)
+        .unwrap();
     let r = ask(&mut s, b"mailboxes me@example.com");
     assert_eq!(r, "TEMP user database is locked");
     let e = tools::postmap_lookup(None, "me@example.com", &b.map("aliases")).unwrap_err();
@@ -344,7 +346,7 @@ fn db_changes_show_at_once_and_a_locked_or_unreadable_db_answers_temp() {
 /// A users.sqlite replaced by a rename (a restore from backup) is what the next lookup reads,
 /// without a restart; so is a change made with sqlite3, as MIAB's Python makes it.
 #[test]
-fn a_replaced_db_file_and_a_sqlite3_change_are_seen() {
+fn a_replaced_db_file_and_changes_by_sqlite3_python_and_miabctl_are_seen() {
     let b = start("");
     let key = "restored@example.com";
     assert_eq!(tools::postmap_q(None, key, &b.map("aliases")), None);
@@ -374,5 +376,38 @@ fn a_replaced_db_file_and_a_sqlite3_change_are_seen() {
     assert_eq!(
         tools::postmap_q(None, key, &b.map("aliases")).as_deref(),
         Some("you@example.com")
+    );
+
+    // MIAB's Python (the sqlite3 module, autocommit) and miabctl, one after the other.
+    let python = miab_e2e::require_program("/usr/bin/python3", "python3");
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3\nc = sqlite3.connect({:?})\nc.execute(\"UPDATE aliases SET destination = 'me@example.com,you@example.com' WHERE source = '{key}'\")\nc.commit()",
+            b.db.display().to_string()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        tools::postmap_q(None, key, &b.map("aliases")).as_deref(),
+        Some("me@example.com,you@example.com")
+    );
+    let miabctl = std::path::Path::new(env!("CARGO_BIN_EXE_miab-lookup")).with_file_name("miabctl");
+    assert!(
+        miabctl.exists(),
+        "{} is built by `cargo test --workspace`",
+        miabctl.display()
+    );
+    let root = b.db.parent().and_then(|p| p.parent()).unwrap();
+    let out = std::process::Command::new(&miabctl)
+        .args(["--storage-root", root.to_str().unwrap()])
+        .args(["alias", "add", "fresh@example.com", "you@example.com"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        tools::postmap_q(None, "fresh+x@example.com", &b.map("aliases")).as_deref(),
+        Some("you+x@example.com")
     );
 }

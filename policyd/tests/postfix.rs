@@ -343,7 +343,8 @@ fn a_locked_db_and_a_stopped_policyd_defer_an_authenticated_sender() {
     );
 
     let lock = rusqlite::Connection::open(own.join("mail/users.sqlite")).unwrap();
-    lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK).unwrap();
+    lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK)
+        .unwrap();
     // A sender not yet remembered: the check cannot decide.
     let locked = send(
         &pf,

@@ -479,7 +479,8 @@ fn a_locked_user_db_gives_the_fail_action() {
         "553 5.7.1 not owned by user me@example.com"
     );
     let lock = rusqlite::Connection::open(&db).unwrap();
-    lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK).unwrap();
+    lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK)
+        .unwrap();
     assert_eq!(
         c.ask(&auth("hello@example.com")),
         "DEFER_IF_PERMIT Service temporarily unavailable"
@@ -502,7 +503,8 @@ fn a_locked_user_db_gives_the_fail_action() {
     let cfg = config(&dir, dns.addr(), top, "").replace("[dns]", "db_busy_timeout_ms = 200\n[dns]");
     let d = start(&dir, &cfg);
     let mut c = Client::connect(d.port);
-    lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK).unwrap();
+    lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK)
+        .unwrap();
     assert_eq!(
         c.ask(&auth("hello@example.com")),
         "451 4.3.0 Temporary lookup failure"
@@ -519,7 +521,8 @@ fn a_locked_user_db_gives_the_fail_action() {
     let cfg = config(&dir, dns.addr(), top, "").replace("[dns]", "db_busy_timeout_ms = 200\n[dns]");
     let d = start(&dir, &cfg);
     let mut c = Client::connect(d.port);
-    lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK).unwrap();
+    lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK)
+        .unwrap();
     let listed = c.ask(&auth("me@spam.example"));
     assert!(
         listed.starts_with("554 5.7.1 Service unavailable; Sender address [me@spam.example]"),

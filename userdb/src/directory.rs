@@ -583,6 +583,96 @@ mod tests {
         assert!(s.user("ME@example.com").is_none());
     }
 
+    /// Rows no validator would let in (case, `+` and `@` in odd places, empty destinations,
+    /// permitted senders set and unset, auto-aliases), written with raw SQL, and keys made of
+    /// the same pieces: the snapshot and the SQL maps agree on every one.
+    #[test]
+    fn snapshot_matches_sql_on_odd_rows_and_keys() {
+        let (_dir, db, _env) = crate::one_user_box();
+        let locals = ["a", "B", "a+x", "postmaster", "", "c-d", "ä"];
+        let domains = [
+            "x.example",
+            "X.example",
+            "y.example",
+            "a@x.example",
+            "ä.example",
+        ];
+        let mut seed = 7u64;
+        let mut pick = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let mut addr = |pick: &mut dyn FnMut(usize) -> usize| {
+            format!(
+                "{}@{}",
+                locals[pick(locals.len())],
+                domains[pick(domains.len())]
+            )
+        };
+        for i in 0..40 {
+            let src = addr(&mut pick);
+            let dst = match pick(4) {
+                0 => String::new(),
+                1 => format!("@{}", domains[pick(domains.len())]),
+                _ => format!("{},{}", addr(&mut pick), addr(&mut pick)),
+            };
+            let ps = match pick(3) {
+                0 => None,
+                1 => Some(String::new()),
+                _ => Some(addr(&mut pick)),
+            };
+            let table = ["users", "aliases", "auto_aliases"][i % 3];
+            let sql = if table == "users" {
+                format!("INSERT OR IGNORE INTO users (email, password) VALUES ('{src}', 'x')")
+            } else {
+                format!(
+                    "INSERT OR IGNORE INTO {table} (source, destination, permitted_senders) VALUES ('{src}', '{dst}', {})",
+                    ps.map_or("NULL".into(), |p| format!("'{p}'"))
+                )
+            };
+            db.conn.execute_batch(&sql).unwrap();
+        }
+        let s = Snapshot::read(&db).unwrap();
+        let delims = Delimiters::default();
+        for _ in 0..400 {
+            let k = match pick(4) {
+                0 => domains[pick(domains.len())].to_owned(),
+                1 => format!("@{}", domains[pick(domains.len())]),
+                _ => addr(&mut pick),
+            };
+            let k = if pick(2) == 0 { k.to_uppercase() } else { k };
+            assert_eq!(
+                s.is_local_domain(&k),
+                db.is_local_domain(&k).unwrap(),
+                "{k:?}"
+            );
+            assert_eq!(
+                s.is_mailbox(&k, &delims),
+                db.is_mailbox(&k, &delims).unwrap(),
+                "{k:?}"
+            );
+            assert_eq!(
+                s.resolve_alias(&k, &delims),
+                db.resolve_alias(&k, &delims).unwrap(),
+                "{k:?}"
+            );
+            assert_eq!(
+                s.sender_owners(&k, &delims),
+                db.sender_owners(&k, &delims).unwrap(),
+                "{k:?}"
+            );
+        }
+        for d in domains {
+            assert_eq!(
+                s.is_mail_domain(d),
+                db.mail_domains().unwrap().contains(d),
+                "{d}"
+            );
+        }
+    }
+
     #[test]
     fn app_passwords_and_the_required_flag() {
         let (_dir, mut db, _env) = sample();
