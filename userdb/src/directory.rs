@@ -604,7 +604,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             (seed >> 33) as usize % n
         };
-        let mut addr = |pick: &mut dyn FnMut(usize) -> usize| {
+        let addr = |pick: &mut dyn FnMut(usize) -> usize| {
             format!(
                 "{}@{}",
                 locals[pick(locals.len())],
