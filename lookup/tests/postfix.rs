@@ -104,9 +104,7 @@ fn postfix_with_socketmaps_behaves_as_with_miab_sqlite_maps() {
         tools::swaks(ours.smtp_port(), &args)
     };
     let locker = rusqlite::Connection::open(&db).unwrap();
-    locker
-        .execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK)
-        .unwrap();
+    locker.execute_batch(fixture::CHANGE_THEN_LOCK).unwrap();
     let r = send("me+locked@example.com", &[]);
     assert!(!r.ok());
     assert!(r.stdout.contains("<** 451 4.3.0"), "{}", r.stdout);

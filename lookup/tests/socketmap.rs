@@ -313,9 +313,7 @@ fn db_changes_show_at_once_and_a_locked_or_unreadable_db_answers_temp() {
     // A writer holding the lock: TEMP after the busy timeout, and Postfix's client sees a
     // table error, not "not found".
     let locker = rusqlite::Connection::open(&b.db).unwrap();
-    locker
-        .execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK)
-        .unwrap();
+    locker.execute_batch(fixture::CHANGE_THEN_LOCK).unwrap();
     let r = ask(&mut s, b"mailboxes me@example.com");
     assert_eq!(r, "TEMP user database is locked");
     let e = tools::postmap_lookup(None, "me@example.com", &b.map("aliases")).unwrap_err();
