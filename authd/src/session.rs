@@ -329,10 +329,10 @@ impl State {
         let dir = self.dir.current().await?;
         Ok(dir.user(key).map(|u| Account {
             app_passwords_required: dir.app_passwords_required(u.id),
-            email: u.email.clone(),
-            hash: u.password_hash.clone(),
+            email: u.email,
+            hash: u.password_hash,
             id: u.id,
-            quota: u.quota.clone(),
+            quota: u.quota,
         }))
     }
 

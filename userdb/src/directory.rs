@@ -45,7 +45,7 @@ pub trait Directory {
             .is_some_and(|owners| owners.iter().any(|o| o.eq_ignore_ascii_case(login)))
     }
     /// The user whose login is exactly `email` (case-sensitive, as MIAB's queries).
-    fn user(&self, email: &str) -> Option<&User>;
+    fn user(&self, email: &str) -> Option<User>;
     /// Whether only app passwords may log in as user `user_id`.
     fn app_passwords_required(&self, user_id: i64) -> bool;
     /// User `user_id`'s app password with this digest (`app_password::candidate_digest`).
@@ -67,6 +67,17 @@ pub trait Source: Send + Sync + std::fmt::Debug + 'static {
     fn load(&self) -> Result<Snapshot>;
 }
 
+/// A user row without its address (the map key): kept small, since a box may have 100,000.
+#[derive(Clone)]
+struct UserRow {
+    id: i64,
+    hash: Box<str>,
+    /// The column as stored, newline-separated.
+    privileges: Box<str>,
+    /// `None` for MIAB's `0` (no limit), the usual value.
+    quota: Option<Box<str>>,
+}
+
 /// An alias row, as the maps need it.
 #[derive(Debug, Clone)]
 struct AliasRow {
@@ -86,7 +97,7 @@ struct AppRow {
 #[derive(Default)]
 pub struct Snapshot {
     version: Option<Version>,
-    users: HashMap<Box<str>, User>,
+    users: HashMap<Box<str>, UserRow>,
     /// Manual aliases by exact source.
     aliases: HashMap<Box<str>, AliasRow>,
     /// Auto-aliases with a destination, by exact source (the sender map ignores them).
@@ -132,90 +143,92 @@ fn after_last_at(s: &str) -> Option<Box<str>> {
 }
 
 impl Snapshot {
-    /// Reads every row the answers need from `db`, in one read transaction.
+    /// Reads every row the answers need from `db`, in one read transaction. Rows are taken
+    /// as they come, with no copy of the tables in between.
     pub fn read(db: &UserDb) -> Result<Snapshot> {
         let tx = db.conn.unchecked_transaction().map_err(|e| db.err(e))?;
         let mut s = Snapshot::default();
-        for u in rows::<5>(db, &user_sql(db))? {
-            let [Some(id), Some(email), Some(hash), privs, quota] = u else {
+        let count = |table: &str| -> Result<usize> {
+            db.conn
+                .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|n| usize::try_from(n).unwrap_or(0))
+                .map_err(|e| db.err(e))
+        };
+        s.users.reserve(count("users")?);
+        s.aliases.reserve(count("aliases")?);
+        each_row(db, &user_sql(db), |[id, email, hash, privs, quota]| {
+            let (Some(id), Some(email), Some(hash)) =
+                (id.and_then(|i| i.parse().ok()), email, hash)
+            else {
                 s.skipped += 1;
-                continue;
-            };
-            let Ok(id) = id.parse() else {
-                s.skipped += 1;
-                continue;
+                return;
             };
             s.note_domains(&email, true);
-            let user = User {
+            let row = UserRow {
                 id,
-                email: email.clone().into(),
-                password_hash: hash.into(),
-                privileges: parse_privs(privs.as_deref().unwrap_or("")),
-                quota: quota.map_or_else(|| "0".to_owned(), String::from),
+                hash,
+                privileges: privs.unwrap_or_default(),
+                quota: quota.filter(|q| &**q != "0"),
             };
-            s.users.insert(email, user);
-        }
+            s.users.insert(email, row);
+        })?;
         let ps = if db.schema.aliases_permitted_senders {
             "permitted_senders"
         } else {
             "NULL"
         };
-        for a in rows::<3>(
-            db,
-            &format!("SELECT source, destination, {ps} FROM aliases"),
-        )? {
-            let [Some(source), Some(destination), permitted_senders] = a else {
+        let sql = format!("SELECT source, destination, {ps} FROM aliases");
+        each_row(db, &sql, |[source, destination, permitted_senders]| {
+            let (Some(source), Some(destination)) = (source, destination) else {
                 s.skipped += 1;
-                continue;
+                return;
             };
             s.note_domains(&source, true);
-            s.aliases.insert(
-                source,
-                AliasRow {
-                    destination,
-                    permitted_senders,
-                },
-            );
-        }
+            let row = AliasRow {
+                destination,
+                permitted_senders,
+            };
+            s.aliases.insert(source, row);
+        })?;
         if db.schema.auto_aliases {
-            for a in rows::<2>(db, "SELECT source, destination FROM auto_aliases")? {
-                let [Some(source), Some(destination)] = a else {
+            let sql = "SELECT source, destination FROM auto_aliases";
+            each_row(db, sql, |[source, destination]| {
+                let (Some(source), Some(destination)) = (source, destination) else {
                     s.skipped += 1;
-                    continue;
+                    return;
                 };
                 s.note_domains(&source, false);
                 if !destination.is_empty() {
                     s.auto_aliases.insert(source, destination);
                 }
-            }
+            })?;
         }
         if db.schema.app_passwords {
             let sql =
                 "SELECT user_id FROM miab_sidecar_user_settings WHERE app_passwords_required<>0";
-            for [uid] in rows::<1>(db, sql)? {
+            each_row(db, sql, |[uid]| {
                 if let Some(uid) = uid.and_then(|u| u.parse().ok()) {
                     s.app_required.insert(uid);
                 }
-            }
+            })?;
             let sql = "SELECT id, user_id, hash, scopes FROM miab_sidecar_app_passwords";
-            for r in rows::<4>(db, sql)? {
-                let [Some(id), Some(uid), Some(hash), Some(scopes)] = r else {
+            each_row(db, sql, |[id, uid, hash, scopes]| {
+                let id = id.and_then(|i| i.parse().ok());
+                let uid = uid.and_then(|u| u.parse().ok());
+                let (Some(id), Some(user_id), Some(hash), Some(scopes)) = (id, uid, hash, scopes)
+                else {
                     s.skipped += 1;
-                    continue;
+                    return;
                 };
-                let (Ok(id), Ok(user_id)) = (id.parse(), uid.parse()) else {
-                    s.skipped += 1;
-                    continue;
+                let row = AppRow {
+                    id,
+                    user_id,
+                    scopes,
                 };
-                s.app_passwords.insert(
-                    hash,
-                    AppRow {
-                        id,
-                        user_id,
-                        scopes,
-                    },
-                );
-            }
+                s.app_passwords.insert(hash, row);
+            })?;
         }
         tx.commit().map_err(|e| db.err(e))?;
         s.shrink();
@@ -282,19 +295,18 @@ fn user_sql(db: &UserDb) -> String {
     )
 }
 
-/// Every row of `sql`, each column as text or `None`.
-fn rows<const N: usize>(db: &UserDb, sql: &str) -> Result<Vec<[Option<Box<str>>; N]>> {
+/// Calls `f` with every row of `sql`, each column as text or `None`.
+fn each_row<const N: usize>(
+    db: &UserDb,
+    sql: &str,
+    mut f: impl FnMut([Option<Box<str>>; N]),
+) -> Result<()> {
     let mut stmt = db.conn.prepare(sql).map_err(|e| db.err(e))?;
-    let mut out = Vec::new();
     let mut q = stmt.query([]).map_err(|e| db.err(e))?;
     while let Some(r) = q.next().map_err(|e| db.err(e))? {
-        let mut row: [Option<Box<str>>; N] = std::array::from_fn(|_| None);
-        for (i, slot) in row.iter_mut().enumerate() {
-            *slot = r.get_ref(i).ok().and_then(text);
-        }
-        out.push(row);
+        f(std::array::from_fn(|i| r.get_ref(i).ok().and_then(text)))
     }
-    Ok(out)
+    Ok(())
 }
 
 impl KeyTables for Snapshot {
@@ -312,8 +324,8 @@ impl KeyTables for Snapshot {
         {
             return Ok(Some(Cow::Borrowed(&a.destination)));
         }
-        if let Some(u) = self.users.get(key) {
-            return Ok(Some(Cow::Borrowed(&u.email)));
+        if let Some((email, _)) = self.users.get_key_value(key) {
+            return Ok(Some(Cow::Borrowed(email)));
         }
         Ok(self.auto_aliases.get(key).map(|d| Cow::Borrowed(&**d)))
     }
@@ -323,7 +335,10 @@ impl KeyTables for Snapshot {
             let v = a.permitted_senders.as_ref().unwrap_or(&a.destination);
             return Ok(Some(Cow::Borrowed(v)));
         }
-        Ok(self.users.get(key).map(|u| Cow::Borrowed(u.email.as_str())))
+        Ok(self
+            .users
+            .get_key_value(key)
+            .map(|(email, _)| Cow::Borrowed(&**email)))
     }
 }
 
@@ -350,8 +365,15 @@ impl Directory for Snapshot {
     fn sender_owners(&self, address: &str, delims: &Delimiters) -> Option<Vec<String>> {
         infallible(maps::sender_owners(self, address, delims))
     }
-    fn user(&self, email: &str) -> Option<&User> {
-        self.users.get(email)
+    fn user(&self, email: &str) -> Option<User> {
+        let (email, u) = self.users.get_key_value(email)?;
+        Some(User {
+            id: u.id,
+            email: email.to_string(),
+            password_hash: u.hash.to_string(),
+            privileges: parse_privs(&u.privileges),
+            quota: u.quota.as_deref().unwrap_or("0").to_owned(),
+        })
     }
     fn app_passwords_required(&self, user_id: i64) -> bool {
         self.app_required.contains(&user_id)
@@ -579,7 +601,7 @@ mod tests {
             assert_eq!(s.is_mail_domain(d), domains.contains(d), "{d}");
         }
         let me = s.user("me@example.com").unwrap();
-        assert_eq!(Some(me), db.user("me@example.com").unwrap().as_ref());
+        assert_eq!(Some(me), db.user("me@example.com").unwrap());
         assert!(s.user("ME@example.com").is_none());
     }
 

@@ -1,8 +1,12 @@
 //! `bench-lookup`: miab-lookup side by side with Postfix's own `sqlite:` tables over the same
 //! Mail-in-a-Box DB, in one run:
 //!
-//! 1. raw socketmap lookups from many concurrent connections, the daemon pinned to one core:
-//!    lookups/s, p50/p99 latency, daemon CPU time and peak RSS;
+//! 1. raw socketmap lookups from many concurrent connections, the daemon pinned to one core and
+//!    this client to the other: lookups/s, p50/p99 latency, daemon CPU time and peak RSS, for
+//!    keys that repeat and for a mix where a quarter of the keys are unknown and never repeat
+//!    (a dictionary attack), at 200 and at 20,000 users;
+//! 1b. the directory's size: snapshot read time and the daemon's RSS at 1,000, 20,000 and
+//!    100,000 users (with as many aliases);
 //! 2. Postfix's own table client (`postmap -q -`) over `sqlite:` and over `socketmap:`;
 //! 3. end to end: `smtp-source` into two Postfix instances, one with MIAB's `sqlite:` maps and
 //!    one with the socketmaps, delivering to `smtp-sink`.
@@ -26,9 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Users and aliases added to the fixture, so that the domain query scans a realistic table.
-const USERS: usize = 2000;
-const ALIASES: usize = 2000;
+/// Users and aliases added to the fixture for sections 2 and 3 (the domain query of Postfix's
+/// `sqlite:` map scans the tables).
+const USERS: usize = 5000;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -43,17 +47,16 @@ fn main() {
     );
 
     let dir = Scratch::new("bench");
-    let root = dir.mkdir("data");
-    let db = fixture::miab_box(&root);
-    grow(&db);
-    let keys = key_mix();
-    let start_daemon = |name: &str, extra: &str| {
+    let start_daemon = |name: &str, users: usize| {
+        let root = dir.mkdir(format!("{name}-data"));
+        let db = fixture::miab_box(&root);
+        grow(&db, users);
         let sock = dir.join(format!("{name}.sock"));
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
             &config,
             format!(
-                "storage_root = \"{}\"\n[lookup]\nlisten = \"unix:{}\"\nsocket_mode = \"0666\"\n{extra}\n",
+                "storage_root = \"{}\"\n[lookup]\nlisten = \"unix:{}\"\nsocket_mode = \"0666\"\n",
                 root.display(),
                 sock.display()
             ),
@@ -71,46 +74,142 @@ fn main() {
             ],
             dir.join(format!("{name}.log")),
         );
-        (daemon, sock)
+        (daemon, sock, db)
     };
-    let (daemon, sock) = start_daemon("lookup", "");
-    let (uncached, uncached_sock) = start_daemon("uncached", "cache_entries = 0");
+    let (daemon, sock, db) = start_daemon("lookup", USERS);
+    let (small, small_sock, _) = start_daemon("small", 200);
+    let (large, large_sock, _) = start_daemon("large", 20_000);
     pin_self_to_core_1();
+    let keys = key_mix();
+    let repeating_keys: Mix = Arc::new(move |n| keys[n % keys.len()].clone());
+    // Every fourth key an address never asked before; the rest as in the repeating mix.
+    let keys = key_mix();
+    let attack: Mix = Arc::new(move |n| {
+        if n % 4 == 3 {
+            (
+                "aliases",
+                format!("never{n}-{}@d{}.example", n * 7919, n % 50),
+            )
+        } else {
+            keys[(n / 4 * 3 + n % 4) % keys.len()].clone()
+        }
+    });
+    // The aliases-only mix: user, user+tag, a never-repeating unknown, a bare domain.
+    let aliases_only: Mix = Arc::new(|n| {
+        let i = n / 4 % 200;
+        let key = match n % 4 {
+            0 => format!("user{i}@d{}.example", i % 50),
+            1 => format!("user{i}+tag@d{}.example", i % 50),
+            2 => format!("nobody{n}@d{}.example", i % 50),
+            _ => format!("d{}.example", i % 50),
+        };
+        ("aliases", key)
+    });
     println!(
-        "# miab-lookup benchmark\n\nDB: fixture + {USERS} users + {ALIASES} aliases; key mix: {} keys over the 4 maps.\n",
-        keys.len()
+        "# miab-lookup benchmark\n\nDB: fixture + {USERS} users + {USERS} aliases (200 and 20,000 for the scaling rows); repeating mix: {} keys over the 4 maps.\n",
+        key_mix().len()
     );
 
-    println!("## 1. Raw socketmap lookups, daemon pinned to one core\n");
+    println!("## 1. Raw socketmap lookups, daemon pinned to one core, client to the other\n");
     println!(
-        "| memo | connections | lookups | lookups/s | p50 | p99 | daemon CPU s | lookups per daemon CPU s | daemon peak RSS |"
+        "| users | key mix | connections | lookups | lookups/s | p50 | p99 | daemon CPU s | lookups per daemon CPU s | daemon peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (memo, d, s, conns) in [
-        ("on", &daemon, &sock, 1),
-        ("on", &daemon, &sock, 8),
-        ("on", &daemon, &sock, 64),
-        ("off", &uncached, &uncached_sock, 8),
-        ("off", &uncached, &uncached_sock, 64),
-    ] {
-        let total = 200_000 / scale;
-        // Warm-up: the first pass over the keys fills the memo.
-        hammer(s, &keys, 4, keys.len());
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut rates = std::collections::HashMap::new();
+    for (row, (users, mix_name, mix, d, s, conns)) in [
+        (USERS, "repeating", &repeating_keys, &daemon, &sock, 1),
+        (USERS, "repeating", &repeating_keys, &daemon, &sock, 16),
+        (USERS, "repeating", &repeating_keys, &daemon, &sock, 64),
+        (USERS, "25% new unknown", &attack, &daemon, &sock, 16),
+        (USERS, "25% new unknown", &attack, &daemon, &sock, 64),
+        (
+            USERS,
+            "aliases: user/+tag/new unknown/domain",
+            &aliases_only,
+            &daemon,
+            &sock,
+            16,
+        ),
+        (200, "25% new unknown", &attack, &small, &small_sock, 16),
+        (20_000, "25% new unknown", &attack, &large, &large_sock, 16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let total = 300_000 / scale;
+        // Each row its own key numbers: a new unknown is new to the daemon.
+        let first = (row + 1) * 100_000_000;
+        hammer(s, mix, 4, 5000, first);
         let cpu0 = cpu_seconds(d.pid());
-        let (elapsed, mut lat) = hammer(s, &keys, conns, total);
+        let (elapsed, mut lat) = hammer(s, mix, conns, total, first + 5000);
         let cpu = cpu_seconds(d.pid()) - cpu0;
         lat.sort_unstable();
+        let rate = total as f64 / elapsed.as_secs_f64();
+        rates.insert((users, mix_name, conns), rate);
         println!(
-            "| {memo} | {conns} | {total} | {:.0} | {:?} | {:?} | {cpu:.2} | {:.0} | {} MiB |",
-            total as f64 / elapsed.as_secs_f64(),
+            "| {users} | {mix_name} | {conns} | {total} | {rate:.0} | {:?} | {:?} | {cpu:.2} | {:.0} | {} MiB |",
             percentile(&lat, 50.0),
             percentile(&lat, 99.0),
             total as f64 / cpu.max(0.01),
             status_kib(d.pid(), "VmHWM") / 1024,
         );
     }
-    drop(uncached);
+    let r = |u, m, c| rates[&(u, m, c)];
+    println!(
+        "\n25% new unknown vs repeating (16 connections): {}; 20,000 users vs 200 users: {}",
+        ratio(r(USERS, "25% new unknown", 16), r(USERS, "repeating", 16)),
+        ratio(
+            r(20_000, "25% new unknown", 16),
+            r(200, "25% new unknown", 16)
+        ),
+    );
+    drop((small, large));
 
+    println!("\n## 1b. The directory's size\n");
+    println!(
+        "| users + aliases | snapshot read (best of 3) | daemon RSS after start | daemon RSS after a change was read | daemon peak RSS | read in the daemon |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for n in [1_000, 20_000, 100_000] {
+        let (d, s, db) = start_daemon(&format!("size{n}"), n);
+        let read = (0..3)
+            .map(|_| {
+                let u = userdb::UserDb::open(&db, userdb::Access::ReadOnly).unwrap();
+                let t = Instant::now();
+                let snap = userdb::Snapshot::read(&u).unwrap();
+                assert!(snap.counts().0 >= n);
+                t.elapsed()
+            })
+            .min()
+            .unwrap();
+        hammer(&s, &repeating_keys, 1, 10, 0);
+        let rss0 = status_kib(d.pid(), "VmRSS");
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute(
+            "INSERT INTO aliases (source, destination) VALUES ('changed@d1.example', 'user1@d1.example')",
+            [],
+        )
+        .unwrap();
+        hammer(&s, &repeating_keys, 1, 10, 0);
+        let logged = d
+            .log()
+            .lines()
+            .rev()
+            .find_map(|l| {
+                l.split(" ms=")
+                    .nth(1)
+                    .map(|m| m.split(' ').next().unwrap_or("").to_owned())
+            })
+            .unwrap_or_default();
+        println!(
+            "| {n} + {n} | {read:?} | {} MiB | {} MiB | {} MiB | {logged} ms |",
+            rss0 / 1024,
+            status_kib(d.pid(), "VmRSS") / 1024,
+            status_kib(d.pid(), "VmHWM") / 1024,
+        );
+    }
+
+    let keys = key_mix();
     let maps = MiabSqliteMaps::write(dir.path(), &db);
     println!("\n## 2. Postfix's own client: `postmap -q -` over each table\n");
     println!(
@@ -196,19 +295,19 @@ fn main() {
     drop(daemon);
 }
 
-/// Adds users (with one fixed hash: hashing is not what is measured) and aliases.
-fn grow(db: &Path) {
+/// Adds `n` users (with one fixed hash: hashing is not what is measured) and `n` aliases.
+fn grow(db: &Path, n: usize) {
     let c = rusqlite::Connection::open(db).unwrap();
     c.execute_batch("BEGIN").unwrap();
     let hash = "{SHA512-CRYPT}$6$abcdefghijklmnop$x";
-    for i in 0..USERS {
+    for i in 0..n {
         c.execute(
             "INSERT INTO users (email, password, privileges, quota) VALUES (?1, ?2, '', '0')",
             [format!("user{i}@d{}.example", i % 50), hash.to_owned()],
         )
         .unwrap();
     }
-    for i in 0..ALIASES {
+    for i in 0..n {
         c.execute(
             "INSERT INTO aliases (source, destination, permitted_senders) VALUES (?1, ?2, NULL)",
             [
@@ -243,19 +342,23 @@ fn key_mix() -> Vec<(&'static str, String)> {
     keys
 }
 
-/// `conns` connections share `total` lookups; returns the wall time and every latency.
+/// Key number `n` of a mix.
+type Mix = Arc<dyn Fn(usize) -> (&'static str, String) + Send + Sync>;
+
+/// `conns` connections share `total` lookups, keys `first..`; returns the wall time and every
+/// latency.
 fn hammer(
     sock: &Path,
-    keys: &[(&'static str, String)],
+    keys: &Mix,
     conns: usize,
     total: usize,
+    first: usize,
 ) -> (Duration, Vec<Duration>) {
-    let keys = Arc::new(keys.to_vec());
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let threads: Vec<_> = (0..conns)
         .map(|_| {
-            let (keys, next, sock) = (Arc::clone(&keys), Arc::clone(&next), sock.to_owned());
+            let (keys, next, sock) = (Arc::clone(keys), Arc::clone(&next), sock.to_owned());
             std::thread::spawn(move || {
                 let mut s = UnixStream::connect(sock).unwrap();
                 let mut lat = Vec::new();
@@ -265,7 +368,7 @@ fn hammer(
                     if n >= total {
                         return lat;
                     }
-                    let (map, key) = &keys[n % keys.len()];
+                    let (map, key) = keys(first + n);
                     out.clear();
                     proto::encode(format!("{map} {key}").as_bytes(), &mut out);
                     let t = Instant::now();
