@@ -42,15 +42,18 @@ pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Run {
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+    // Fed from a thread: a child that answers as it reads would otherwise block on a full
+    // stdout pipe while we block on its full stdin.
+    let feeder = stdin.map(|input| {
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_owned();
+        std::thread::spawn(move || pipe.write_all(input.as_bytes()))
+    });
+    let out = child.wait_with_output().unwrap();
+    if let Some(f) = feeder {
+        f.join().unwrap().unwrap();
     }
-    Run::from(child.wait_with_output().unwrap())
+    Run::from(out)
 }
 
 /// `swaks --server 127.0.0.1:PORT` with extra arguments (`--to`, `--from`, `--auth`, ...).

@@ -4,9 +4,8 @@
 //! 1. raw socketmap lookups from many concurrent connections, the daemon pinned to one core and
 //!    this client to the other: lookups/s, p50/p99 latency, daemon CPU time and peak RSS, for
 //!    keys that repeat and for a mix where a quarter of the keys are unknown and never repeat
-//!    (a dictionary attack), at 200 and at 20,000 users;
-//! 1b. the directory's size: snapshot read time and the daemon's RSS at 1,000, 20,000 and
-//!    100,000 users (with as many aliases);
+//!    (a dictionary attack), at 200 and at 20,000 users; then the directory's size: snapshot
+//!    read time and the daemon's RSS at 1,000, 20,000 and 100,000 users (with as many aliases);
 //! 2. Postfix's own table client (`postmap -q -`) over `sqlite:` and over `socketmap:`;
 //! 3. end to end: `smtp-source` into two Postfix instances, one with MIAB's `sqlite:` maps and
 //!    one with the socketmaps, delivering to `smtp-sink`.
