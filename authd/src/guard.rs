@@ -365,6 +365,11 @@ mod tests {
             "her own device"
         );
         assert_eq!(
+            b.check(ip("::ffff:127.0.0.1"), "alice"),
+            None,
+            "webmail through a dual-stack socket is webmail too"
+        );
+        assert_eq!(
             b.check(ip("127.0.0.1"), "alice"),
             None,
             "webmail is another bucket"

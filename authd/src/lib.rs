@@ -120,14 +120,8 @@ impl State {
                 a.ip_failures_per_minute,
                 a.login_failures_per_minute,
                 Duration::from_secs(a.cooloff_secs),
-                a.proxy_networks
-                    .iter()
-                    .map(|n| {
-                        daemon::net::Cidr::parse(n).ok_or_else(|| {
-                            StartError::Config(format!("proxy_networks: bad network {n:?}"))
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
+                daemon::net::parse_list("proxy_networks", &a.proxy_networks)
+                    .map_err(StartError::Config)?,
             ),
             checkpassword: Mutex::new(helper),
             mailboxes: config.storage_root.join("mail").join("mailboxes"),

@@ -26,7 +26,8 @@ pub struct Config {
     /// Mail-in-a-Box's `STORAGE_ROOT`; the user DB is `STORAGE_ROOT/mail/users.sqlite`.
     /// Default `/home/user-data`.
     pub storage_root: PathBuf,
-    /// The box's `PRIMARY_HOSTNAME`. Default: the system host name.
+    /// The box's `PRIMARY_HOSTNAME`. Default: MIAB's from `/etc/mailinabox.conf`, else the
+    /// system host name.
     pub hostname: Option<String>,
     /// Postfix's `recipient_delimiter` (a set of characters; empty turns extensions off).
     /// Default `+`.
@@ -228,19 +229,17 @@ impl Config {
         Self::from_toml(&text, path)
     }
 
-    /// The host name for headers (`PRIMARY_HOSTNAME`): the configured one, else the system's.
+    /// The box's host name (`PRIMARY_HOSTNAME`), by the rule every binary shares
+    /// (`userdb::boxconf`): this file's `hostname`, else `/etc/mailinabox.conf`, else the
+    /// system's name.
     pub fn box_hostname(&self) -> String {
-        self.hostname.clone().unwrap_or_else(|| {
-            nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "localhost".into())
-        })
+        userdb::boxconf::primary_hostname(self.hostname.as_deref())
+            .unwrap_or_else(|| "localhost".into())
     }
 
     /// The user DB: `STORAGE_ROOT/mail/users.sqlite`.
     pub fn db_path(&self) -> PathBuf {
-        self.storage_root.join("mail").join("users.sqlite")
+        userdb::db_path(&self.storage_root)
     }
 
     /// The DB busy timeout.

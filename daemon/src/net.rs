@@ -31,8 +31,9 @@ impl Cidr {
         Cidr { addr, prefix }
     }
 
-    /// Parses `ADDR` or `ADDR/LEN`.
+    /// Parses `ADDR` or `ADDR/LEN` (surrounding white space ignored).
     pub fn parse(s: &str) -> Option<Cidr> {
+        let s = s.trim();
         let (a, p) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
             None => (s, None),
@@ -69,6 +70,16 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// Parses a list setting of networks, once, at start; the error names the setting and entry.
+pub fn parse_list(setting: &str, items: &[String]) -> Result<Vec<Cidr>, String> {
+    items
+        .iter()
+        .map(|i| {
+            Cidr::parse(i).ok_or_else(|| format!("{setting}: {i:?} is not an address or network"))
+        })
+        .collect()
+}
+
 /// Is `ip` in any of `nets`?
 pub fn any_contains(nets: &[Cidr], ip: IpAddr) -> bool {
     nets.iter().any(|n| n.contains(ip))
@@ -100,5 +111,40 @@ mod tests {
         for bad in ["192.0.2.0/33", "x", "1.2.3/8", "::/129", "1.2.3.4/"] {
             assert!(Cidr::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    /// Every network list of the sample config (the milter's `trusted_hosts`, policyd's
+    /// `trusted_clients`, authd's `proxy_networks`) takes a client that arrives as an
+    /// IPv4-mapped IPv6 address (a dual-stack listener) as the IPv4 address it is.
+    #[test]
+    fn every_list_matches_ipv4_mapped_clients() {
+        let c = crate::Config::from_toml(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../packaging/sidecars.toml"
+            ))
+            .unwrap(),
+            std::path::Path::new("sidecars.toml"),
+        )
+        .unwrap();
+        for (setting, list) in [
+            ("milter.trusted_hosts", &c.milter.trusted_hosts),
+            ("policyd.trusted_clients", &c.policyd.trusted_clients),
+            ("authd.proxy_networks", &c.authd.proxy_networks),
+        ] {
+            let nets = parse_list(setting, list).unwrap();
+            for ip in ["127.0.0.1", "::ffff:127.0.0.1", "::1"] {
+                assert!(any_contains(&nets, ip.parse().unwrap()), "{setting} {ip}");
+            }
+            assert!(
+                !any_contains(&nets, "::ffff:192.0.2.1".parse().unwrap()),
+                "{setting}"
+            );
+        }
+        let e = parse_list("milter.trusted_hosts", &["10.0.0.0/33".into()]).unwrap_err();
+        assert_eq!(
+            e,
+            "milter.trusted_hosts: \"10.0.0.0/33\" is not an address or network"
+        );
     }
 }

@@ -261,28 +261,13 @@ fn open(cli: &Cli, access: Access) -> Result<UserDb> {
     }
 }
 
-/// `PRIMARY_HOSTNAME`: flag or env, then MIAB's /etc/mailinabox.conf, then the system's name.
+/// `PRIMARY_HOSTNAME` by the rule every binary shares (`userdb::boxconf`): flag or env, then
+/// MIAB's /etc/mailinabox.conf, then the system's name.
 fn box_env(cli: &Cli) -> Result<BoxEnv> {
-    let from_conf = || -> Option<String> {
-        let text = std::fs::read_to_string("/etc/mailinabox.conf").ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("PRIMARY_HOSTNAME="))
-            .map(|v| v.trim().to_owned())
-    };
-    let from_system = || -> Option<String> {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|s| s.trim().to_owned())
-    };
-    let name = cli
-        .hostname
-        .clone()
-        .or_else(from_conf)
-        .or_else(from_system)
-        .filter(|h| !h.is_empty())
+    let name = userdb::boxconf::primary_hostname(cli.hostname.as_deref())
         .context("cannot tell the box's hostname; pass --hostname")?;
     Ok(BoxEnv {
-        primary_hostname: name.to_lowercase(),
+        primary_hostname: name,
     })
 }
 

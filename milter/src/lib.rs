@@ -16,6 +16,7 @@ pub mod keys;
 mod message;
 pub mod results;
 
+use daemon::net::Cidr;
 use daemon::{Config, Listener, Shutdown};
 use indymilter::{
     Actions, Callbacks, Config as MilterLoop, MacroStage, ProtoOpts, SocketInfo, Status,
@@ -38,7 +39,7 @@ pub struct State {
     pub(crate) rsa_selector: String,
     pub(crate) ed25519_selector: String,
     pub(crate) sign_headers: Vec<String>,
-    pub(crate) trusted: Vec<(IpAddr, u8)>,
+    pub(crate) trusted: Vec<Cidr>,
     pub(crate) verify: bool,
     pub(crate) dmarc_reject: bool,
     pub(crate) verify_timeout: Duration,
@@ -69,37 +70,10 @@ pub enum StartError {
     UserDb(#[from] userdb::Error),
     #[error("DNS resolver: {0}")]
     Dns(String),
-    #[error("[milter] trusted_hosts: {0:?} is not an address or network")]
+    #[error("[milter] {0}")]
     Trusted(String),
     #[error("[milter] accept_listen: {0}")]
     AcceptListen(String),
-}
-
-/// Parses `192.0.2.1`, `2001:db8::/32` and the like.
-pub fn parse_network(s: &str) -> Option<(IpAddr, u8)> {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l.parse::<u8>().ok()?)),
-        None => (s, None),
-    };
-    let ip: IpAddr = addr.trim().parse().ok()?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = len.unwrap_or(max);
-    (len <= max).then_some((ip, len))
-}
-
-/// Is `ip` inside `net`?
-pub fn in_network(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
 }
 
 impl State {
@@ -116,11 +90,8 @@ impl State {
         let keys = keys::Keyring::load(&key, m.ed25519_key_file.as_deref())?;
         let key_paths = (key, m.ed25519_key_file.clone());
         let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
-        let trusted = m
-            .trusted_hosts
-            .iter()
-            .map(|t| parse_network(t).ok_or_else(|| StartError::Trusted(t.clone())))
-            .collect::<Result<Vec<_>, _>>()?;
+        let trusted = daemon::net::parse_list("trusted_hosts", &m.trusted_hosts)
+            .map_err(StartError::Trusted)?;
         let accept_only = if m.accept_listen.is_empty() {
             None
         } else {
@@ -181,7 +152,7 @@ impl State {
     }
 
     pub(crate) fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|n| in_network(ip, *n))
+        daemon::net::any_contains(&self.trusted, ip)
     }
 }
 

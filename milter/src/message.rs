@@ -23,6 +23,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use userdb::Directory;
+use userdb::address::domain_lowercase;
 
 /// Body chunks (up to 64 KiB each) waiting for the signer.
 const SIGNER_QUEUE: usize = 4;
@@ -420,11 +421,6 @@ impl Session {
         }
         Status::Continue
     }
-}
-
-/// The domain of an address (after its last `@`), lowercased.
-fn domain_lowercase(addr: &str) -> Option<String> {
-    addr.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())
 }
 
 /// Is there a header `name` in the raw block?

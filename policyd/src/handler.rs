@@ -111,11 +111,7 @@ pub fn sender_not_logged_in() -> String {
     "553 5.7.1 not logged in".to_owned()
 }
 
-/// The domain part of an address, lowercased; `None` for the null sender or no `@`.
-pub fn domain_of(addr: &str) -> Option<String> {
-    let (_, d) = addr.rsplit_once('@')?;
-    (!d.is_empty()).then(|| d.trim_end_matches('.').to_ascii_lowercase())
-}
+pub use userdb::address::domain_lowercase as domain_of;
 
 /// Expands postgrey's greylist text: `%r` the recipient's domain, `%s` seconds left. Like
 /// postgrey, a Postfix that sends `etrn_domain` (2.3+) gets `4.2.0` in front unless the text

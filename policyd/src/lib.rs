@@ -80,14 +80,7 @@ impl State {
             .map(|c| Check::parse(c))
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
-        let trusted = p
-            .trusted_clients
-            .iter()
-            .map(|c| {
-                net::Cidr::parse(c).ok_or_else(|| format!("trusted_clients: bad network {c:?}"))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(bad)?;
+        let trusted = net::parse_list("trusted_clients", &p.trusted_clients).map_err(bad)?;
         let dqs = p.dnsbl.dqs_key.as_deref();
         let lists = |ls: &[daemon::ListConfig]| {
             ls.iter()

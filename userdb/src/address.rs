@@ -181,6 +181,15 @@ pub fn domain_of(addr: &str) -> Option<&str> {
     addr.split_once('@').map(|(_, d)| d)
 }
 
+/// The domain of a peer's address as DNS and the daemons' checks want it: after the last `@`,
+/// ASCII-lowercased, without a trailing dot. `None` without an `@` or with nothing after it.
+/// (MIAB's own rule for stored addresses is [`domain_of`].)
+pub fn domain_lowercase(addr: &str) -> Option<String> {
+    let (_, d) = addr.rsplit_once('@')?;
+    let d = d.trim_end_matches('.');
+    (!d.is_empty()).then(|| d.to_ascii_lowercase())
+}
+
 /// Folds a key the way Postfix folds fixed-string table keys with SMTPUTF8 off (ASCII only).
 pub fn fold(key: &str) -> String {
     key.to_ascii_lowercase()

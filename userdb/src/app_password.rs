@@ -48,7 +48,7 @@ pub struct AppPasswordMatch {
     pub scopes: String,
 }
 
-/// Now, in the Unix seconds the created and last-use times are kept in.
+/// Now, in Unix seconds: the created and last-use times here, and every daemon's own clock.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

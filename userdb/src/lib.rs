@@ -9,6 +9,7 @@
 //! - the [`directory`] the daemons ask: an in-memory snapshot with the same answers, and the
 //!   live handle that swaps it when the DB changes (`handle`, feature `async`);
 //! - app passwords, in our own `miab_sidecar_*` tables ([`app_password`]);
+//! - the box's host name, one rule for every binary ([`boxconf`]);
 //! - the backup hold that keeps the daemons' own files copyable ([`backup`]);
 //! - SHA512-CRYPT hashing compatible with `doveadm pw` ([`password`]);
 //! - MIAB's display order ([`sort`]).
@@ -19,6 +20,7 @@ pub mod address;
 pub mod admin;
 pub mod app_password;
 pub mod backup;
+pub mod boxconf;
 pub mod db;
 pub mod directory;
 mod error;

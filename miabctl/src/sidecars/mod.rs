@@ -461,9 +461,9 @@ fn preflight(sys: &Sys) -> Result<()> {
         bail!("run this as root");
     }
     // The packaged units name the default storage root in their sandbox paths.
-    let miab = std::fs::read_to_string("/etc/mailinabox.conf").unwrap_or_default();
-    if let Some(root) = miab.lines().find_map(|l| l.strip_prefix("STORAGE_ROOT=")) {
-        let root = root.trim().trim_matches('"');
+    let miab = std::fs::read_to_string(userdb::boxconf::MIAB_CONF).unwrap_or_default();
+    if let Some(root) = userdb::boxconf::conf_value(&miab, "STORAGE_ROOT") {
+        let root = root.as_str();
         if Path::new(root) != sys.storage_root || Path::new(root) != Path::new(UNITS_STORAGE_ROOT) {
             bail!(
                 "this box's STORAGE_ROOT is {root}; the packaged units and /etc/miab/sidecars.toml use {UNITS_STORAGE_ROOT}: \

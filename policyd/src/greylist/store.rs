@@ -382,12 +382,7 @@ fn sweep_table(
     Ok(doomed.len())
 }
 
-/// Seconds since the epoch.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
+pub use userdb::app_password::unix_now;
 
 #[cfg(test)]
 mod tests {
