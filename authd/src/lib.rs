@@ -3,9 +3,12 @@
 //!
 //! - [`proto`]: the line codec, tab-escaping, the handshake, without I/O.
 //! - [`handler`]: the PLAIN and LOGIN exchanges and the plaintext policy, as plain functions.
-//! - `session`: one connection's exchanges, and the DB verification (main and app passwords).
+//! - `session`: one connection's exchanges.
+//! - `verify`: a login and password against the directory (main and app passwords, the brake,
+//!   the success cache).
 //! - [`checkpassword`]: the `miab-checkpassword` helper Dovecot 2.3 runs, a client of the
 //!   checkpassword socket.
+//! - [`settings`]: the `[authd]` section.
 //! - [`run`]: serves the Postfix socket and the checkpassword socket until shutdown.
 
 pub mod checkpassword;
@@ -13,8 +16,10 @@ pub mod guard;
 pub mod handler;
 pub mod proto;
 mod session;
+pub mod settings;
+mod verify;
 
-use daemon::{Config, Limits, ListenAddr, Listener, Shutdown};
+use daemon::{Config, Limits, Listener, Loaded, Shutdown};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -36,8 +41,6 @@ pub struct State {
     decoy_hash: String,
     cache: guard::SuccessCache,
     brake: guard::Brake,
-    /// The checkpassword socket, bound at start and served by [`run`].
-    checkpassword: Mutex<Option<Listener>>,
     /// `STORAGE_ROOT/mail/mailboxes`: homes are `<domain>/<local part>` below it.
     mailboxes: PathBuf,
     mail_uid: String,
@@ -70,28 +73,15 @@ pub enum StartError {
     UserDb(#[from] userdb::Error),
     #[error("no randomness for the cookie: {0}")]
     Random(String),
-    #[error("[authd] {0}")]
-    Config(String),
-    #[error("checkpassword socket {addr}: {error}")]
-    Bind { addr: String, error: std::io::Error },
 }
 
 impl State {
-    /// Opens the DB named by `config` and binds the checkpassword socket (`checkpassword`
-    /// overrides the configured address). Must run inside the runtime.
-    pub fn open(config: &Config, checkpassword: Option<&ListenAddr>) -> Result<State, StartError> {
-        let a = &config.authd;
-        let helper = match checkpassword {
-            Some(addr) => Some(bind_checkpassword(addr, config)?),
-            None if a.checkpassword_listen.is_empty() => None,
-            None => {
-                let addr: ListenAddr = a
-                    .checkpassword_listen
-                    .parse()
-                    .map_err(|e| StartError::Config(format!("checkpassword_listen: {e}")))?;
-                Some(bind_checkpassword(&addr, config)?)
-            }
-        };
+    /// Opens the DB named by `config`. Must run inside the runtime.
+    pub fn open(
+        config: &Config,
+        section: &Loaded<settings::Settings>,
+    ) -> Result<State, StartError> {
+        let a = &section.settings;
         let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
         // Twice the cores: a verification waits for the blocking pool's hand-off now and
         // then, and the cores should not idle meanwhile.
@@ -107,7 +97,7 @@ impl State {
         Ok(State {
             dir,
             hashers,
-            limits: a.limits(),
+            limits: section.server.limits.clone(),
             pid: std::process::id(),
             cookie: hex(&bytes),
             failure_delay: Duration::from_millis(a.failure_delay_ms),
@@ -120,10 +110,8 @@ impl State {
                 a.ip_failures_per_minute,
                 a.login_failures_per_minute,
                 Duration::from_secs(a.cooloff_secs),
-                daemon::net::parse_list("proxy_networks", &a.proxy_networks)
-                    .map_err(StartError::Config)?,
+                a.proxy_networks.clone(),
             ),
-            checkpassword: Mutex::new(helper),
             mailboxes: config.storage_root.join("mail").join("mailboxes"),
             mail_uid: a.mail_uid.clone(),
             mail_gid: a.mail_gid.clone(),
@@ -132,15 +120,9 @@ impl State {
         })
     }
 
-    /// Where the checkpassword socket listens, if it does.
-    pub fn checkpassword_addr(&self) -> Option<String> {
-        let l = self.checkpassword.lock().ok()?;
-        l.as_ref()?.local_addr().ok().map(|a| a.to_string())
-    }
-
     /// The userdb fields MIAB's Dovecot `user_query` yields: home (`%d/%n` below the
     /// mailboxes directory), uid, gid and the quota rule.
-    pub(crate) fn userdb_fields(&self, account: &session::Account) -> Vec<(&'static str, String)> {
+    pub(crate) fn userdb_fields(&self, account: &verify::Account) -> Vec<(&'static str, String)> {
         let (local, domain) = account
             .email
             .rsplit_once('@')
@@ -198,40 +180,23 @@ fn open_usage_log(db: &std::path::Path) -> Option<Arc<Mutex<app_password::UsageL
     }
 }
 
-fn bind_checkpassword(addr: &ListenAddr, config: &Config) -> Result<Listener, StartError> {
-    let a = &config.authd;
-    let unix = daemon::UnixOptions {
-        mode: daemon::listen::parse_mode(&a.checkpassword_socket_mode)
-            .map_err(|e| StartError::Config(format!("checkpassword_socket_mode: {e}")))?,
-        group: a.checkpassword_socket_group.clone(),
-    };
-    let bind_err = |error| StartError::Bind {
-        addr: addr.to_string(),
-        error,
-    };
-    // /run/miab-authd comes from systemd's RuntimeDirectory=; started by hand, make it.
-    if let ListenAddr::Unix(path) = addr
-        && let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).map_err(bind_err)?;
-    }
-    Listener::bind(addr, &unix).map_err(bind_err)
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Serves `listener` (Postfix's socket) and the checkpassword socket until `shutdown` fires,
-/// then drains both.
-pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<()> {
+/// Serves `listener` (Postfix's socket) and `checkpassword`, if there is one, until
+/// `shutdown` fires, then drains both.
+pub async fn run(
+    listener: Listener,
+    checkpassword: Option<Listener>,
+    state: Arc<State>,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let limits = state.limits.clone();
     let _sweeper = daemon::periodic(Duration::from_secs(60), {
         let state = Arc::clone(&state);
         move || state.brake.sweep()
     });
-    let helper = state.checkpassword.lock().ok().and_then(|mut l| l.take());
     let serve = |listener, socket| {
         let state = Arc::clone(&state);
         daemon::serve(listener, &limits, shutdown.clone(), move |conn| {
@@ -239,7 +204,7 @@ pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> s
         })
     };
     let postfix = serve(listener, session::Socket::Postfix);
-    match helper {
+    match checkpassword {
         Some(h) => {
             let helper = serve(h, session::Socket::Checkpassword);
             tokio::try_join!(postfix, helper).map(drop)

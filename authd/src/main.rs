@@ -22,16 +22,18 @@ fn main() -> ExitCode {
         "miab-authd",
         Runtime::MultiThread,
         &args.common,
-        |c| &mut c.authd,
-        |config| {
-            let state = authd::State::open(config, args.checkpassword_listen.as_ref())?;
-            let summary = format!(
-                "db={} checkpassword={}",
-                config.db_path().display(),
-                state.checkpassword_addr().as_deref().unwrap_or("off")
-            );
-            Ok::<_, authd::StartError>((state, summary))
+        |section: &mut daemon::Loaded<authd::settings::Settings>| {
+            if let Some(addr) = args.checkpassword_listen.clone() {
+                section.settings.checkpassword_listen = Some(addr);
+            }
         },
-        authd::run,
+        |config, section| {
+            let state = authd::State::open(config, section)?;
+            Ok::<_, authd::StartError>((state, format!("db={}", config.db_path().display())))
+        },
+        |mut l, state, shutdown| {
+            let helper = l.take("checkpassword_listen");
+            authd::run(l.main, helper, state, shutdown)
+        },
     )
 }

@@ -7,15 +7,14 @@
 //! applies its own `auth_failure_delay`.
 
 use crate::State;
-use crate::guard;
 use crate::handler::{self, Credentials, INSECURE_REASON, LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT};
 use crate::proto::{self, Auth, Command, LineError, Lines, Reply};
+use crate::verify::Verified;
 use daemon::Conn;
 use daemon::session::{Decoder, Handler};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use userdb::{Directory, Password, app_password};
 
 /// Which socket a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +93,7 @@ impl Handler<Command> for Answers {
         );
     }
 
-    async fn answer(&mut self, cmd: Command, _seq: u64, out: &mut Vec<u8>) {
+    async fn answer(&mut self, cmd: Command, out: &mut Vec<u8>) {
         // Exchanges a client walked away from are forgotten, in one sweep a second at most.
         let ttl = self.state.exchange_timeout;
         if !self.pending.is_empty() && self.swept.elapsed() >= Duration::from_secs(1) {
@@ -103,7 +102,7 @@ impl Handler<Command> for Answers {
             self.swept = Instant::now();
         }
         // Command's Debug form leaves out SASL responses.
-        tracing::debug!(cuid = self.cuid, command = ?cmd, "request");
+        tracing::debug!(command = ?cmd, "request");
         let reply = match cmd {
             Command::Version { .. } | Command::Cpid(_) => return,
             Command::Auth(auth) => self.start(auth).await,
@@ -152,7 +151,7 @@ impl Answers {
             &auth.remote_ip,
             self.state.allow_insecure_plaintext,
         ) {
-            tracing::info!(cuid = self.cuid, id, rip = ?auth.remote_ip, "plaintext authentication without TLS refused");
+            tracing::info!(id, rip = ?auth.remote_ip, "plaintext authentication without TLS refused");
             return fail(INSECURE_REASON);
         }
         let step = match (auth.mech.as_str(), auth.resp.as_deref()) {
@@ -227,7 +226,7 @@ impl Answers {
             },
             Ok(None) => Reply::NotFound { id },
             Err(e) => {
-                tracing::warn!(cuid = self.cuid, id, service, error = %e, "user DB unavailable; temporary failure");
+                tracing::warn!(id, service, error = %e, "user DB unavailable; temporary failure");
                 Reply::Fail {
                     id,
                     temp: true,
@@ -247,13 +246,13 @@ impl Answers {
                     .await
             }
             Err(e) => {
-                tracing::info!(cuid = self.cuid, id, rip = ?auth.remote_ip, error = %e, "malformed SASL response");
+                tracing::info!(id, rip = ?auth.remote_ip, error = %e, "malformed SASL response");
                 Verified::No(String::new(), "malformed SASL response")
             }
         };
         match outcome {
             Verified::Yes(account, how) => {
-                tracing::info!(cuid = self.cuid, id, user = ?account.email, rip = ?auth.remote_ip, service = ?auth.service, with = how, "authenticated");
+                tracing::info!(id, user = ?account.email, rip = ?auth.remote_ip, service = ?auth.service, with = how, "authenticated");
                 self.state.brake.succeeded(
                     auth.remote_ip.parse().ok(),
                     &handler::fold_login(&account.email),
@@ -269,7 +268,7 @@ impl Answers {
                 }
             }
             Verified::No(login, why) => {
-                tracing::info!(cuid = self.cuid, id, login = ?login, rip = ?auth.remote_ip, service = ?auth.service, reason = why, "authentication failed");
+                tracing::info!(id, login = ?login, rip = ?auth.remote_ip, service = ?auth.service, reason = why, "authentication failed");
                 if self.socket == Socket::Postfix {
                     tokio::time::sleep(self.state.failure_delay).await;
                 }
@@ -280,7 +279,7 @@ impl Answers {
                 }
             }
             Verified::Refused(login) => {
-                tracing::info!(cuid = self.cuid, id, login = ?login, rip = ?auth.remote_ip, "refused while cooling off");
+                tracing::info!(id, login = ?login, rip = ?auth.remote_ip, "refused while cooling off");
                 Reply::Fail {
                     id,
                     temp: false,
@@ -288,7 +287,7 @@ impl Answers {
                 }
             }
             Verified::Temp(why) => {
-                tracing::warn!(cuid = self.cuid, id, rip = ?auth.remote_ip, error = %why, "user DB unavailable; temporary failure");
+                tracing::warn!(id, rip = ?auth.remote_ip, error = %why, "user DB unavailable; temporary failure");
                 Reply::Fail {
                     id,
                     temp: true,
@@ -296,135 +295,5 @@ impl Answers {
                 }
             }
         }
-    }
-}
-
-/// A user row, as far as authentication needs it.
-#[derive(Clone)]
-pub(crate) struct Account {
-    /// The canonical address.
-    pub(crate) email: String,
-    hash: String,
-    id: i64,
-    app_passwords_required: bool,
-    /// MIAB's quota string (`0`, `500M`, ...).
-    pub(crate) quota: String,
-}
-
-/// What a verification found.
-pub(crate) enum Verified {
-    /// The account, and which password matched (for the log).
-    Yes(Account, &'static str),
-    /// Refused (the folded login and why, for the log).
-    No(String, &'static str),
-    /// The client or the login is cooling off after too many failures (the folded login).
-    Refused(String),
-    /// The DB could not answer.
-    Temp(String),
-}
-
-impl State {
-    /// The account for a folded login, from the directory in memory.
-    pub(crate) async fn account(&self, key: &str) -> userdb::Result<Option<Account>> {
-        let dir = self.dir.current().await?;
-        Ok(dir.user(key).map(|u| Account {
-            app_passwords_required: dir.app_passwords_required(u.id),
-            email: u.email,
-            hash: u.password_hash,
-            id: u.id,
-            quota: u.quota,
-        }))
-    }
-
-    /// Checks a login and password against the user DB: an app password first (when the
-    /// password has that shape), then the main password unless the user requires app
-    /// passwords.
-    pub(crate) async fn verify(
-        &self,
-        login: &str,
-        password: Password,
-        rip: &str,
-        service: &str,
-    ) -> Verified {
-        let key = handler::fold_login(login);
-        let ip = rip.parse().ok();
-        if self.brake.check(ip, &key).is_some() {
-            return Verified::Refused(key);
-        }
-        let account = match self.account(&key).await {
-            Ok(a) => a,
-            Err(e) => return Verified::Temp(e.to_string()),
-        };
-        let Some(account) = account else {
-            // An unknown user costs a hash as well, so timing does not tell which logins exist.
-            self.hashers.verify(password, self.decoy_hash.clone()).await;
-            return self.failed(ip, key, rip, "unknown user");
-        };
-        if let Some(digest) = app_password::candidate_digest(password.expose()) {
-            let found = self
-                .dir
-                .current()
-                .await
-                .map(|dir| dir.app_password(account.id, &digest));
-            match found {
-                Err(e) => return Verified::Temp(e.to_string()),
-                Ok(Some(m)) => {
-                    if !app_password::scope_allows(&m.scopes, service) {
-                        return self.failed(
-                            ip,
-                            key,
-                            rip,
-                            "app password not valid for this service",
-                        );
-                    }
-                    self.touch_app_password(m.id);
-                    return Verified::Yes(account, "app password");
-                }
-                Ok(None) => {}
-            }
-        }
-        if account.app_passwords_required {
-            // As long as a wrong password takes: no faster answer tells such users apart.
-            self.hashers.verify(password, self.decoy_hash.clone()).await;
-            return self.failed(ip, key, rip, "app password required");
-        }
-        if self.cache.hit(&key, password.expose(), &account.hash) {
-            return Verified::Yes(account, "remembered password");
-        }
-        let remember = password.clone();
-        if self.hashers.verify(password, account.hash.clone()).await {
-            self.cache.insert(&key, remember.expose(), &account.hash);
-            Verified::Yes(account, "password")
-        } else {
-            self.failed(ip, key, rip, "wrong password")
-        }
-    }
-
-    /// Counts a failure against the brake, logging a block once, in a fixed shape fail2ban
-    /// can match.
-    fn failed(
-        &self,
-        ip: Option<std::net::IpAddr>,
-        key: String,
-        rip: &str,
-        why: &'static str,
-    ) -> Verified {
-        for b in self.brake.failed(ip, &key) {
-            match b {
-                guard::Blocked::Ip(net) => tracing::warn!(
-                    "authentication brake: too many failures from rip={net}, refused for {} s",
-                    self.brake.cooloff().as_secs()
-                ),
-                guard::Blocked::Login(l) => tracing::warn!(
-                    "authentication brake: too many failures for login={l:?} (last rip={rip:?}), refused for {} s to clients it never logged in from",
-                    self.brake.cooloff().as_secs()
-                ),
-                guard::Blocked::ProxiedLogin(l) => tracing::warn!(
-                    "authentication brake: too many failures for login={l:?} through a trusted proxy (rip={rip:?}), refused there for {} s",
-                    self.brake.cooloff().as_secs()
-                ),
-            }
-        }
-        Verified::No(key, why)
     }
 }

@@ -1,26 +1,30 @@
-//! `/etc/miab/sidecars.toml`: shared settings now, one section per daemon as they arrive.
+//! `/etc/miab/sidecars.toml`: one file for every daemon.
 //!
-//! Every field has a default, so no file at all is a valid configuration. Unknown fields are an
-//! error, so a typo is reported instead of silently ignored.
+//! The top level holds what the daemons share: the storage root, the box's host name, the
+//! recipient delimiter, the DB busy timeout and `[dns]`. Each daemon's section is declared,
+//! typed and validated by that daemon's own crate (a [`Section`]), and read from the same text
+//! when the daemon starts, so an error keeps its file and line. The listener settings every
+//! section has (`listen`, `socket_mode`, ... see [`Server`]) are taken out here.
+//!
+//! Every field has a default, so no file at all is a valid configuration. Unknown keys and
+//! sections are an error, so a typo is reported instead of silently ignored.
 
-mod authd;
-mod milter;
-mod policyd;
-
-use crate::listen::ListenAddr;
-pub use authd::AuthdConfig;
-pub use milter::{MilterConfig, OPENDKIM_SIGN_HEADERS};
-pub use policyd::{DnsblConfig, GreylistConfig, ListConfig, PolicydConfig, RateLimitConfig};
+use crate::listen::{ListenAddr, UnixOptions};
+use crate::serve::Limits;
 use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use std::fmt;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 /// Where the file is looked for when neither `--config` nor `MIAB_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/miab/sidecars.toml";
 
-/// The whole file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The shared part of the file, and the file itself for the daemons' sections.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Mail-in-a-Box's `STORAGE_ROOT`; the user DB is `STORAGE_ROOT/mail/users.sqlite`.
@@ -36,14 +40,20 @@ pub struct Config {
     pub db_busy_timeout_ms: u64,
     /// `[dns]`: how the daemons reach DNS.
     pub dns: DnsConfig,
-    /// `[lookup]`: the socketmap daemon.
-    pub lookup: LookupConfig,
-    /// `[policyd]`: the policy daemon.
-    pub policyd: PolicydConfig,
-    /// `[authd]`: the SMTP AUTH daemon.
-    pub authd: AuthdConfig,
-    /// `[milter]`: DKIM signing and DKIM/SPF/DMARC verification.
-    pub milter: MilterConfig,
+    // The daemons' sections are only checked to be tables here; each daemon reads its own.
+    lookup: Option<toml::Table>,
+    policyd: Option<toml::Table>,
+    authd: Option<toml::Table>,
+    milter: Option<toml::Table>,
+    #[serde(skip)]
+    source: Option<Source>,
+}
+
+/// The file a configuration was read from.
+#[derive(Debug, Clone)]
+struct Source {
+    path: PathBuf,
+    text: String,
 }
 
 /// `[dns]`.
@@ -73,90 +83,6 @@ impl DnsConfig {
     }
 }
 
-/// A daemon section's listener settings and limits, from the fields every daemon section has
-/// (`socket_mode`, `socket_group`, `max_connections` and the three timeouts).
-macro_rules! server_section {
-    ($section:ty, $name:literal) => {
-        impl $crate::launch::Section for $section {
-            fn name(&self) -> &'static str {
-                $name
-            }
-
-            fn listen_mut(&mut self) -> &mut $crate::listen::ListenAddr {
-                &mut self.listen
-            }
-
-            fn unix_options(&self) -> Result<$crate::listen::UnixOptions, String> {
-                <$section>::unix_options(self)
-            }
-        }
-
-        impl $section {
-            /// The listener settings, with the socket mode checked.
-            pub fn unix_options(&self) -> Result<$crate::listen::UnixOptions, String> {
-                Ok($crate::listen::UnixOptions {
-                    mode: $crate::listen::parse_mode(&self.socket_mode)?,
-                    group: self.socket_group.clone(),
-                })
-            }
-
-            /// The connection limits.
-            pub fn limits(&self) -> $crate::serve::Limits {
-                $crate::serve::Limits {
-                    max_connections: self.max_connections,
-                    io_timeout: std::time::Duration::from_secs(self.io_timeout_secs),
-                    idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
-                    drain_timeout: std::time::Duration::from_secs(self.drain_timeout_secs),
-                }
-            }
-        }
-    };
-}
-use server_section;
-
-/// `[lookup]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LookupConfig {
-    /// Where to listen, in Postfix notation. Default `inet:127.0.0.1:10029`.
-    pub listen: ListenAddr,
-    /// Mode of a UNIX socket, octal. Default `"0660"`.
-    pub socket_mode: String,
-    /// Group of a UNIX socket (Postfix needs access: `postfix`). Default: the daemon's group.
-    pub socket_group: Option<String>,
-    /// Connections served at once. Default 512 (Postfix keeps one per process and map server).
-    pub max_connections: usize,
-    /// Seconds a started request may take to arrive, and a reply to be written. Default 10.
-    pub io_timeout_secs: u64,
-    /// Seconds a connection may sit idle (Postfix closes its own after 10). Default 300.
-    pub idle_timeout_secs: u64,
-    /// Seconds shutdown waits for connections to finish. Default 5.
-    pub drain_timeout_secs: u64,
-    /// Obsolete (the directory is held in memory); accepted so an older file still loads,
-    /// and ignored with a warning.
-    pub db_connections: Option<usize>,
-    /// Obsolete, as `db_connections`.
-    pub cache_entries: Option<usize>,
-}
-
-impl Default for LookupConfig {
-    fn default() -> Self {
-        LookupConfig {
-            listen: ListenAddr::Inet(([127, 0, 0, 1], 10029).into()),
-            socket_mode: "0660".into(),
-            socket_group: None,
-            max_connections: 512,
-            io_timeout_secs: 10,
-            idle_timeout_secs: 300,
-            drain_timeout_secs: 5,
-            db_connections: None,
-            cache_entries: None,
-        }
-    }
-}
-
-server_section!(LookupConfig, "lookup");
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -165,10 +91,11 @@ impl Default for Config {
             recipient_delimiter: "+".into(),
             db_busy_timeout_ms: 5000,
             dns: DnsConfig::default(),
-            lookup: LookupConfig::default(),
-            policyd: PolicydConfig::default(),
-            authd: AuthdConfig::default(),
-            milter: MilterConfig::default(),
+            lookup: None,
+            policyd: None,
+            authd: None,
+            milter: None,
+            source: None,
         }
     }
 }
@@ -183,7 +110,7 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not valid TOML or has unknown or mistyped fields.
+    /// The file is not valid TOML, or has unknown, mistyped or invalid settings.
     #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
 }
@@ -191,10 +118,15 @@ pub enum ConfigError {
 impl Config {
     /// Parses TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
             message: e.to_string(),
-        })
+        })?;
+        config.source = Some(Source {
+            path: origin.to_owned(),
+            text: text.to_owned(),
+        });
+        Ok(config)
     }
 
     /// Loads `explicit` (which must exist), else `MIAB_CONFIG`, else the default path if it
@@ -229,6 +161,41 @@ impl Config {
         Self::from_toml(&text, path)
     }
 
+    /// The path errors name: the file, or `<embedded defaults>`.
+    pub fn origin(&self) -> PathBuf {
+        self.source
+            .as_ref()
+            .map_or_else(|| PathBuf::from("<embedded defaults>"), |s| s.path.clone())
+    }
+
+    /// Reads, checks and completes a daemon's section; an error names the file and the
+    /// setting (with its line when the file has it).
+    pub fn section<S: Section>(&self) -> Result<Loaded<S>, ConfigError> {
+        let parse = |message: String| ConfigError::Parse {
+            path: self.origin(),
+            message,
+        };
+        let mut loaded = match &self.source {
+            None => None,
+            Some(src) => {
+                let de = toml::Deserializer::parse(&src.text).map_err(|e| parse(e.to_string()))?;
+                PickSection::<S>(PhantomData)
+                    .deserialize(de)
+                    .map_err(|e| parse(e.to_string()))?
+            }
+        }
+        .unwrap_or_else(|| Loaded {
+            server: S::server_defaults(),
+            settings: S::default(),
+            server_keys: Vec::new(),
+        });
+        loaded
+            .settings
+            .complete(self, &loaded.server)
+            .map_err(|m| parse(format!("[{}] {m}", S::NAME)))?;
+        Ok(loaded)
+    }
+
     /// The box's host name (`PRIMARY_HOSTNAME`), by the rule every binary shares
     /// (`userdb::boxconf`): this file's `hostname`, else `/etc/mailinabox.conf`, else the
     /// system's name.
@@ -246,99 +213,269 @@ impl Config {
     pub fn db_busy_timeout(&self) -> Duration {
         Duration::from_millis(self.db_busy_timeout_ms)
     }
+}
 
-    /// Settings present in the file that nothing reads any more.
-    pub fn obsolete_settings(&self) -> Vec<&'static str> {
-        [
-            (
-                "lookup.db_connections",
-                self.lookup.db_connections.is_some(),
-            ),
-            ("lookup.cache_entries", self.lookup.cache_entries.is_some()),
-            (
-                "policyd.db_connections",
-                self.policyd.db_connections.is_some(),
-            ),
-            ("authd.db_connections", self.authd.db_connections.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect()
+/// A daemon's section of the file: its own settings, typed. The listener settings are not
+/// fields of it; [`Config::section`] takes them out into a [`Server`].
+pub trait Section: DeserializeOwned + Default {
+    /// The section's name in the file.
+    const NAME: &'static str;
+
+    /// The listener settings when the file says nothing.
+    fn server_defaults() -> Server;
+
+    /// Checks what one field alone cannot, and fills defaults that depend on the shared
+    /// settings (paths below the storage root). The error names the setting.
+    fn complete(&mut self, _shared: &Config, _server: &Server) -> Result<(), String> {
+        Ok(())
     }
+
+    /// The sockets the daemon serves besides [`Server::listen`], each named by its setting.
+    fn more_endpoints(&self, _server: &Server) -> Vec<Endpoint> {
+        Vec::new()
+    }
+
+    /// Settings still accepted, so an older file loads, but no longer read (each draws a
+    /// warning at start). Includes listener settings this daemon has no use for.
+    fn ignored(&self, _server_keys: &[&'static str]) -> Vec<&'static str> {
+        Vec::new()
+    }
+}
+
+/// The listener settings every section has: `listen`, `socket_mode`, `socket_group`,
+/// `max_connections`, `io_timeout_secs`, `idle_timeout_secs`, `drain_timeout_secs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// Where to listen, in Postfix notation.
+    pub listen: ListenAddr,
+    /// A UNIX socket's mode (octal text in the file, `"0660"`) and group (default: the
+    /// daemon's group).
+    pub unix: UnixOptions,
+    /// Connections at once, and the three timeouts (in seconds in the file).
+    pub limits: Limits,
+}
+
+/// A section as read: listener settings and the daemon's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded<S> {
+    pub server: Server,
+    pub settings: S,
+    /// The listener settings the file named, for [`Section::ignored`].
+    pub server_keys: Vec<&'static str>,
+}
+
+impl<S: Section> Loaded<S> {
+    /// Every socket the daemon serves, the main one first.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let mut all = vec![Endpoint {
+            setting: "listen",
+            addr: self.server.listen.clone(),
+            unix: self.server.unix.clone(),
+            create_parent: false,
+        }];
+        all.extend(self.settings.more_endpoints(&self.server));
+        all
+    }
+}
+
+/// One socket a daemon serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The setting it comes from, for the "ready" line and errors.
+    pub setting: &'static str,
+    pub addr: ListenAddr,
+    pub unix: UnixOptions,
+    /// Make a missing parent directory of a UNIX socket (one systemd's `RuntimeDirectory=`
+    /// makes, when the daemon is started by hand).
+    pub create_parent: bool,
+}
+
+/// The names of [`Server`]'s settings.
+const SERVER_KEYS: [&str; 7] = [
+    "listen",
+    "socket_mode",
+    "socket_group",
+    "max_connections",
+    "io_timeout_secs",
+    "idle_timeout_secs",
+    "drain_timeout_secs",
+];
+
+/// Deserialises the whole file, keeping only section `S::NAME`.
+struct PickSection<S>(PhantomData<S>);
+
+impl<'de, S: Section> DeserializeSeed<'de> for PickSection<S> {
+    type Value = Option<Loaded<S>>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, S: Section> Visitor<'de> for PickSection<S> {
+    type Value = Option<Loaded<S>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a table")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == S::NAME {
+                found = Some(map.next_value_seed(SectionSeed::<S>(PhantomData))?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Deserialises one section: listener settings into a [`Server`], the rest into `S`.
+struct SectionSeed<S>(PhantomData<S>);
+
+impl<'de, S: Section> DeserializeSeed<'de> for SectionSeed<S> {
+    type Value = Loaded<S>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, S: Section> Visitor<'de> for SectionSeed<S> {
+    type Value = Loaded<S>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the [{}] table", S::NAME)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let mut rest = ServerKeys {
+            inner: map,
+            server: S::server_defaults(),
+            seen: Vec::new(),
+            own: &[],
+        };
+        let settings = S::deserialize(SectionDe(&mut rest))?;
+        Ok(Loaded {
+            server: rest.server,
+            settings,
+            server_keys: rest.seen,
+        })
+    }
+}
+
+/// Hands a section's entries to the daemon's struct, learning its field names on the way so
+/// an unknown key is named against both lists.
+struct SectionDe<'a, A>(&'a mut ServerKeys<A>);
+
+impl<'de, A: MapAccess<'de>> de::Deserializer<'de> for SectionDe<'_, A> {
+    type Error = A::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_map(self.0)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.own = fields;
+        visitor.visit_map(self.0)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
+/// A section's entries with the listener settings taken out on the way.
+struct ServerKeys<A> {
+    inner: A,
+    server: Server,
+    seen: Vec<&'static str>,
+    /// The daemon's own field names.
+    own: &'static [&'static str],
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for ServerKeys<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        loop {
+            let Some(key) = self.inner.next_key::<String>()? else {
+                return Ok(None);
+            };
+            let Some(&name) = SERVER_KEYS.iter().find(|k| **k == key) else {
+                if !self.own.is_empty() && !self.own.contains(&key.as_str()) {
+                    let mut known: Vec<&str> = SERVER_KEYS.to_vec();
+                    known.extend(self.own);
+                    return Err(de::Error::custom(format!(
+                        "unknown setting `{key}`; known: {}",
+                        known.join(", ")
+                    )));
+                }
+                return seed
+                    .deserialize(de::value::StringDeserializer::new(key))
+                    .map(Some);
+            };
+            let s = &mut self.server;
+            let secs = |v: u64| Duration::from_secs(v);
+            match name {
+                "listen" => s.listen = self.inner.next_value()?,
+                "socket_mode" => s.unix.mode = self.inner.next_value::<Mode>()?.0,
+                "socket_group" => s.unix.group = Some(self.inner.next_value()?),
+                "max_connections" => s.limits.max_connections = self.inner.next_value()?,
+                "io_timeout_secs" => s.limits.io_timeout = secs(self.inner.next_value()?),
+                "idle_timeout_secs" => s.limits.idle_timeout = secs(self.inner.next_value()?),
+                _ => s.limits.drain_timeout = secs(self.inner.next_value()?),
+            }
+            self.seen.push(name);
+        }
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.inner.next_value_seed(seed)
+    }
+}
+
+/// A UNIX socket mode, written as octal text (`"0660"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::listen::parse_mode(&s)
+            .map(Mode)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// For `#[serde(deserialize_with)]`: a setting where `""` means off.
+pub fn empty_is_off<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: de::Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(de::Error::custom)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn obsolete_settings_still_load_and_are_named() {
-        let c = Config::from_toml(
-            "[lookup]\ndb_connections = 4\ncache_entries = 4096\n[authd]\ndb_connections = 2\n",
-            Path::new("x"),
-        )
-        .unwrap();
-        assert_eq!(
-            c.obsolete_settings(),
-            [
-                "lookup.db_connections",
-                "lookup.cache_entries",
-                "authd.db_connections"
-            ]
-        );
-        assert!(Config::default().obsolete_settings().is_empty());
-    }
-
-    #[test]
-    fn empty_file_is_the_defaults() {
-        assert_eq!(
-            Config::from_toml("", Path::new("x")).unwrap(),
-            Config::default()
-        );
-    }
-
-    #[test]
-    fn fields_and_typos() {
-        let c = Config::from_toml(
-            "storage_root = \"/srv/miab\"\nhostname = \"box.example.com\"\nrecipient_delimiter = \"+-\"\n",
-            Path::new("x"),
-        )
-        .unwrap();
-        assert_eq!(c.db_path(), PathBuf::from("/srv/miab/mail/users.sqlite"));
-        assert_eq!(c.recipient_delimiter, "+-");
-        let e = Config::from_toml("storage_rot = \"/x\"", Path::new("/etc/x.toml")).unwrap_err();
-        assert!(e.to_string().contains("/etc/x.toml") && e.to_string().contains("storage_rot"));
-        assert!(Config::from_toml("db_busy_timeout_ms = \"soon\"", Path::new("x")).is_err());
-        let c = Config::from_toml(
-            "[lookup]\nlisten = \"unix:/run/l.sock\"\nsocket_group = \"postfix\"\n",
-            Path::new("x"),
-        )
-        .unwrap();
-        assert_eq!(c.lookup.listen, ListenAddr::Unix("/run/l.sock".into()));
-        assert_eq!(c.lookup.unix_options().unwrap().mode, 0o660);
-        let e = Config::from_toml("[lookup]\nlisten = \"tcp:1\"\n", Path::new("x")).unwrap_err();
-        assert!(e.to_string().contains("tcp:1"), "{e}");
-        assert!(Config::from_toml("[lookup]\nlisen = 1\n", Path::new("x")).is_err());
-    }
-
-    #[test]
-    fn sample_config_parses() {
-        let sample = include_str!("../../packaging/sidecars.toml");
-        let c = Config::from_toml(sample, Path::new("packaging/sidecars.toml")).unwrap();
-        // The sample documents the defaults.
-        assert_eq!(c.dns, DnsConfig::default());
-        assert_eq!(c.policyd, PolicydConfig::default());
-        assert_eq!(c.authd, AuthdConfig::default());
-        let milter = MilterConfig {
-            accept_listen: "inet:127.0.0.1:8893".into(),
-            ..MilterConfig::default()
-        };
-        assert_eq!(c.milter, milter, "the sample adds OpenDMARC's port");
-    }
-
-    #[test]
-    fn missing_explicit_file_is_an_error() {
-        let e = Config::load(Some(Path::new("/nonexistent/sidecars.toml"))).unwrap_err();
-        assert!(matches!(e, ConfigError::Read { .. }));
-    }
-}
+mod tests;

@@ -1,26 +1,17 @@
-//! What every daemon's `main` does, in one place: load the configuration, apply `--listen`,
-//! start the runtime, open the daemon's state, bind, log "ready", serve until SIGTERM or
-//! SIGINT, and turn any failure into one error line and a non-zero exit.
+//! What every daemon's `main` does, in one place: load the configuration and the daemon's
+//! section, apply `--listen`, start the runtime, open the daemon's state, bind every socket the
+//! section declares, log "ready", serve until SIGTERM or SIGINT, and turn any failure into one
+//! error line and a non-zero exit.
 
 use crate::cli::CommonArgs;
-use crate::config::Config;
-use crate::listen::{ListenAddr, Listener, UnixOptions};
+use crate::config::{Config, Loaded, Section};
+use crate::listen::Listener;
 use crate::serve::{Shutdown, shutdown_on_signals};
-use std::fmt::Display;
+use std::fmt::{Display, Write};
 use std::future::Future;
 use std::io;
 use std::process::ExitCode;
 use std::sync::Arc;
-
-/// A daemon's section of the configuration, as far as starting it goes.
-pub trait Section {
-    /// The section's name, for error messages.
-    fn name(&self) -> &'static str;
-    /// Where it listens.
-    fn listen_mut(&mut self) -> &mut ListenAddr;
-    /// Its UNIX socket settings, checked.
-    fn unix_options(&self) -> Result<UnixOptions, String>;
-}
 
 /// Which tokio runtime the daemon runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,17 +22,35 @@ pub enum Runtime {
     CurrentThread,
 }
 
-/// Runs a daemon. `section` picks its configuration section; `open` builds its state inside
-/// the runtime and returns it with a summary for the "ready" line; `run` serves.
-pub fn launch<S, E, Fut>(
+/// The sockets a daemon serves, bound by [`launch`] as its section declares them.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The section's `listen`.
+    pub main: Listener,
+    more: Vec<(&'static str, Listener)>,
+}
+
+impl Listeners {
+    /// The socket of another listen setting, if the section declared one.
+    pub fn take(&mut self, setting: &str) -> Option<Listener> {
+        let i = self.more.iter().position(|(s, _)| *s == setting)?;
+        Some(self.more.swap_remove(i).1)
+    }
+}
+
+/// Runs a daemon with section `S`. `adjust` applies the daemon's own flags to its section;
+/// `open` builds its state inside the runtime and returns it with a summary for the "ready"
+/// line; `run` serves.
+pub fn launch<S, St, E, Fut>(
     name: &str,
     runtime: Runtime,
     common: &CommonArgs,
-    section: fn(&mut Config) -> &mut dyn Section,
-    open: impl FnOnce(&Config) -> Result<(S, String), E>,
-    run: impl FnOnce(Listener, Arc<S>, Shutdown) -> Fut,
+    adjust: impl FnOnce(&mut Loaded<S>),
+    open: impl FnOnce(&Config, &Loaded<S>) -> Result<(St, String), E>,
+    run: impl FnOnce(Listeners, Arc<St>, Shutdown) -> Fut,
 ) -> ExitCode
 where
+    S: Section,
     E: Display,
     Fut: Future<Output = io::Result<()>>,
 {
@@ -49,21 +58,23 @@ where
         tracing::error!("{what}");
         ExitCode::FAILURE
     };
-    let mut config = match common.load() {
+    let loaded = common
+        .load()
+        .and_then(|config| config.section::<S>().map(|s| (config, s)));
+    let (config, mut section) = match loaded {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
-    for name in config.obsolete_settings() {
-        tracing::warn!("setting {name} is no longer used and is ignored; it can be removed");
+    for setting in section.settings.ignored(&section.server_keys) {
+        tracing::warn!(
+            "setting {}.{setting} is not used and is ignored; it can be removed",
+            S::NAME
+        );
     }
     if let Some(listen) = &common.listen {
-        *section(&mut config).listen_mut() = listen.clone();
+        section.server.listen = listen.clone();
     }
-    let sec = section(&mut config);
-    let (listen, unix) = match sec.unix_options() {
-        Ok(u) => (sec.listen_mut().clone(), u),
-        Err(e) => return fail(format!("[{}] socket_mode: {e}", sec.name())),
-    };
+    adjust(&mut section);
     let built = match runtime {
         Runtime::MultiThread => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -77,23 +88,48 @@ where
         Err(e) => return fail(format!("tokio runtime: {e}")),
     };
     rt.block_on(async {
-        let (state, summary) = match open(&config) {
+        let (state, summary) = match open(&config, &section) {
             Ok(s) => s,
             Err(e) => return fail(e.to_string()),
         };
-        let listener = match Listener::bind(&listen, &unix) {
-            Ok(l) => l,
-            Err(e) => return fail(format!("listen on {listen}: {e}")),
+        let mut bound = Vec::new();
+        let mut where_ = String::new();
+        for e in section.endpoints() {
+            if e.create_parent
+                && let crate::ListenAddr::Unix(path) = &e.addr
+                && let Some(dir) = path.parent()
+                && let Err(err) = std::fs::create_dir_all(dir)
+            {
+                return fail(format!("[{}] {}: {}: {err}", S::NAME, e.setting, e.addr));
+            }
+            let l = match Listener::bind(&e.addr, &e.unix) {
+                Ok(l) => l,
+                Err(err) => return fail(format!("listen on {} ({}): {err}", e.addr, e.setting)),
+            };
+            let at = l
+                .local_addr()
+                .map_or_else(|_| e.addr.to_string(), |a| a.to_string());
+            if bound.is_empty() {
+                where_ = at;
+            } else {
+                let _ = write!(where_, " {}={at}", e.setting);
+            }
+            bound.push((e.setting, l));
+        }
+        let mut bound = bound.into_iter();
+        let Some((_, main)) = bound.next() else {
+            return fail("no socket to listen on".into());
         };
-        let bound = listener
-            .local_addr()
-            .map_or_else(|_| listen.to_string(), |a| a.to_string());
-        tracing::info!(listen = %bound, "{name} ready {summary}");
+        let listeners = Listeners {
+            main,
+            more: bound.collect(),
+        };
+        tracing::info!(listen = %where_, "{name} ready {summary}");
         let (trigger, shutdown) = Shutdown::new();
         if let Err(e) = shutdown_on_signals(trigger) {
             return fail(format!("signal handlers: {e}"));
         }
-        match run(listener, Arc::new(state), shutdown).await {
+        match run(listeners, Arc::new(state), shutdown).await {
             Ok(()) => {
                 tracing::info!("{name} stopped");
                 ExitCode::SUCCESS

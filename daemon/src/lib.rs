@@ -1,4 +1,5 @@
-//! Plumbing shared by the sidecar daemons: the configuration file with its embedded defaults,
+//! Plumbing shared by the sidecar daemons: the configuration file with its embedded defaults
+//! (the shared part, and the reading of each daemon's own section),
 //! the common flags, listeners in Postfix notation, the accept loop with its limits and graceful
 //! shutdown, and logging.
 
@@ -13,11 +14,8 @@ pub mod serve;
 pub mod session;
 
 pub use cli::CommonArgs;
-pub use config::{
-    AuthdConfig, Config, ConfigError, DnsConfig, DnsblConfig, GreylistConfig, ListConfig,
-    LookupConfig, MilterConfig, OPENDKIM_SIGN_HEADERS, PolicydConfig, RateLimitConfig,
-};
-pub use launch::{Runtime, Section, launch};
+pub use config::{Config, ConfigError, DnsConfig, Endpoint, Loaded, Section, Server};
+pub use launch::{Listeners, Runtime, launch};
 pub use listen::{ListenAddr, Listener, Peer, Stream, UnixOptions};
 pub use serve::{
     Conn, Limits, Periodic, Shutdown, Trigger, on_reload, periodic, reloads, serve,

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 /// Connection limits and timeouts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,13 +149,15 @@ where
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                let span = tracing::info_span!("conn", id, peer = %peer);
                 let conn = Conn {
                     stream,
                     peer,
-                    id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                    id,
                     shutdown: shutdown.clone(),
                 };
-                let fut = session(conn);
+                let fut = session(conn).instrument(span);
                 tasks.spawn(async move {
                     fut.await;
                     drop(permit);

@@ -5,7 +5,8 @@
 //! I/O limit covers a whole request from its first byte, so a peer trickling bytes cannot hold
 //! a connection. A malformed request is logged and the connection closed (Postfix reconnects).
 //! On shutdown, a connection between requests closes at once; one in the middle of a request
-//! gets its answer first.
+//! gets its answer first. Log lines carry the connection's span (`conn{id peer}`, made by
+//! [`crate::serve`]), so no handler threads its id through.
 
 use crate::serve::{Conn, Limits, timed};
 use futures_util::FutureExt as _;
@@ -38,8 +39,8 @@ pub trait Handler<F> {
     /// What the server says first, before the client sends anything (none by default).
     fn greeting(&mut self, _out: &mut Vec<u8>) {}
 
-    /// Appends the reply to `frame`, the connection's request number `seq`, to `out`.
-    fn answer(&mut self, frame: F, seq: u64, out: &mut Vec<u8>) -> impl Future<Output = ()> + Send;
+    /// Appends the reply to `frame` to `out`.
+    fn answer(&mut self, frame: F, out: &mut Vec<u8>) -> impl Future<Output = ()> + Send;
 
     /// Appends the protocol's temporary failure for `frame` to `out`: the answer when
     /// [`Handler::answer`] panics. Written before the frame is handed over, so it may not
@@ -55,9 +56,8 @@ where
 {
     let Conn {
         mut stream,
-        peer,
-        id,
         shutdown,
+        ..
     } = conn;
     let mut chunk = [0u8; READ_CHUNK];
     let mut out = Vec::with_capacity(512);
@@ -67,7 +67,7 @@ where
     if !out.is_empty()
         && let Err(e) = timed(limits.io_timeout, stream.write_all(&out)).await
     {
-        tracing::info!(conn = id, %peer, error = %e, "write failed; closing");
+        tracing::info!(error = %e, "write failed; closing");
         return;
     }
     // When the first byte of the request being read arrived.
@@ -79,7 +79,7 @@ where
                 out.clear();
                 fallback.clear();
                 handler.temp_failure(&frame, &mut fallback);
-                let answered = AssertUnwindSafe(handler.answer(frame, seq, &mut out))
+                let answered = AssertUnwindSafe(handler.answer(frame, &mut out))
                     .catch_unwind()
                     .await;
                 if let Err(panic) = answered {
@@ -88,13 +88,13 @@ where
                         .map(|s| (*s).to_owned())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
-                    tracing::error!(conn = id, %peer, req = seq, panic = ?what,
+                    tracing::error!(req = seq, panic = ?what,
                         "bug: the request's handler panicked; answered with a temporary failure");
                     std::mem::swap(&mut out, &mut fallback);
                 }
                 started = (decoder.buffered() > 0).then(Instant::now);
                 if let Err(e) = timed(limits.io_timeout, stream.write_all(&out)).await {
-                    tracing::info!(conn = id, %peer, error = %e, "write failed; closing");
+                    tracing::info!(error = %e, "write failed; closing");
                     return;
                 }
                 if shutdown.is_triggered() {
@@ -104,7 +104,7 @@ where
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(conn = id, %peer, error = %e, "closing connection: malformed request frame");
+                tracing::warn!(error = %e, "closing connection: malformed request frame");
                 return;
             }
         }
@@ -119,7 +119,10 @@ where
         match read {
             Ok(0) if between => return,
             Ok(0) => {
-                tracing::warn!(conn = id, %peer, buffered = decoder.buffered(), "connection closed in the middle of a request");
+                tracing::warn!(
+                    buffered = decoder.buffered(),
+                    "connection closed in the middle of a request"
+                );
                 return;
             }
             Ok(n) => {
@@ -127,11 +130,11 @@ where
                 decoder.push(&chunk[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::TimedOut && between => {
-                tracing::debug!(conn = id, %peer, "idle connection closed");
+                tracing::debug!("idle connection closed");
                 return;
             }
             Err(e) => {
-                tracing::warn!(conn = id, %peer, error = %e, buffered = decoder.buffered(), "read failed; closing");
+                tracing::warn!(error = %e, buffered = decoder.buffered(), "read failed; closing");
                 return;
             }
         }
@@ -169,7 +172,7 @@ mod tests {
     struct Echo;
 
     impl Handler<Vec<u8>> for Echo {
-        async fn answer(&mut self, frame: Vec<u8>, _seq: u64, out: &mut Vec<u8>) {
+        async fn answer(&mut self, frame: Vec<u8>, out: &mut Vec<u8>) {
             assert!(frame != b"boom\n", "a bug in the handler");
             out.extend_from_slice(&frame);
         }

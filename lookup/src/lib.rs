@@ -2,6 +2,7 @@
 //! `domains`, `mailboxes`, `aliases` and `senders` maps exactly as MIAB's `sqlite:` tables do
 //! together with Postfix's partial-key lookups.
 //!
+//! - [`settings`]: the `[lookup]` section.
 //! - [`proto`]: the netstring codec, without I/O.
 //! - [`handler`]: the answers, as plain functions over the directory.
 //! - `session`: one connection's read-answer-write loop.
@@ -10,6 +11,7 @@
 pub mod handler;
 pub mod proto;
 mod session;
+pub mod settings;
 
 use daemon::{Config, Limits, Listener, Shutdown};
 use std::sync::Arc;
@@ -35,12 +37,12 @@ impl State {
 
     /// Opens the DB named by `config`. A missing or foreign DB is an error here, at start-up,
     /// rather than a stream of TEMP answers.
-    pub fn open(config: &Config) -> userdb::Result<State> {
+    pub fn open(config: &Config, server: &daemon::Server) -> userdb::Result<State> {
         let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
         Ok(State::new(
             dir,
             Delimiters::new(config.recipient_delimiter.clone()),
-            config.lookup.limits(),
+            server.limits.clone(),
         ))
     }
 }

@@ -19,11 +19,11 @@ fn main() -> ExitCode {
         "miab-lookup",
         Runtime::MultiThread,
         &args.common,
-        |c| &mut c.lookup,
-        |config| {
+        |_: &mut daemon::Loaded<lookup::settings::Settings>| {},
+        |config, section| {
             let summary = format!("db={}", config.db_path().display());
-            lookup::State::open(config).map(|s| (s, summary))
+            lookup::State::open(config, &section.server).map(|s| (s, summary))
         },
-        lookup::run,
+        |l, state, shutdown| lookup::run(l.main, state, shutdown),
     )
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 pub(crate) async fn run(state: Arc<State>, conn: Conn) {
     let answers = Answers {
         state: Arc::clone(&state),
-        conn: conn.id,
     };
     daemon::session::run(conn, &state.limits, Netstrings::default(), answers).await;
 }
@@ -46,14 +45,11 @@ impl Decoder for Netstrings {
 
 struct Answers {
     state: Arc<State>,
-    conn: u64,
 }
 
 impl Handler<Vec<u8>> for Answers {
-    async fn answer(&mut self, frame: Vec<u8>, seq: u64, out: &mut Vec<u8>) {
-        answer(&self.state, &frame, self.conn, seq)
-            .await
-            .encode(out);
+    async fn answer(&mut self, frame: Vec<u8>, out: &mut Vec<u8>) {
+        answer(&self.state, &frame).await.encode(out);
     }
 
     fn temp_failure(&self, _frame: &Vec<u8>, out: &mut Vec<u8>) {
@@ -61,13 +57,13 @@ impl Handler<Vec<u8>> for Answers {
     }
 }
 
-async fn answer(state: &State, payload: &[u8], conn: u64, seq: u64) -> Reply {
+async fn answer(state: &State, payload: &[u8]) -> Reply {
     let Ok(req) = proto::parse_request(payload) else {
-        tracing::warn!(conn, seq, "malformed request: expected \"map key\"");
+        tracing::warn!("malformed request: expected \"map key\"");
         return Reply::Perm("malformed request: expected \"map key\"".into());
     };
     let Some(map) = Map::from_name(req.map) else {
-        tracing::warn!(conn, seq, map = ?req.map, "unknown map name");
+        tracing::warn!(map = ?req.map, "unknown map name");
         return Reply::Perm(format!(
             "unknown map {:?}: this server answers domains, mailboxes, aliases, senders",
             req.map
@@ -78,7 +74,7 @@ async fn answer(state: &State, payload: &[u8], conn: u64, seq: u64) -> Reply {
         Some(_) => return Reply::NotFound,
         None => {
             // Every DB value is text, so no invalid UTF-8 key can match, as with sqlite:.
-            tracing::debug!(conn, seq, map = map.name(), "key is not UTF-8; not found");
+            tracing::debug!(map = map.name(), "key is not UTF-8; not found");
             return Reply::NotFound;
         }
     };
@@ -89,15 +85,15 @@ async fn answer(state: &State, payload: &[u8], conn: u64, seq: u64) -> Reply {
         .map(|dir| handler::lookup(&*dir, map, key, &state.delims));
     match found {
         Ok(Some(v)) => {
-            tracing::debug!(conn, seq, map = map.name(), ?key, value = ?v, "found");
+            tracing::debug!(map = map.name(), ?key, value = ?v, "found");
             Reply::Ok(v)
         }
         Ok(None) => {
-            tracing::debug!(conn, seq, map = map.name(), ?key, "not found");
+            tracing::debug!(map = map.name(), ?key, "not found");
             Reply::NotFound
         }
         Err(e) => {
-            tracing::warn!(conn, seq, map = map.name(), error = %e, "lookup failed; answering TEMP");
+            tracing::warn!(map = map.name(), error = %e, "lookup failed; answering TEMP");
             Reply::Temp(if e.is_temporary() {
                 "user database is locked".into()
             } else {

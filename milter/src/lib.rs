@@ -1,10 +1,12 @@
 //! `miab-milter`: what MIAB's OpenDKIM + OpenDMARC pair does, in one milter (indymilter).
 //!
 //! - [`keys`]: the signing keys.
+//! - [`settings`]: the `[milter]` section.
 //! - [`results`]: the Authentication-Results texts.
 //! - `message`: one message's headers and body, streamed into signers or body hashers, so
 //!   memory stays bounded whatever the message size.
-//! - [`run`]: the milter callbacks over a listener until shutdown.
+//! - `callbacks`: indymilter's callbacks, each a thin step into the connection's `Session`.
+//! - [`run`]: serves the callbacks over the listeners until shutdown.
 //!
 //! Mail from an authenticated session (`{auth_authen}`) or a trusted client is signed when its
 //! From: domain is one of the box's mail domains (read live from the user DB); all other mail
@@ -12,19 +14,18 @@
 //! Forged Authentication-Results headers with our authserv-id are removed. Nothing is
 //! rejected unless `dmarc_reject` is set.
 
+mod callbacks;
 pub mod keys;
 mod message;
 pub mod results;
+pub mod settings;
 
 use daemon::net::Cidr;
-use daemon::{Config, Listener, Shutdown};
-use indymilter::{
-    Actions, Callbacks, Config as MilterLoop, MacroStage, ProtoOpts, SocketInfo, Status,
-};
+use daemon::{Config, Listener, Loaded, Shutdown};
+use indymilter::{Actions, Callbacks, Config as MilterLoop};
 use mail_auth::MessageAuthenticator;
-use message::Session;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use userdb::Live;
 
@@ -47,8 +48,7 @@ pub struct State {
     pub(crate) max_signatures: usize,
     max_connections: usize,
     idle_timeout: Duration,
-    /// The accept-only socket (`accept_listen`), bound at start and served by [`run`].
-    accept_only: Mutex<Option<Listener>>,
+    drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for State {
@@ -70,44 +70,21 @@ pub enum StartError {
     UserDb(#[from] userdb::Error),
     #[error("DNS resolver: {0}")]
     Dns(String),
-    #[error("[milter] {0}")]
-    Trusted(String),
-    #[error("[milter] accept_listen: {0}")]
-    AcceptListen(String),
 }
 
 impl State {
     /// Loads the keys, opens the DB and builds the resolver from `config`.
-    pub fn open(config: &Config) -> Result<State, StartError> {
-        let m = &config.milter;
-        let key = m.key_file.clone().unwrap_or_else(|| {
-            config
-                .storage_root
-                .join("mail")
-                .join("dkim")
-                .join("mail.private")
-        });
+    pub fn open(
+        config: &Config,
+        section: &Loaded<settings::Settings>,
+    ) -> Result<State, StartError> {
+        let m = &section.settings;
+        let key = m.key_file.clone().unwrap_or_default();
         let keys = keys::Keyring::load(&key, m.ed25519_key_file.as_deref())?;
         let key_paths = (key, m.ed25519_key_file.clone());
         let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
-        let trusted = daemon::net::parse_list("trusted_hosts", &m.trusted_hosts)
-            .map_err(StartError::Trusted)?;
-        let accept_only = if m.accept_listen.is_empty() {
-            None
-        } else {
-            let addr: daemon::ListenAddr =
-                m.accept_listen
-                    .parse()
-                    .map_err(|e: daemon::listen::BadListenAddr| {
-                        StartError::AcceptListen(e.to_string())
-                    })?;
-            let unix = m.unix_options().map_err(StartError::AcceptListen)?;
-            let l = Listener::bind(&addr, &unix)
-                .map_err(|e| StartError::AcceptListen(format!("{addr}: {e}")))?;
-            Some(l)
-        };
+        let limits = &section.server.limits;
         Ok(State {
-            accept_only: Mutex::new(accept_only),
             hostname: config.box_hostname(),
             keys: std::sync::RwLock::new(Arc::new(keys)),
             key_paths,
@@ -116,14 +93,15 @@ impl State {
             rsa_selector: m.selector.clone(),
             ed25519_selector: m.ed25519_selector.clone(),
             sign_headers: m.sign_headers.clone(),
-            trusted,
+            trusted: m.trusted_hosts.clone(),
             verify: m.verify,
             dmarc_reject: m.dmarc_reject,
             verify_timeout: Duration::from_secs(m.verify_timeout_secs),
             max_header_bytes: m.max_header_bytes,
             max_signatures: m.max_signatures,
-            max_connections: m.max_connections,
-            idle_timeout: Duration::from_secs(m.idle_timeout_secs),
+            max_connections: limits.max_connections,
+            idle_timeout: limits.idle_timeout,
+            drain_timeout: limits.drain_timeout,
         })
     }
 
@@ -156,128 +134,6 @@ impl State {
     }
 }
 
-/// The stages that answer nothing when the MTA offers it: none of them ever fails on its own.
-const NO_REPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
-    .union(ProtoOpts::NOREPLY_HELO)
-    .union(ProtoOpts::NOREPLY_MAIL)
-    .union(ProtoOpts::NOREPLY_HEADER)
-    .union(ProtoOpts::NOREPLY_EOH)
-    .union(ProtoOpts::NOREPLY_BODY);
-
-/// The callbacks, each a thin step into the connection's [`Session`].
-fn callbacks(state: Arc<State>) -> Callbacks<Session> {
-    Callbacks::new()
-        .on_negotiate(move |cx, _, offered| {
-            let s = Arc::clone(&state);
-            Box::pin(async move {
-                cx.requested_actions |= Actions::ADD_HEADER | Actions::CHANGE_HEADER;
-                // Header values arrive byte-exact (DKIM), and nothing we never use is sent.
-                cx.requested_opts |= ProtoOpts::LEADING_SPACE
-                    | ProtoOpts::NO_UNKNOWN
-                    | ProtoOpts::NO_DATA
-                    | ProtoOpts::NO_RCPT;
-                // Every answer before end-of-message is "continue" (a failure waits for it),
-                // so when the MTA allows it, those answers are not sent at all: a round trip
-                // per header costs more CPU than the DKIM work.
-                let quiet = offered.contains(NO_REPLY);
-                if quiet {
-                    cx.requested_opts |= NO_REPLY;
-                }
-                // Only the macro we read; the others would be sent and parsed for nothing.
-                cx.requested_macros
-                    .insert(MacroStage::Mail, c"{auth_authen}".to_owned());
-                for stage in [
-                    MacroStage::Connect,
-                    MacroStage::Helo,
-                    MacroStage::Eoh,
-                    MacroStage::Eom,
-                ] {
-                    cx.requested_macros.insert(stage, c"".to_owned());
-                }
-                cx.data = Some(Session::new(s, quiet));
-                Status::Continue
-            })
-        })
-        .on_connect(|cx, _host, info| {
-            Box::pin(async move {
-                let Some(s) = cx.data.as_mut() else {
-                    return Status::Continue;
-                };
-                if let SocketInfo::Inet(addr) = info {
-                    s.connect(addr.ip());
-                }
-                s.carry_on()
-            })
-        })
-        .on_helo(|cx, helo| {
-            Box::pin(async move {
-                let Some(s) = cx.data.as_mut() else {
-                    return Status::Continue;
-                };
-                s.helo(&helo.to_string_lossy());
-                s.carry_on()
-            })
-        })
-        .on_mail(|cx, args| {
-            Box::pin(async move {
-                let auth = cx
-                    .macros
-                    .get(c"{auth_authen}")
-                    .is_some_and(|v| !v.to_bytes().is_empty());
-                let Some(s) = cx.data.as_mut() else {
-                    return Status::Continue;
-                };
-                let sender = args
-                    .first()
-                    .map(|a| a.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                s.mail(&sender, auth);
-                s.carry_on()
-            })
-        })
-        .on_header(|cx, name, value| {
-            Box::pin(async move {
-                let Some(s) = cx.data.as_mut() else {
-                    return Status::Continue;
-                };
-                s.header(name.as_bytes(), value.as_bytes());
-                s.carry_on()
-            })
-        })
-        .on_eoh(|cx| {
-            Box::pin(async move {
-                match cx.data.as_mut() {
-                    Some(s) => s.end_of_headers().await,
-                    None => Status::Continue,
-                }
-            })
-        })
-        .on_body(|cx, chunk| {
-            Box::pin(async move {
-                match cx.data.as_mut() {
-                    Some(s) => s.body(&chunk).await,
-                    None => Status::Continue,
-                }
-            })
-        })
-        .on_eom(|cx| {
-            Box::pin(async move {
-                match cx.data.as_mut() {
-                    Some(s) => s.end_of_message(&cx.actions, &mut cx.reply).await,
-                    None => Status::Continue,
-                }
-            })
-        })
-        .on_abort(|cx| {
-            Box::pin(async move {
-                if let Some(s) = cx.data.as_mut() {
-                    s.abort();
-                }
-                Status::Continue
-            })
-        })
-}
-
 /// The body of the fuzz target for the Authentication-Results writer: whatever a message or
 /// session brings as HELO, MAIL FROM domain or From: domain, our header values stay one line,
 /// and each holds exactly one `method=result` outside quoted strings.
@@ -301,54 +157,79 @@ pub fn fuzz_results(data: &[u8]) {
     }
 }
 
-/// Callbacks that accept every connection at once and change nothing.
-fn accept_only() -> Callbacks<()> {
-    Callbacks::new().on_connect(|_, _, _| Box::pin(async { Status::Accept }))
-}
-
-/// Serves `listener` with `cbs` until `shutdown` fires.
+/// Serves `listener` with `cbs` until `shutdown` fires; messages in progress then have
+/// `drain` to finish (indymilter lets a running callback complete, and a DNS check may take
+/// up to `verify_timeout_secs`).
 async fn serve<T: Send + 'static>(
     listener: Listener,
     cbs: Callbacks<T>,
     config: MilterLoop,
     shutdown: Shutdown,
+    drain: Duration,
 ) -> std::io::Result<()> {
-    let stop = async move { shutdown.wait().await };
-    match listener {
-        Listener::Tcp(l) => indymilter::run(l, cbs, config, stop).await,
-        Listener::Unix { listener, guard } => {
-            let out = indymilter::run(listener, cbs, config, stop).await;
-            drop(guard);
-            out
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move { shutdown.wait().await }
+    };
+    let deadline = async move {
+        shutdown.wait().await;
+        tokio::time::sleep(drain).await;
+    };
+    type Run = std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>>>>;
+    let (run, guard): (Run, _) = match listener {
+        Listener::Tcp(l) => (Box::pin(indymilter::run(l, cbs, config, stop)), None),
+        Listener::Unix { listener, guard } => (
+            Box::pin(indymilter::run(listener, cbs, config, stop)),
+            Some(guard),
+        ),
+    };
+    let out = tokio::select! {
+        out = run => out,
+        () = deadline => {
+            tracing::warn!(seconds = drain.as_secs(), "messages still in progress at the drain deadline; stopping");
+            Ok(())
         }
-    }
+    };
+    drop(guard);
+    out
 }
 
-/// Serves `listener`, and the accept-only socket if there is one, until `shutdown` fires.
-pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<()> {
+/// Serves `listener`, and the accept-only socket (`accept_listen`) if there is one, until
+/// `shutdown` fires.
+pub async fn run(
+    listener: Listener,
+    accept_only: Option<Listener>,
+    state: Arc<State>,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let config = MilterLoop {
         max_connections: state.max_connections.max(1),
         actions: Actions::ADD_HEADER | Actions::CHANGE_HEADER,
         connection_timeout: state.idle_timeout,
     };
-    let second = state.accept_only.lock().ok().and_then(|mut l| l.take());
+    let drain = state.drain_timeout;
     let _reload = daemon::on_reload({
         let state = Arc::clone(&state);
         move || state.reload_keys()
     });
     let main = serve(
         listener,
-        callbacks(Arc::clone(&state)),
+        callbacks::callbacks(Arc::clone(&state)),
         config.clone(),
         shutdown.clone(),
+        drain,
     );
-    match second {
+    match accept_only {
         Some(l) => {
             let config = MilterLoop {
                 actions: Actions::empty(),
                 ..config
             };
-            tokio::try_join!(main, serve(l, accept_only(), config, shutdown)).map(drop)
+            tokio::try_join!(
+                main,
+                serve(l, callbacks::accept_only(), config, shutdown, drain)
+            )
+            .map(drop)
         }
         None => main.await,
     }

@@ -20,12 +20,15 @@ fn main() -> ExitCode {
         // One thread: cross-thread wake-ups cost more CPU than the work (bench-milter).
         Runtime::CurrentThread,
         &args.common,
-        |c| &mut c.milter,
-        |config| {
-            let state = miab_milter::State::open(config)?;
+        |_: &mut daemon::Loaded<miab_milter::settings::Settings>| {},
+        |config, section| {
+            let state = miab_milter::State::open(config, section)?;
             let summary = format!("authserv-id={}", config.box_hostname());
             Ok::<_, miab_milter::StartError>((state, summary))
         },
-        miab_milter::run,
+        |mut l, state, shutdown| {
+            let accept_only = l.take("accept_listen");
+            miab_milter::run(l.main, accept_only, state, shutdown)
+        },
     )
 }

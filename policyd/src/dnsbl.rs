@@ -19,6 +19,11 @@ use std::time::Duration;
 pub struct Codes(Vec<[Vec<(u8, u8)>; 4]>);
 
 impl Codes {
+    /// No patterns: any answer outside Spamhaus's error range counts.
+    pub fn any() -> Codes {
+        Codes(Vec::new())
+    }
+
     /// Parses patterns such as `127.0.0.[2..11]`; empty means any non-error answer.
     pub fn parse(patterns: &[String]) -> Result<Codes, String> {
         let mut out = Vec::new();
@@ -163,23 +168,8 @@ pub struct List {
 impl List {
     /// A list from its settings; a `*.spamhaus.org` zone is asked through DQS when a key is
     /// given.
-    pub fn new(
-        zone: &str,
-        codes: &[String],
-        action: &str,
-        dqs_key: Option<&str>,
-    ) -> Result<List, String> {
+    pub fn new(zone: &str, codes: Codes, action: ListAction, dqs_key: Option<&str>) -> List {
         let zone = zone.trim_end_matches('.').to_ascii_lowercase();
-        let action = match action {
-            "reject" => ListAction::Reject,
-            "defer" => ListAction::Defer,
-            "warn" => ListAction::Warn,
-            other => {
-                return Err(format!(
-                    "{zone}: unknown action {other:?} (reject, defer, warn)"
-                ));
-            }
-        };
         let query_zone = match (
             dqs_key.filter(|k| !k.is_empty()),
             zone.strip_suffix(".spamhaus.org"),
@@ -187,12 +177,12 @@ impl List {
             (Some(key), Some(list)) => format!("{key}.{list}.dq.spamhaus.net"),
             _ => zone.clone(),
         };
-        Ok(List {
+        List {
             name: zone,
             query_zone,
-            codes: Codes::parse(codes)?,
+            codes,
             action,
-        })
+        }
     }
 }
 
@@ -367,19 +357,28 @@ mod tests {
 
     #[test]
     fn dqs_and_texts() {
-        let l = List::new("zen.spamhaus.org", &[], "reject", Some("abc123")).unwrap();
+        let l = List::new(
+            "zen.spamhaus.org",
+            Codes::any(),
+            ListAction::Reject,
+            Some("abc123"),
+        );
         assert_eq!(l.query_zone, "abc123.zen.dq.spamhaus.net");
         assert!(
             !format!("{l:?}").contains("abc123"),
             "the key never reaches a log"
         );
         assert_eq!(l.name, "zen.spamhaus.org");
-        let l = List::new("bl.example.", &[], "warn", Some("abc123")).unwrap();
+        let l = List::new(
+            "bl.example.",
+            Codes::any(),
+            ListAction::Warn,
+            Some("abc123"),
+        );
         assert_eq!(
             (l.query_zone.as_str(), l.action),
             ("bl.example", ListAction::Warn)
         );
-        assert!(List::new("x", &[], "drop", None).is_err());
         assert_eq!(
             reply_text(
                 "Client host",

@@ -1,6 +1,7 @@
 //! `miab-policyd`: a Postfix policy delegation server for a Mail-in-a-Box box: postgrey-style
 //! greylisting, Spamhaus DNSBL/DBL checks, sender-login enforcement and per-login rate limits.
 //!
+//! - [`settings`]: the `[policyd]` section, typed and checked at load.
 //! - [`proto`]: the request/reply codec, without I/O.
 //! - [`handler`]: which checks run and the texts they answer with, as plain functions.
 //! - [`policy`]: runs the checks over the user DB, DNS and the greylist store.
@@ -16,14 +17,16 @@ pub use daemon::net;
 pub mod policy;
 pub mod proto;
 mod session;
+pub mod settings;
 pub mod syslog;
 
-use daemon::{Config, Limits, Listener, Shutdown};
+use daemon::{Config, Limits, Listener, Loaded, Shutdown};
 use greylist::store::{Counts, Store};
 use greylist::whitelist::{self, Whitelists};
 use greylist::{Timing, store};
 use handler::Check;
 use policy::{Greylisting, Policy, RateLimits};
+use settings::Settings;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +35,6 @@ use userdb::{Delimiters, Live};
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("[policyd] {0}")]
-    Config(String),
     #[error("user DB: {0}")]
     UserDb(#[from] userdb::Error),
     #[error(transparent)]
@@ -58,37 +59,19 @@ pub struct Report {
     pub skipped_lines: usize,
 }
 
-/// The greylist DB's path.
-pub fn greylist_db_path(config: &Config) -> PathBuf {
-    config.policyd.greylist.db.clone().unwrap_or_else(|| {
-        config
-            .storage_root
-            .join("mail")
-            .join("policyd")
-            .join("greylist.sqlite")
-    })
-}
-
 impl State {
     /// Builds everything from the configuration. Must run inside a tokio runtime.
-    pub fn open(config: &Config) -> Result<(State, Report), StartError> {
-        let p = &config.policyd;
-        let bad = StartError::Config;
-        let checks = p
-            .checks
-            .iter()
-            .map(|c| Check::parse(c))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(bad)?;
-        let trusted = net::parse_list("trusted_clients", &p.trusted_clients).map_err(bad)?;
+    pub fn open(
+        config: &Config,
+        section: &Loaded<Settings>,
+    ) -> Result<(State, Report), StartError> {
+        let p = &section.settings;
         let dqs = p.dnsbl.dqs_key.as_deref();
-        let lists = |ls: &[daemon::ListConfig]| {
+        let lists = |ls: &[settings::ListSettings]| {
             ls.iter()
-                .map(|l| dnsbl::List::new(&l.zone, &l.codes, &l.action, dqs))
-                .collect::<Result<Vec<_>, _>>()
+                .map(|l| dnsbl::List::new(&l.zone, l.codes.clone(), l.action, dqs))
+                .collect::<Vec<_>>()
         };
-        let client_lists = lists(&p.dnsbl.client_lists).map_err(bad)?;
-        let sender_lists = lists(&p.dnsbl.sender_lists).map_err(bad)?;
         let auth = dns::authenticator(&config.dns).map_err(StartError::Dns)?;
         let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
         let mut report = Report {
@@ -97,24 +80,24 @@ impl State {
             whitelist_entries: 0,
             skipped_lines: 0,
         };
-        let greylist = if checks.contains(&Check::Greylist) {
-            Some(open_greylist(config, &mut report)?)
+        let greylist = if p.checks.contains(&Check::Greylist) {
+            Some(open_greylist(&p.greylist, &mut report)?)
         } else {
             None
         };
         let policy = Policy {
-            checks,
-            fail_action: p.fail_action.clone(),
-            security_fail_action: p.security_fail_action.clone(),
-            trusted,
+            checks: p.checks.clone(),
+            fail_action: p.fail_action.as_str().to_owned(),
+            security_fail_action: p.security_fail_action.as_str().to_owned(),
+            trusted: p.trusted_clients.clone(),
             hostname: config.box_hostname(),
             dir,
             delims: Arc::new(Delimiters::new(config.recipient_delimiter.clone())),
             lists: dnsbl::Checker::new(dns::resolver(&auth), config.dns.timeout()),
             auth,
             dns_timeout: config.dns.timeout(),
-            client_lists,
-            sender_lists,
+            client_lists: lists(&p.dnsbl.client_lists),
+            sender_lists: lists(&p.dnsbl.sender_lists),
             greylist,
             rate: RateLimits::per_hour(
                 p.rate_limit.messages_per_hour,
@@ -124,15 +107,17 @@ impl State {
         Ok((
             State {
                 policy,
-                limits: p.limits(),
+                limits: section.server.limits.clone(),
             },
             report,
         ))
     }
 }
 
-fn open_greylist(config: &Config, report: &mut Report) -> Result<Greylisting, StartError> {
-    let g = &config.policyd.greylist;
+fn open_greylist(
+    g: &settings::GreylistSettings,
+    report: &mut Report,
+) -> Result<Greylisting, StartError> {
     let day = 86_400i64;
     let secs = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let timing = Timing {
@@ -142,7 +127,7 @@ fn open_greylist(config: &Config, report: &mut Report) -> Result<Greylisting, St
         awl_threshold: g.auto_whitelist_clients,
         awl_interval: secs(g.auto_whitelist_interval_secs),
     };
-    let path = greylist_db_path(config);
+    let path = g.db().to_owned();
     let (store, counts) = Store::start(
         &path,
         timing,
@@ -159,12 +144,12 @@ fn open_greylist(config: &Config, report: &mut Report) -> Result<Greylisting, St
         whitelists,
         v4_prefix: g.ipv4_prefix,
         v6_prefix: g.ipv6_prefix,
-        action: g.action.clone(),
+        action: g.action.as_str().to_owned(),
         text: g.text.clone(),
         header: g.header.clone(),
         spf_pool: g.spf_pool,
         dry_run: g.dry_run,
-        syslog: syslog::Syslog::connect(&g.syslog_socket),
+        syslog: syslog::Syslog::connect(g.syslog_socket.as_deref()),
     })
 }
 

@@ -17,21 +17,22 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // One thread: a policy answer is microseconds of work, and the greylist store's group
     // commit runs inline, where a hand-off to another thread and back costs more than the
-    // commit. User DB reads still run on the blocking pool.
+    // commit. A changed user DB is read again on the blocking pool.
     daemon::launch(
         "miab-policyd",
         Runtime::CurrentThread,
         &args.common,
-        |c| &mut c.policyd,
-        |config| {
-            policyd::State::open(config).map(|(state, r)| {
+        |_: &mut daemon::Loaded<policyd::settings::Settings>| {},
+        |config, section| {
+            policyd::State::open(config, section).map(|(state, r)| {
+                let checks: Vec<&str> = section.settings.checks.iter().map(|c| c.name()).collect();
                 let summary = format!(
-                    "checks={:?} greylist_db={:?} greylist_entries={:?} whitelist_entries={}",
-                    config.policyd.checks, r.greylist_db, r.greylist_entries, r.whitelist_entries
+                    "checks={checks:?} greylist_db={:?} greylist_entries={:?} whitelist_entries={}",
+                    r.greylist_db, r.greylist_entries, r.whitelist_entries
                 );
                 (state, summary)
             })
         },
-        policyd::run,
+        |l, state, shutdown| policyd::run(l.main, state, shutdown),
     )
 }

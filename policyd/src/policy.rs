@@ -31,7 +31,7 @@ pub struct Greylisting {
     pub v6_prefix: u8,
     pub action: String,
     pub text: String,
-    pub header: String,
+    pub header: Option<String>,
     pub spf_pool: bool,
     pub dry_run: bool,
     pub syslog: Syslog,
@@ -108,7 +108,7 @@ struct Failed(String);
 
 impl Policy {
     /// The action for one request.
-    pub async fn evaluate(&self, req: &Request, conn: &mut ConnState, id: (u64, u64)) -> String {
+    pub async fn evaluate(&self, req: &Request, conn: &mut ConnState) -> String {
         let client_ip: Option<IpAddr> = req.client_address.parse().ok();
         let trusted = client_ip.is_some_and(|ip| any_contains(&self.trusted, ip));
         let mut verdicts = Vec::new();
@@ -134,7 +134,7 @@ impl Policy {
                         _ => &self.fail_action,
                     };
                     tracing::warn!(
-                        conn = id.0, req = id.1, check = check.name(), error = %why,
+                        check = check.name(), error = %why,
                         %action, "check failed; answering the fail action"
                     );
                     // A DUNNO fail action lets the remaining checks have their say.
@@ -367,10 +367,10 @@ impl Policy {
             )),
             Outcome::Pass {
                 delayed: Some(delayed),
-            } if !g.header.is_empty() && conn.header_instance != req.instance => {
+            } if g.header.is_some() && conn.header_instance != req.instance => {
                 conn.header_instance.clone_from(&req.instance);
                 Verdict::Prepend(handler::greylist_header(
-                    &g.header,
+                    g.header.as_deref().unwrap_or_default(),
                     delayed,
                     &self.hostname,
                     now,

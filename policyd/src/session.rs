@@ -13,7 +13,6 @@ use std::sync::Arc;
 pub(crate) async fn run(state: Arc<State>, conn: Conn) {
     let answers = Answers {
         state: Arc::clone(&state),
-        conn: conn.id,
         conn_state: ConnState::default(),
     };
     daemon::session::run(conn, &state.limits, proto::Decoder::new(), answers).await;
@@ -38,23 +37,20 @@ impl Decoder for proto::Decoder {
 
 struct Answers {
     state: Arc<State>,
-    conn: u64,
     conn_state: ConnState,
 }
 
 impl Handler<Request> for Answers {
-    async fn answer(&mut self, req: Request, seq: u64, out: &mut Vec<u8>) {
+    async fn answer(&mut self, req: Request, out: &mut Vec<u8>) {
         let policy = &self.state.policy;
         let action = if req.is_policy_request() {
-            policy
-                .evaluate(&req, &mut self.conn_state, (self.conn, seq))
-                .await
+            policy.evaluate(&req, &mut self.conn_state).await
         } else {
-            tracing::warn!(conn = self.conn, req = seq, request = ?req.request,
+            tracing::warn!(request = ?req.request,
                     "not a request=smtpd_access_policy; answering the fail action");
             policy.fail_action.clone()
         };
-        tracing::debug!(conn = self.conn, req = seq, request = ?req, %action, "answered");
+        tracing::debug!(request = ?req, %action, "answered");
         encode_reply(&action, out);
     }
 

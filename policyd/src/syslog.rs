@@ -74,8 +74,8 @@ pub struct Syslog {
 impl Syslog {
     /// Connects to `path` (usually `/dev/log`); an empty path disables it. A socket that is
     /// missing now is looked for again later.
-    pub fn connect(path: &Path) -> Syslog {
-        let link = (!path.as_os_str().is_empty()).then(|| {
+    pub fn connect(path: Option<&Path>) -> Syslog {
+        let link = path.map(|path| {
             Arc::new(Link {
                 path: path.to_owned(),
                 sock: Mutex::new(Link::open(path)),
@@ -162,7 +162,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let server = UnixDatagram::bind(&path).unwrap();
-        let log = Syslog::connect(&path);
+        let log = Syslog::connect(Some(&path));
         assert!(log.is_connected());
         log.send("action=pass, reason=client AWL");
         let mut buf = [0u8; 256];
@@ -170,8 +170,8 @@ mod tests {
         let got = std::str::from_utf8(&buf[..n]).unwrap();
         assert!(got.starts_with("<22>postgrey["), "{got}");
         assert!(got.ends_with("]: action=pass, reason=client AWL"), "{got}");
-        assert!(!Syslog::connect(Path::new("")).is_connected());
-        assert!(!Syslog::connect(&dir.path().join("none")).is_connected());
+        assert!(!Syslog::connect(None).is_connected());
+        assert!(!Syslog::connect(Some(&dir.path().join("none"))).is_connected());
         log.send("a\nb");
         let n = server.recv(&mut buf).unwrap();
         assert!(std::str::from_utf8(&buf[..n]).unwrap().ends_with("]: a b"));
@@ -182,7 +182,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let first = UnixDatagram::bind(&path).unwrap();
-        let log = Syslog::connect(&path);
+        let log = Syslog::connect(Some(&path));
         log.send("one");
         let mut buf = [0u8; 256];
         assert!(first.recv(&mut buf).is_ok());

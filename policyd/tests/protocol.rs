@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Client, config, request, start};
+use common::{Client, config, request, start, start_in_process};
 use miab_e2e::Scratch;
 use miab_e2e::dns::TestDns;
 use miab_e2e::fixture::miab_box;
@@ -19,7 +19,7 @@ fn bad_input_gets_a_clear_answer_or_a_close() {
     let dir = Scratch::new("pol");
     miab_box(dir.path());
     let dns = TestDns::start();
-    let d = start(&dir, &greylist_only(&dir, &dns, ""));
+    let d = start_in_process(&dir, &greylist_only(&dir, &dns, ""));
     let mut c = Client::connect(d.port);
 
     // No request= attribute: the fail action, and the connection stays usable.
@@ -108,7 +108,7 @@ fn greylisting_steps_and_postgrey_log_lines() {
         syslog_path.display()
     );
     let cfg = greylist_only(&dir, &dns, &extra).replace("syslog_socket = \"\"\n", "");
-    let d = start(&dir, &cfg);
+    let d = start_in_process(&dir, &cfg);
     let mut c = Client::connect(d.port);
     let from = |ip: &'static str, inst: &'static str| {
         vec![
@@ -198,7 +198,7 @@ fn dry_run_logs_but_never_defers() {
     let dir = Scratch::new("pol");
     miab_box(dir.path());
     let dns = TestDns::start();
-    let d = start(&dir, &greylist_only(&dir, &dns, "dry_run = true"));
+    let d = start_in_process(&dir, &greylist_only(&dir, &dns, "dry_run = true"));
     assert_eq!(Client::connect(d.port).ask(&[]), "DUNNO");
     assert!(d.process.log().contains("action=greylist, reason=new"));
 }
@@ -227,7 +227,7 @@ fn block_lists_and_their_failures() {
         "127.0.1.102".parse().unwrap(),
     );
     dns.fail("22.2.0.192.zen.spamhaus.org");
-    let d = start(
+    let d = start_in_process(
         &dir,
         &config(&dir, dns.addr(), "checks = [\"rhsbl\", \"dnsbl\"]", ""),
     );
@@ -359,7 +359,7 @@ fn spf_pool_keys_a_provider_by_its_domain() {
         "v=spf1 ip4:192.0.2.0/24 ip4:198.51.100.0/24 -all",
     );
     dns.add_txt("nopool.example", "v=spf1 ip4:203.0.113.1 -all");
-    let d = start(&dir, &greylist_only(&dir, &dns, "delay_secs = 1"));
+    let d = start_in_process(&dir, &greylist_only(&dir, &dns, "delay_secs = 1"));
     let mut c = Client::connect(d.port);
     let from = |ip: &'static str, sender: &'static str| {
         vec![
@@ -395,7 +395,7 @@ fn forged_local_senders_and_rate_limits() {
     dns.add_txt("other.example", "v=spf1 ip4:192.0.2.50 -all");
     let top = "checks = [\"forged_sender\", \"rate_limit\"]\n\
                [policyd.rate_limit]\nmessages_per_hour = 2\nrecipients_per_hour = 3";
-    let d = start(&dir, &config(&dir, dns.addr(), top, ""));
+    let d = start_in_process(&dir, &config(&dir, dns.addr(), top, ""));
     let mut c = Client::connect(d.port);
     let ask = |c: &mut Client, attrs: &[(&str, &str)]| c.ask(attrs);
 
@@ -470,7 +470,7 @@ fn a_locked_user_db_gives_the_fail_action() {
     let dns = TestDns::start();
     let top = "checks = [\"sender_login\"]\nsecurity_fail_action = \"DEFER_IF_PERMIT Service temporarily unavailable\"";
     let cfg = config(&dir, dns.addr(), top, "").replace("[dns]", "db_busy_timeout_ms = 200\n[dns]");
-    let d = start(&dir, &cfg);
+    let d = start_in_process(&dir, &cfg);
     let mut c = Client::connect(d.port);
     let auth = |sender: &'static str| vec![("sasl_username", "me@example.com"), ("sender", sender)];
     assert_eq!(c.ask(&auth("me@example.com")), "DUNNO");
@@ -501,7 +501,7 @@ fn a_locked_user_db_gives_the_fail_action() {
     // By default sender login fails closed, as Postfix does when MIAB's own map fails.
     let top = "checks = [\"sender_login\", \"rhsbl\"]";
     let cfg = config(&dir, dns.addr(), top, "").replace("[dns]", "db_busy_timeout_ms = 200\n[dns]");
-    let d = start(&dir, &cfg);
+    let d = start_in_process(&dir, &cfg);
     let mut c = Client::connect(d.port);
     lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK)
         .unwrap();
@@ -519,7 +519,7 @@ fn a_locked_user_db_gives_the_fail_action() {
     );
     let top = "checks = [\"sender_login\", \"rhsbl\"]\nsecurity_fail_action = \"DUNNO\"";
     let cfg = config(&dir, dns.addr(), top, "").replace("[dns]", "db_busy_timeout_ms = 200\n[dns]");
-    let d = start(&dir, &cfg);
+    let d = start_in_process(&dir, &cfg);
     let mut c = Client::connect(d.port);
     lock.execute_batch(miab_e2e::fixture::CHANGE_THEN_LOCK)
         .unwrap();
@@ -576,7 +576,7 @@ fn utf8_batv_senders_and_raw_8bit_attributes_get_an_answer() {
     miab_box(dir.path());
     let dns = TestDns::start();
     let top = "checks = [\"sender_login\", \"rhsbl\", \"dnsbl\", \"greylist\"]";
-    let d = start(&dir, &config(&dir, dns.addr(), top, ""));
+    let d = start_in_process(&dir, &config(&dir, dns.addr(), top, ""));
     let mut c = Client::connect(d.port);
     for sender in [
         "prvs=123\u{e9}45678=user@example.org",

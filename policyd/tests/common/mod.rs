@@ -1,5 +1,5 @@
-//! Starting the real `miab-policyd` binary for the integration tests, and speaking the policy
-//! protocol to it.
+//! Starting `miab-policyd` for the integration tests (the real binary, or `policyd::run` in
+//! this test process for tests of its answers alone), and speaking the policy protocol to it.
 
 #![allow(dead_code)]
 
@@ -8,13 +8,131 @@ use miab_e2e::{Scratch, free_port};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A started daemon and its port.
 #[derive(Debug)]
 pub struct Policyd {
-    pub process: DaemonProcess,
+    pub process: Server,
     pub port: u16,
+}
+
+/// Where the daemon runs.
+#[derive(Debug)]
+pub enum Server {
+    /// The real binary, for what needs a process: signals, a crash, the start-up line.
+    Process(DaemonProcess),
+    /// `policyd::run` on a thread of this process, its log lines captured.
+    InProcess(InProcess),
+}
+
+impl Server {
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        match self {
+            Server::Process(p) => p.log(),
+            Server::InProcess(i) => String::from_utf8_lossy(&i.log.lock().unwrap()).into_owned(),
+        }
+    }
+
+    /// The process id (of the real binary only).
+    pub fn pid(&self) -> u32 {
+        match self {
+            Server::Process(p) => p.pid(),
+            Server::InProcess(_) => panic!("an in-process server has no process of its own"),
+        }
+    }
+}
+
+/// The daemon served in this process; stopped (and drained) when dropped.
+#[derive(Debug)]
+pub struct InProcess {
+    log: Arc<Mutex<Vec<u8>>>,
+    trigger: Option<daemon::Trigger>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(t) = self.trigger.take() {
+            t.fire();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "policyd log:\n{}",
+                String::from_utf8_lossy(&self.log.lock().unwrap())
+            );
+        }
+    }
+}
+
+/// A log writer into a shared buffer.
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts `policyd::run` with `config` on a port of its own, on a thread of this process, as
+/// `daemon::launch` would (one-thread runtime, state opened inside it). Its log lines (those of
+/// that thread) are captured for [`Server::log`].
+pub fn start_in_process(dir: &Scratch, config: &str) -> Policyd {
+    let path = dir.join("sidecars.toml");
+    let config = daemon::Config::from_toml(config, &path).unwrap();
+    let section = config.section::<policyd::settings::Settings>().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn({
+        let log = Arc::clone(&log);
+        move || {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || Capture(Arc::clone(&log)))
+                .with_ansi(false)
+                .without_time()
+                .finish();
+            let _default = tracing::subscriber::set_default(subscriber);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (state, _) = policyd::State::open(&config, &section).unwrap();
+                let listen = "inet:127.0.0.1:0".parse().unwrap();
+                let listener =
+                    daemon::Listener::bind(&listen, &daemon::UnixOptions::default()).unwrap();
+                let Ok(daemon::ListenAddr::Inet(addr)) = listener.local_addr() else {
+                    panic!("a TCP listener");
+                };
+                let (trigger, shutdown) = daemon::Shutdown::new();
+                ready_tx.send((addr.port(), trigger)).unwrap();
+                policyd::run(listener, Arc::new(state), shutdown)
+                    .await
+                    .unwrap();
+            });
+        }
+    });
+    let (port, trigger) = ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("policyd started in process");
+    Policyd {
+        process: Server::InProcess(InProcess {
+            log,
+            trigger: Some(trigger),
+            thread: Some(thread),
+        }),
+        port,
+    }
 }
 
 /// A configuration for tests: storage under `dir`, DNS from `dns`, no syslog, only
@@ -40,7 +158,10 @@ pub fn start(dir: &Scratch, config: &str) -> Policyd {
         &["--config", path.to_str().unwrap(), "--listen", &listen],
         dir.join("policyd.log"),
     );
-    Policyd { process, port }
+    Policyd {
+        process: Server::Process(process),
+        port,
+    }
 }
 
 /// One client connection.

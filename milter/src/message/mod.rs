@@ -1,0 +1,301 @@
+//! One milter connection and the message in progress.
+//!
+//! Headers are kept (up to `max_header_bytes`), because DKIM needs them whole. The body is
+//! never kept: when signing it streams through a bounded channel into a task that owns the
+//! signer (mail-auth's streaming signer); when verifying it streams into one body hasher per
+//! distinct (canonicalization, hash, length) the DKIM-Signature headers ask for. At the end,
+//! mail-auth verifies the signatures against those body hashes.
+
+//! - `sign`: the signer task the body streams into.
+//! - `verify`: the body hashers and the DKIM, SPF and DMARC checks at the end.
+
+mod sign;
+mod verify;
+
+use crate::State;
+use crate::results;
+use indymilter::{ContextActions, EomActions, SmtpReply, Status};
+use mail_auth::AuthenticatedMessage;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use userdb::Directory;
+use userdb::address::domain_lowercase;
+use verify::{Hasher, cap_signatures};
+
+/// What happens to the message in progress.
+enum Work {
+    /// Headers still coming.
+    Headers,
+    /// Neither signed nor verified.
+    Pass,
+    /// Streaming into the signer task.
+    Sign {
+        domain: String,
+        tx: mpsc::Sender<Vec<u8>>,
+        task: JoinHandle<Result<Vec<String>, String>>,
+    },
+    /// Streaming into body hashers.
+    Verify { hashers: Vec<Hasher> },
+    /// Something failed before the end of the message, which is answered with tempfail.
+    Failed,
+}
+
+/// The connection's state (indymilter's per-connection data).
+pub struct Session {
+    state: Arc<State>,
+    client: Option<IpAddr>,
+    helo: String,
+    sender: String,
+    authenticated: bool,
+    headers: Vec<u8>,
+    overflow: bool,
+    /// Authentication-Results headers seen, and the indices (1-based) of those claiming our
+    /// authserv-id.
+    ar_seen: i32,
+    ar_forged: Vec<i32>,
+    work: Work,
+    /// The MTA takes no answer before end-of-message.
+    quiet: bool,
+    /// `milter{conn client}`, for the connection's log lines.
+    conn_span: tracing::Span,
+    /// `msg{qid}` below it, for the message in progress.
+    span: tracing::Span,
+}
+
+impl Session {
+    pub(crate) fn new(state: Arc<State>, quiet: bool, conn: u64) -> Session {
+        let conn_span = tracing::info_span!("milter", conn, client = tracing::field::Empty);
+        Session {
+            span: conn_span.clone(),
+            conn_span,
+            state,
+            client: None,
+            helo: String::new(),
+            sender: String::new(),
+            authenticated: false,
+            headers: Vec::new(),
+            overflow: false,
+            ar_seen: 0,
+            ar_forged: Vec::new(),
+            work: Work::Headers,
+            quiet,
+        }
+    }
+
+    /// The answer of every stage before end-of-message.
+    pub(crate) fn carry_on(&self) -> Status {
+        if self.quiet {
+            Status::Noreply
+        } else {
+            Status::Continue
+        }
+    }
+
+    pub(crate) fn connect(&mut self, ip: IpAddr) {
+        self.client = Some(ip);
+        self.conn_span.record("client", tracing::field::display(ip));
+    }
+
+    /// The span the current stage's log lines belong to.
+    pub(crate) fn span(&self) -> tracing::Span {
+        self.span.clone()
+    }
+
+    pub(crate) fn helo(&mut self, helo: &str) {
+        self.helo = helo.to_owned();
+    }
+
+    /// MAIL FROM starts a message; `queue_id` is Postfix's `{i}`, so one message can be
+    /// followed from Postfix's log lines to ours.
+    pub(crate) fn mail(&mut self, sender: &str, authenticated: bool, queue_id: &str) {
+        self.abort();
+        // Postfix's queue ids are letters and digits; anything else is not logged.
+        let qid: String = queue_id
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(32)
+            .collect();
+        self.span = tracing::info_span!(parent: &self.conn_span, "msg", qid);
+        self.sender = sender
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_owned();
+        self.authenticated = authenticated;
+    }
+
+    /// Forgets the message in progress (the connection stays).
+    pub(crate) fn abort(&mut self) {
+        if let Work::Sign { task, .. } = std::mem::replace(&mut self.work, Work::Headers) {
+            task.abort();
+        }
+        self.headers = Vec::new();
+        self.overflow = false;
+        self.ar_seen = 0;
+        self.ar_forged.clear();
+    }
+
+    /// One header as Postfix sends it (value byte-exact with its leading space; folded lines
+    /// separated by bare LF, which DKIM needs as CRLF).
+    pub(crate) fn header(&mut self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"Authentication-Results") {
+            self.ar_seen += 1;
+            if results::claims_authserv_id(&String::from_utf8_lossy(value), &self.state.hostname) {
+                self.ar_forged.push(self.ar_seen);
+            }
+        }
+        if self.overflow {
+            return;
+        }
+        if self.headers.len() + name.len() + value.len() + 3 > self.state.max_header_bytes {
+            self.overflow = true;
+            self.headers = Vec::new();
+            return;
+        }
+        self.headers.extend_from_slice(name);
+        self.headers.push(b':');
+        let mut prev = 0u8;
+        for &b in value {
+            if b == b'\n' && prev != b'\r' {
+                self.headers.push(b'\r');
+            }
+            self.headers.push(b);
+            prev = b;
+        }
+        self.headers.extend_from_slice(b"\r\n");
+    }
+
+    /// The From: header's domain (the first address), lowercased. After the headers ended.
+    fn header_from_domain(&self) -> Option<String> {
+        let msg = AuthenticatedMessage::parse(&self.headers)?;
+        msg.from.first().and_then(|f| domain_lowercase(f))
+    }
+
+    async fn is_mail_domain(&self, domain: &str) -> Result<bool, userdb::Error> {
+        Ok(self.state.dir.current().await?.is_mail_domain(domain))
+    }
+
+    fn internal(&self) -> bool {
+        self.authenticated || self.client.is_some_and(|ip| self.state.is_trusted(ip))
+    }
+
+    /// Decides between signing, verifying and passing, and starts the body's journey.
+    pub(crate) async fn end_of_headers(&mut self) -> Status {
+        if self.overflow {
+            tracing::warn!(
+                limit = self.state.max_header_bytes,
+                "headers too large; message passed unsigned and unverified"
+            );
+            self.work = Work::Pass;
+            return self.carry_on();
+        }
+        // The header block is complete: end it as a message does, so mail-auth can parse it
+        // (and the signer take it) as is.
+        self.headers.extend_from_slice(b"\r\n");
+        if self.internal() {
+            let Some(domain) = self.header_from_domain() else {
+                self.work = Work::Pass;
+                return self.carry_on();
+            };
+            match self.is_mail_domain(&domain).await {
+                Ok(true) => self.start_signing(domain).await,
+                Ok(false) => {
+                    tracing::debug!(?domain, "From: domain is not ours; not signed");
+                    self.work = Work::Pass;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "user DB unavailable; asking the client to retry");
+                    self.work = Work::Failed;
+                }
+            }
+            return self.carry_on();
+        }
+        if !self.state.verify {
+            self.work = Work::Pass;
+            return self.carry_on();
+        }
+        let max = self.state.max_signatures;
+        let hashers = AuthenticatedMessage::parse(&self.headers)
+            .map(|mut m| {
+                cap_signatures(&mut m, max);
+                m.body_hashes
+                    .iter()
+                    .map(|(c, h, l, _)| Hasher::new(*c, *h, *l))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.work = Work::Verify { hashers };
+        self.carry_on()
+    }
+
+    pub(crate) async fn body(&mut self, chunk: &[u8]) -> Status {
+        match &mut self.work {
+            Work::Sign { tx, .. } => {
+                if tx.send(chunk.to_vec()).await.is_err() {
+                    tracing::error!("signer stopped early");
+                    self.work = Work::Failed;
+                }
+            }
+            Work::Verify { hashers } => {
+                for h in hashers {
+                    h.write(chunk);
+                }
+            }
+            Work::Headers | Work::Pass | Work::Failed => {}
+        }
+        self.carry_on()
+    }
+
+    pub(crate) async fn end_of_message(
+        &mut self,
+        actions: &EomActions,
+        reply: &mut SmtpReply,
+    ) -> Status {
+        // Forged results go first, while the indices still count only the headers that came
+        // with the message (Postfix counts the ones we insert too).
+        for index in self.ar_forged.iter().rev() {
+            if let Err(e) = actions
+                .change_header("Authentication-Results", *index, None::<&str>)
+                .await
+            {
+                tracing::warn!(error = %e, "could not remove a forged Authentication-Results");
+            }
+        }
+        let work = std::mem::replace(&mut self.work, Work::Headers);
+        let status = match work {
+            Work::Sign { domain, tx, task } => {
+                drop(tx);
+                match task.await {
+                    Ok(Ok(sigs)) => {
+                        for sig in sigs {
+                            if let Err(e) = actions
+                                .insert_header(0, "DKIM-Signature", format!(" {sig}"))
+                                .await
+                            {
+                                tracing::error!(error = %e, "could not add DKIM-Signature");
+                                return Status::Tempfail;
+                            }
+                        }
+                        tracing::info!(?domain, "signed");
+                        Status::Continue
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(domain, error = %e, "signing failed; asking the client to retry");
+                        Status::Tempfail
+                    }
+                    Err(e) => {
+                        tracing::error!(domain, error = %e, "signer task failed");
+                        Status::Tempfail
+                    }
+                }
+            }
+            Work::Verify { hashers } => self.verify(hashers, actions, reply).await,
+            Work::Headers | Work::Pass => Status::Continue,
+            Work::Failed => Status::Tempfail,
+        };
+        self.abort();
+        status
+    }
+}
