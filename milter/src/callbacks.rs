@@ -40,13 +40,9 @@ pub(crate) fn callbacks(state: Arc<State>) -> Callbacks<Session> {
                 }
                 // Only the macros we read; the others would be sent and parsed for nothing.
                 cx.requested_macros
-                    .insert(MacroStage::Mail, c"{auth_authen} i".to_owned());
-                for stage in [
-                    MacroStage::Connect,
-                    MacroStage::Helo,
-                    MacroStage::Eoh,
-                    MacroStage::Eom,
-                ] {
+                    .insert(MacroStage::Mail, c"{auth_authen}".to_owned());
+                cx.requested_macros.insert(MacroStage::Eoh, c"i".to_owned());
+                for stage in [MacroStage::Connect, MacroStage::Helo, MacroStage::Eom] {
                     cx.requested_macros.insert(stage, c"".to_owned());
                 }
                 cx.data = Some(Session::new(
@@ -83,11 +79,6 @@ pub(crate) fn callbacks(state: Arc<State>) -> Callbacks<Session> {
                     .macros
                     .get(c"{auth_authen}")
                     .is_some_and(|v| !v.to_bytes().is_empty());
-                let queue_id = cx
-                    .macros
-                    .get(c"i")
-                    .map(|v| v.to_string_lossy().into_owned())
-                    .unwrap_or_default();
                 let Some(s) = cx.data.as_mut() else {
                     return Status::Continue;
                 };
@@ -95,7 +86,7 @@ pub(crate) fn callbacks(state: Arc<State>) -> Callbacks<Session> {
                     .first()
                     .map(|a| a.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                s.mail(&sender, auth, &queue_id);
+                s.mail(&sender, auth);
                 s.carry_on()
             })
         })
@@ -110,8 +101,13 @@ pub(crate) fn callbacks(state: Arc<State>) -> Callbacks<Session> {
         })
         .on_eoh(|cx| {
             Box::pin(async move {
+                let queue_id = cx
+                    .macros
+                    .get(c"i")
+                    .map(|v| v.to_string_lossy().into_owned());
                 match cx.data.as_mut() {
                     Some(s) => {
+                        s.queue_id(queue_id.as_deref().unwrap_or_default());
                         let span = s.span();
                         s.end_of_headers().instrument(span).await
                     }

@@ -35,6 +35,18 @@ fn signs_local_mail_and_checks_inbound_mail() {
     let v = dkimpy(&s.dir, &signed, &s.records);
     assert!(v.ok(), "{v:?}\n{signed}");
     assert!(v.stdout.starts_with("2 [True, True]"), "{v:?}");
+    // Its log line carries Postfix's queue id, so one message can be followed through both logs.
+    let mlog = s.milter.log();
+    let qid = mlog
+        .lines()
+        .find(|l| l.contains("msg{qid=") && l.ends_with("signed domain=\"example.com\""))
+        .and_then(|l| l.split("msg{qid=").nth(1)?.split('}').next())
+        .unwrap_or_else(|| panic!("no signed line with a queue id:\n{mlog}"));
+    assert!(
+        qid.len() >= 6 && s.pf.log().contains(&format!("{qid}: ")),
+        "{qid} not in Postfix's log:\n{}",
+        s.pf.log()
+    );
 
     // A domain with its own key file is signed with it (d=other.example).
     let own = send(&s, "127.0.0.1", "boss@other.example", &[], "local-own-key");

@@ -107,17 +107,11 @@ impl Session {
         self.helo = helo.to_owned();
     }
 
-    /// MAIL FROM starts a message; `queue_id` is Postfix's `{i}`, so one message can be
-    /// followed from Postfix's log lines to ours.
-    pub(crate) fn mail(&mut self, sender: &str, authenticated: bool, queue_id: &str) {
+    /// MAIL FROM starts a message.
+    pub(crate) fn mail(&mut self, sender: &str, authenticated: bool) {
         self.abort();
-        // Postfix's queue ids are letters and digits; anything else is not logged.
-        let qid: String = queue_id
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .take(32)
-            .collect();
-        self.span = tracing::info_span!(parent: &self.conn_span, "msg", qid);
+        self.span =
+            tracing::info_span!(parent: &self.conn_span, "msg", qid = tracing::field::Empty);
         self.sender = sender
             .trim()
             .trim_start_matches('<')
@@ -179,6 +173,21 @@ impl Session {
 
     fn internal(&self) -> bool {
         self.authenticated || self.client.is_some_and(|ip| self.state.is_trusted(ip))
+    }
+
+    /// Postfix's queue id (`{i}`, known once the queue file exists: at the end of the
+    /// headers, since smtpd opens it only after a valid RCPT), so one message can be followed
+    /// from Postfix's log lines to ours.
+    pub(crate) fn queue_id(&mut self, id: &str) {
+        // Postfix's queue ids are letters and digits; anything else is not logged.
+        let qid: String = id
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(32)
+            .collect();
+        if !qid.is_empty() {
+            self.span.record("qid", tracing::field::display(&qid));
+        }
     }
 
     /// Decides between signing, verifying and passing, and starts the body's journey.
