@@ -6,6 +6,8 @@ use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 use base64::Engine as _;
+use rustls_pki_types::pem::{self, PemObject as _};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -30,16 +32,13 @@ fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
-fn pem_der(text: &str) -> Result<Vec<u8>> {
-    let body: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body.trim())
-        .context("not a PEM file")
+/// Why a key file gave no key: unreadable, no PEM block with one of `labels`, or bad PEM.
+fn pem_error(path: &Path, e: pem::Error, labels: &str) -> anyhow::Error {
+    match e {
+        pem::Error::Io(e) => anyhow::Error::new(e).context(path.display().to_string()),
+        pem::Error::NoItemsFound => anyhow::anyhow!("{}: no {labels} PEM block", path.display()),
+        e => anyhow::anyhow!("{}: not a PEM file: {e}", path.display()),
+    }
 }
 
 /// Writes `content` to a new file with mode 0600, owned by `owner` (and its primary group)
@@ -124,12 +123,12 @@ pub fn generate(
 
 /// `v=DKIM1; k=rsa; p=<SubjectPublicKeyInfo>` for an RSA key file (PKCS#1 or PKCS#8 PEM).
 pub fn rsa_record(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    let der = pem_der(&text)?;
-    let key = if text.contains("BEGIN RSA PRIVATE KEY") {
-        KeyPair::from_der(&der)
-    } else {
-        KeyPair::from_pkcs8(&der)
+    let der = PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| pem_error(path, e, "RSA PRIVATE KEY or PRIVATE KEY"))?;
+    let key = match der {
+        PrivateKeyDer::Pkcs1(der) => KeyPair::from_der(der.secret_pkcs1_der()),
+        PrivateKeyDer::Pkcs8(der) => KeyPair::from_pkcs8(der.secret_pkcs8_der()),
+        _ => bail!("{}: not an RSA key", path.display()),
     }
     .map_err(|e| anyhow::anyhow!("{}: not an RSA key: {e}", path.display()))?;
     let spki: PublicKeyX509Der<'_> = key
@@ -141,9 +140,9 @@ pub fn rsa_record(path: &Path) -> Result<String> {
 
 /// `v=DKIM1; k=ed25519; p=<32 raw bytes>` (RFC 8463) for an Ed25519 PKCS#8 PEM file.
 pub fn ed25519_record(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    let der = pem_der(&text)?;
-    let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+    let der =
+        PrivatePkcs8KeyDer::from_pem_file(path).map_err(|e| pem_error(path, e, "PRIVATE KEY"))?;
+    let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
         .map_err(|e| anyhow::anyhow!("{}: not an Ed25519 key: {e}", path.display()))?;
     Ok(format!(
         "v=DKIM1; k=ed25519; p={}",

@@ -3,10 +3,10 @@
 //! (`<domain>.private` next to the main key). Loaded once; keys are shared, never copied, and
 //! never printed.
 
-use base64::Engine as _;
 use mail_auth::common::crypto::{Algorithm, Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::Writable;
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::pem::{self, PemObject as _};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -95,20 +95,12 @@ fn read(path: &Path) -> Result<String, KeyError> {
     })
 }
 
-/// The DER inside the first PEM block of `pem`.
-fn pem_der(pem: &str) -> Result<Vec<u8>, String> {
-    let b64: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    if b64.is_empty() {
-        return Err("no PEM block".into());
+/// A PEM error in words; the crate's "no items found" means no block with a label we take.
+fn pem_why(e: pem::Error, labels: &str) -> String {
+    match e {
+        pem::Error::NoItemsFound => format!("no {labels} PEM block"),
+        e => e.to_string(),
     }
-    base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|e| e.to_string())
 }
 
 /// Loads an RSA private key in PKCS#1 (`BEGIN RSA PRIVATE KEY`) or PKCS#8 (`BEGIN PRIVATE
@@ -120,12 +112,10 @@ pub fn load_rsa(path: &Path) -> Result<SharedRsa, KeyError> {
         kind: "RSA",
         why,
     };
-    let der = pem_der(&pem).map_err(bad)?;
-    let der = if pem.contains("BEGIN RSA PRIVATE KEY") {
-        PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der))
-    } else {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der))
-    };
+    // The first `RSA PRIVATE KEY` (PKCS#1) or `PRIVATE KEY` (PKCS#8) block; an EC key there
+    // is refused by the RSA parser below.
+    let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| bad(pem_why(e, "RSA PRIVATE KEY or PRIVATE KEY")))?;
     let key = RsaKey::<Sha256>::from_key_der(der);
     key.map(|k| SharedRsa(Arc::new(k)))
         .map_err(|e| bad(e.to_string()))
@@ -139,8 +129,9 @@ pub fn load_ed25519(path: &Path) -> Result<SharedEd25519, KeyError> {
         kind: "Ed25519",
         why,
     };
-    let der = pem_der(&pem).map_err(bad)?;
-    Ed25519Key::from_pkcs8_maybe_unchecked_der(&der)
+    let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| bad(pem_why(e, "PRIVATE KEY")))?;
+    Ed25519Key::from_pkcs8_maybe_unchecked_der(der.secret_pkcs8_der())
         .map(|k| SharedEd25519(Arc::new(k)))
         .map_err(|e| bad(e.to_string()))
 }
@@ -223,5 +214,93 @@ impl Keyring {
             rsa: own.unwrap_or_else(|| self.main.rsa.clone()),
             ed25519: self.main.ed25519.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use miab_e2e::{Scratch, require_program};
+
+    /// Writes a key with `openssl` (as MIAB's opendkim-genkey would) and returns its path.
+    fn openssl_key(dir: &Scratch, name: &str, args: &[&str]) -> PathBuf {
+        let path = dir.join(name);
+        let out = std::process::Command::new(require_program("/usr/bin/openssl", "openssl"))
+            .args(args)
+            .arg("-out")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    }
+
+    fn why(e: KeyError) -> (&'static str, String) {
+        match e {
+            KeyError::Parse { kind, why, .. } => (kind, why),
+            e => panic!("not a parse error: {e}"),
+        }
+    }
+
+    #[test]
+    fn pkcs1_pkcs8_and_ed25519_keys_load_and_others_are_refused() {
+        let dir = Scratch::new("keys");
+        let pkcs8 = openssl_key(
+            &dir,
+            "pkcs8.private",
+            &[
+                "genpkey",
+                "-algorithm",
+                "rsa",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+        );
+        let pkcs8_path = pkcs8.to_str().unwrap();
+        let pkcs1 = openssl_key(
+            &dir,
+            "pkcs1.private",
+            &["rsa", "-traditional", "-in", pkcs8_path],
+        );
+        let ed = openssl_key(&dir, "ed.private", &["genpkey", "-algorithm", "ed25519"]);
+        assert!(
+            std::fs::read_to_string(&pkcs1)
+                .unwrap()
+                .starts_with("-----BEGIN RSA PRIVATE KEY-----")
+        );
+        load_rsa(&pkcs1).unwrap();
+        load_rsa(&pkcs8).unwrap();
+        load_ed25519(&ed).unwrap();
+        Keyring::load(&pkcs1, Some(&ed)).unwrap();
+
+        assert_eq!(
+            why(load_ed25519(&pkcs1).unwrap_err()),
+            ("Ed25519", "no PRIVATE KEY PEM block".into())
+        );
+        assert_eq!(why(load_rsa(&ed).unwrap_err()).0, "RSA");
+        assert_eq!(why(load_ed25519(&pkcs8).unwrap_err()).0, "Ed25519");
+        let junk = dir.join("junk.private");
+        std::fs::write(&junk, "not a key\n").unwrap();
+        let e = load_rsa(&junk).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: not a usable RSA private key", junk.display())),
+            "{e}"
+        );
+        assert_eq!(why(e).1, "no RSA PRIVATE KEY or PRIVATE KEY PEM block");
+        std::fs::write(
+            &junk,
+            "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        assert_eq!(why(load_rsa(&junk).unwrap_err()).0, "RSA");
+        assert!(matches!(
+            load_rsa(&dir.join("missing")),
+            Err(KeyError::Read { .. })
+        ));
     }
 }

@@ -10,6 +10,7 @@
 //!   live handle that swaps it when the DB changes (`handle`, feature `async`);
 //! - app passwords, in our own `miab_sidecar_*` tables ([`app_password`]);
 //! - the box's host name, one rule for every binary ([`boxconf`]);
+//! - the clock and the civil date of a day count, for what the binaries print ([`clock`]);
 //! - the backup hold that keeps the daemons' own files copyable ([`backup`]);
 //! - SHA512-CRYPT hashing compatible with `doveadm pw` ([`password`]);
 //! - MIAB's display order ([`sort`]).
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod app_password;
 pub mod backup;
 pub mod boxconf;
+pub mod clock;
 pub mod db;
 pub mod directory;
 mod error;
