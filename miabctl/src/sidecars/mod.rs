@@ -3,12 +3,14 @@
 //!
 //! - [`wiring`]: what changes in `main.cf` and Dovecot's `10-auth.conf`, as pure functions.
 //! - [`status`]: every integration point checked, in plain words, with the command that fixes it.
+//! - [`backup`]: the hold around MIAB's nightly backup, so the sidecars' own files copy whole.
 //! - here: the steps on the box (files, units, reloads) and the record of what was there before,
 //!   under [`STATE_DIR`], from which `disable` puts every file back byte for byte.
 //!
 //! The replaced daemons are neutralised with systemd drop-ins, not masked or removed, so MIAB's
 //! `service postgrey|opendkim|opendmarc start|stop|restart` calls keep succeeding.
 
+pub mod backup;
 pub mod status;
 pub mod wiring;
 
@@ -449,7 +451,7 @@ pub fn disable(sys: &Sys) -> Result<()> {
     // The record goes, so a later enable records the box as it is then.
     let old = sys
         .path(STATE_DIR)
-        .join(format!("disabled-{}", userdb::app_password::unix_now()));
+        .join(format!("disabled-{}", userdb::clock::unix_now()));
     let _ = std::fs::rename(sys.state("backup"), &old);
     std::fs::remove_file(&record)?;
     println!("back on Mail-in-a-Box's own daemons; the sidecars' state is kept for a later enable");
@@ -515,59 +517,6 @@ fn wait_ready(sys: &Sys) -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-}
-
-/// `backup-hold`: before MIAB's backup copies the storage root.
-pub fn backup_hold(sys: &Sys) -> Result<()> {
-    let hold = sys.path(userdb::backup::HOLD_FILE);
-    if let Some(dir) = hold.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&hold, "")?;
-    for db in status::state_dbs(&sys.storage_root) {
-        if db.exists()
-            && let Err(e) = checkpoint(&db)
-        {
-            eprintln!("warning: {}: {e:#}", db.display());
-        }
-    }
-    Ok(())
-}
-
-/// `backup-release`: after the backup.
-pub fn backup_release(sys: &Sys) -> Result<()> {
-    match std::fs::remove_file(sys.path(userdb::backup::HOLD_FILE)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-        _ => Ok(()),
-    }
-}
-
-/// Moves everything in a WAL file into the main file and empties it, so a copy of the main
-/// file alone is the whole DB. Side files this creates get the DB's owner.
-fn checkpoint(db: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(db)?;
-    let wal = PathBuf::from(format!("{}-wal", db.display()));
-    if !wal.exists() {
-        return Ok(());
-    }
-    let conn = rusqlite::Connection::open(db)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    let (busy, _, _): (i64, i64, i64) =
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
-    drop(conn);
-    if busy != 0 {
-        bail!("a reader kept the checkpoint from finishing");
-    }
-    for side in ["-wal", "-shm"] {
-        let p = PathBuf::from(format!("{}{side}", db.display()));
-        if p.exists() {
-            let _ = std::os::unix::fs::chown(&p, Some(meta.uid()), Some(meta.gid()));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

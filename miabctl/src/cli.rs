@@ -1,0 +1,73 @@
+//! The command line: global options and the top-level commands. Each command's own
+//! subcommands and arguments live with its code, in [`crate::cmd`].
+
+use crate::cmd::alias::AliasCmd;
+use crate::cmd::dns::{DkimCmd, DnsCmd, DomainCmd};
+use crate::cmd::sidecars::SidecarsCmd;
+use crate::cmd::user::UserCmd;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "miabctl",
+    version,
+    about = "Manage Mail-in-a-Box users and aliases in the user DB",
+    after_help = "Removing a mail user does not delete their mail folders on disk. It only prevents IMAP/SMTP login."
+)]
+pub struct Cli {
+    /// Mail-in-a-Box's STORAGE_ROOT; the DB is STORAGE_ROOT/mail/users.sqlite.
+    #[arg(
+        long,
+        env = "MIAB_STORAGE_ROOT",
+        default_value = "/home/user-data",
+        global = true
+    )]
+    pub storage_root: PathBuf,
+    /// The box's PRIMARY_HOSTNAME (default: /etc/mailinabox.conf, else the system host name).
+    #[arg(long, env = "MIAB_HOSTNAME", global = true)]
+    pub hostname: Option<String>,
+    /// Print listings as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an empty user DB with Mail-in-a-Box's exact schema.
+    Init,
+    /// List users (admins marked with *), or manage them.
+    User {
+        #[command(subcommand)]
+        command: Option<UserCmd>,
+    },
+    /// List aliases (address, forwards-to, permitted senders, tab-separated), or manage them.
+    Alias {
+        #[command(subcommand)]
+        command: Option<AliasCmd>,
+    },
+    /// Mail domains.
+    Domain {
+        #[command(subcommand)]
+        command: DomainCmd,
+    },
+    /// Regenerate the automatic aliases (postmaster@, admin@, abuse@, hostmaster@, IDN domains).
+    Kick,
+    /// DKIM keys for miab-milter.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCmd,
+    },
+    /// DNS records the mail domains need.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCmd,
+    },
+    /// Switch a live Mail-in-a-Box box to the sidecar daemons and back (run as root).
+    Sidecars {
+        #[command(subcommand)]
+        command: SidecarsCmd,
+    },
+}
