@@ -75,10 +75,11 @@ pub(crate) fn callbacks(state: Arc<State>) -> Callbacks<Session> {
         })
         .on_mail(|cx, args| {
             Box::pin(async move {
-                let auth = cx
+                let login = cx
                     .macros
                     .get(c"{auth_authen}")
-                    .is_some_and(|v| !v.to_bytes().is_empty());
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .filter(|v| !v.is_empty());
                 let Some(s) = cx.data.as_mut() else {
                     return Status::Continue;
                 };
@@ -86,7 +87,7 @@ pub(crate) fn callbacks(state: Arc<State>) -> Callbacks<Session> {
                     .first()
                     .map(|a| a.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                s.mail(&sender, auth);
+                s.mail(&sender, login);
                 s.carry_on()
             })
         })

@@ -1,6 +1,7 @@
 //! `[milter]`: DKIM signing and DKIM/SPF/DMARC verification for Postfix, typed and checked at
 //! load.
 
+pub use crate::message::from::Mode;
 use daemon::config::empty_is_off;
 use daemon::net::Cidr;
 use daemon::{Endpoint, Limits, ListenAddr, Server, UnixOptions};
@@ -51,6 +52,11 @@ pub struct Settings {
     /// turns it off. Its socket mode and group are the milter's.
     #[serde(deserialize_with = "empty_is_off")]
     pub accept_listen: Option<ListenAddr>,
+    /// Mail from an SMTP-AUTH session whose From: or Sender: holds an address the login may
+    /// not send as (the rule that decides the envelope sender): `reject` (550 5.7.1 at end of
+    /// data, and a log line), `warn` (delivered, and a log line) or `off`. Default `reject`;
+    /// a box whose users send as outside addresses through it needs `warn`.
+    pub from_header: Mode,
 }
 
 /// OpenDKIM's default `SignHeaders` (RFC 6376 §5.4.1's list).
@@ -99,6 +105,20 @@ impl Default for Settings {
             max_header_bytes: 1 << 20,
             max_signatures: 5,
             accept_listen: None,
+            from_header: Mode::Reject,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "reject" => Ok(Mode::Reject),
+            "warn" => Ok(Mode::Warn),
+            "off" => Ok(Mode::Off),
+            other => Err(serde::de::Error::custom(format!(
+                "{other:?}: expected \"reject\", \"warn\" or \"off\""
+            ))),
         }
     }
 }
@@ -223,6 +243,7 @@ mod tests {
             ("[milter]\naccept_listen = \"8893\"\n", "8893"),
             ("[milter]\nmax_signatures = 0\n", "max_signatures"),
             ("[milter]\nverify = \"yes\"\n", "verify"),
+            ("[milter]\nfrom_header = \"drop\"\n", "drop"),
         ] {
             let e = load(text).unwrap_err().to_string();
             assert!(

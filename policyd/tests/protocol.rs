@@ -626,3 +626,23 @@ fn utf8_batv_senders_and_raw_8bit_attributes_get_an_answer() {
         "still served"
     );
 }
+
+/// The envelope check over the table the milter's From: check is also tested against.
+#[test]
+fn sender_login_follows_the_shared_table() {
+    let dir = Scratch::new("pol");
+    miab_box(dir.path());
+    let dns = TestDns::start();
+    let cfg = config(&dir, dns.addr(), "checks = [\"sender_login\"]", "");
+    let d = start_in_process(&dir, &cfg);
+    let mut c = Client::connect(d.port);
+    for &(login, sender, allowed) in miab_e2e::fixture::SENDER_LOGIN_CASES {
+        let action = c.ask(&[("sasl_username", login), ("sender", sender)]);
+        let want = if allowed {
+            "DUNNO".to_owned()
+        } else {
+            format!("553 5.7.1 not owned by user {login}")
+        };
+        assert_eq!(action, want, "{login} as {sender}");
+    }
+}

@@ -112,3 +112,30 @@ pub const DOMAIN_KEYS: &[&str] = &[
 /// change touches no MIAB table.
 pub const CHANGE_THEN_LOCK: &str =
     "CREATE TABLE miab_lock_probe (x); DROP TABLE miab_lock_probe; BEGIN EXCLUSIVE";
+
+/// Who may send as what on the [`miab_box`] DB, under MIAB's sender-login rule (the login
+/// itself, `+ext`, aliases it receives or is a permitted sender of, catch-all ownership):
+/// (login, address, allowed). Both policyd's envelope check and the milter's From: check are
+/// tested against it.
+pub const SENDER_LOGIN_CASES: &[(&str, &str, bool)] = &[
+    ("me@example.com", "me@example.com", true),
+    ("me@example.com", "ME@Example.COM", true),
+    ("me@example.com", "me+news@example.com", true),
+    ("me@example.com", "hello@example.com", true),
+    ("me@example.com", "sendonly@example.com", true),
+    ("me@example.com", "administrator@box.example.com", true),
+    ("me@example.com", "anyone@catch.example", true),
+    ("me@example.com", "team@other.example", true),
+    ("me@example.com", "you@example.com", false),
+    ("me@example.com", "boss@other.example", false),
+    ("me@example.com", "someone@other.example", false),
+    ("me@example.com", "stranger@external.example", false),
+    ("me@example.com", "me@example.org", false),
+    ("you@example.com", "you@example.com", true),
+    ("you@example.com", "hello@example.com", true),
+    ("you@example.com", "sendonly@example.com", false),
+    ("you@example.com", "me@example.com", false),
+    ("boss@other.example", "someone@other.example", true),
+    ("boss@other.example", "hi@xn--bcher-kva.example", true),
+    ("boss@other.example", "me@example.com", false),
+];

@@ -6,15 +6,17 @@
 //! distinct (canonicalization, hash, length) the DKIM-Signature headers ask for. At the end,
 //! mail-auth verifies the signatures against those body hashes.
 
+//! - `from`: the From:/Sender: check for mail from an SMTP-AUTH session.
 //! - `sign`: the signer task the body streams into.
 //! - `verify`: the body hashers and the DKIM, SPF and DMARC checks at the end.
 
+pub(crate) mod from;
 mod sign;
 mod verify;
 
 use crate::State;
 use crate::results;
-use indymilter::{ContextActions, EomActions, SmtpReply, Status};
+use indymilter::{ContextActions, EomActions, SetErrorReply, SmtpReply, Status};
 use mail_auth::AuthenticatedMessage;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -48,7 +50,10 @@ pub struct Session {
     client: Option<IpAddr>,
     helo: String,
     sender: String,
-    authenticated: bool,
+    /// The SMTP AUTH login (`{auth_authen}`), if the session has one.
+    login: Option<String>,
+    /// The end-of-data refusal decided at the end of the headers (the From: check).
+    refusal: Option<String>,
     headers: Vec<u8>,
     overflow: bool,
     /// Authentication-Results headers seen, and the indices (1-based) of those claiming our
@@ -74,7 +79,8 @@ impl Session {
             client: None,
             helo: String::new(),
             sender: String::new(),
-            authenticated: false,
+            login: None,
+            refusal: None,
             headers: Vec::new(),
             overflow: false,
             ar_seen: 0,
@@ -108,7 +114,7 @@ impl Session {
     }
 
     /// MAIL FROM starts a message.
-    pub(crate) fn mail(&mut self, sender: &str, authenticated: bool) {
+    pub(crate) fn mail(&mut self, sender: &str, login: Option<String>) {
         self.abort();
         self.span =
             tracing::info_span!(parent: &self.conn_span, "msg", qid = tracing::field::Empty);
@@ -117,7 +123,7 @@ impl Session {
             .trim_start_matches('<')
             .trim_end_matches('>')
             .to_owned();
-        self.authenticated = authenticated;
+        self.login = login;
     }
 
     /// Forgets the message in progress (the connection stays).
@@ -129,6 +135,7 @@ impl Session {
         self.overflow = false;
         self.ar_seen = 0;
         self.ar_forged.clear();
+        self.refusal = None;
     }
 
     /// One header as Postfix sends it (value byte-exact with its leading space; folded lines
@@ -172,7 +179,7 @@ impl Session {
     }
 
     fn internal(&self) -> bool {
-        self.authenticated || self.client.is_some_and(|ip| self.state.is_trusted(ip))
+        self.login.is_some() || self.client.is_some_and(|ip| self.state.is_trusted(ip))
     }
 
     /// Postfix's queue id (`{i}`, known once the queue file exists: at the end of the
@@ -190,8 +197,39 @@ impl Session {
         }
     }
 
+    /// The From: check for a session with a login (`from_header`); `Some` ends the stage.
+    async fn check_from(&mut self) -> Option<Status> {
+        let mode = self.state.from_header;
+        let login = self.login.as_deref().filter(|_| mode != from::Mode::Off)?;
+        let found = if self.overflow {
+            // The headers were not kept, so the check cannot be made: it fails closed.
+            Some("the header block is too large to check the From: address".to_owned())
+        } else {
+            match self.state.dir.current().await {
+                Ok(dir) => from::check(&*dir, login, &self.headers, &self.state.delims)
+                    .map(|f| f.reply(login)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "user DB unavailable; asking the client to retry");
+                    self.work = Work::Failed;
+                    return Some(self.carry_on());
+                }
+            }
+        }?;
+        if mode == from::Mode::Warn {
+            tracing::warn!(login, "{found}; delivered (from_header = warn)");
+            return None;
+        }
+        tracing::warn!(login, "{found}; refused");
+        self.refusal = Some(found);
+        self.work = Work::Pass;
+        Some(self.carry_on())
+    }
+
     /// Decides between signing, verifying and passing, and starts the body's journey.
     pub(crate) async fn end_of_headers(&mut self) -> Status {
+        if let Some(stop) = self.check_from().await {
+            return stop;
+        }
         if self.overflow {
             tracing::warn!(
                 limit = self.state.max_header_bytes,
@@ -273,6 +311,11 @@ impl Session {
             }
         }
         let work = std::mem::replace(&mut self.work, Work::Headers);
+        if let Some(text) = self.refusal.take() {
+            let _ = reply.set_error_reply("550", Some("5.7.1"), [text]);
+            self.abort();
+            return Status::Reject;
+        }
         let status = match work {
             Work::Sign { domain, tx, task } => {
                 drop(tx);

@@ -108,6 +108,11 @@ pub fn setup() -> Setup {
 
 /// As [`setup`], and with `sasl` Postfix offers SMTP AUTH through a Dovecot over the box's DB.
 pub fn setup_with(sasl: bool) -> Setup {
+    setup_full(sasl, "")
+}
+
+/// As [`setup_with`], with `milter_extra` added to the `[milter]` section.
+pub fn setup_full(sasl: bool, milter_extra: &str) -> Setup {
     let dir = Scratch::new("mlt");
     miab_box(dir.path());
     let (rsa, ed, rsa_txt, ed_txt, own_txt) = keys(&dir);
@@ -123,7 +128,7 @@ pub fn setup_with(sasl: bool) -> Setup {
     }
     let port = free_port();
     let config = format!(
-        "storage_root = \"{root}\"\nhostname = \"{HOST}\"\n[dns]\nnameservers = [\"{dns}\"]\ntimeout_ms = 1000\n[milter]\nkey_file = \"{rsa}\"\ned25519_key_file = \"{ed}\"\nverify_timeout_secs = 5\n",
+        "storage_root = \"{root}\"\nhostname = \"{HOST}\"\n[dns]\nnameservers = [\"{dns}\"]\ntimeout_ms = 1000\n[milter]\nkey_file = \"{rsa}\"\ned25519_key_file = \"{ed}\"\nverify_timeout_secs = 5\n{milter_extra}\n",
         root = dir.path().display(),
         dns = dns.addr(),
         rsa = rsa.display(),

@@ -36,6 +36,14 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM and waits for the exit (of the real binary only).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        match self {
+            Server::Process(p) => p.terminate(),
+            Server::InProcess(_) => panic!("an in-process server has no process of its own"),
+        }
+    }
+
     /// The process id (of the real binary only).
     pub fn pid(&self) -> u32 {
         match self {
