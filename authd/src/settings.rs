@@ -169,13 +169,9 @@ mod tests {
     #[test]
     fn proxy_networks_take_ipv4_mapped_addresses() {
         let nets = &sample().settings.proxy_networks;
-        for ip in ["127.0.0.1", "::ffff:127.0.0.1", "::1"] {
-            assert!(daemon::net::any_contains(nets, ip.parse().unwrap()), "{ip}");
-        }
-        assert!(!daemon::net::any_contains(
-            nets,
-            "::ffff:192.0.2.1".parse().unwrap()
-        ));
+        assert!(miab_e2e::fixture::takes_mapped_loopback_only(|ip| {
+            daemon::net::any_contains(nets, ip)
+        }));
     }
 
     #[test]

@@ -11,15 +11,6 @@ use miab_e2e::require_program;
 use miab_e2e::tools::{Run, swaks};
 use std::time::Duration;
 
-const AUTH: [&str; 6] = [
-    "--auth",
-    "PLAIN",
-    "--auth-user",
-    "me@example.com",
-    "--auth-password",
-    "a-long-password",
-];
-
 /// Sends a message whose header lines are `headers` (from 127.0.0.5, with AUTH when `auth`),
 /// envelope sender me@example.com; returns swaks's run.
 fn send(s: &Setup, headers: &[&str], marker: &str, auth: bool) -> Run {
@@ -45,7 +36,7 @@ fn send(s: &Setup, headers: &[&str], marker: &str, auth: bool) -> Run {
         path.to_str().unwrap(),
     ];
     if auth {
-        args.extend_from_slice(&AUTH);
+        args.extend_from_slice(&miab_e2e::fixture::SWAKS_AUTH_ME);
     }
     swaks(s.pf.smtp_port(), &args)
 }

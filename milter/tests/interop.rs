@@ -260,14 +260,7 @@ fn authenticated_and_sendmail_mail_is_signed() {
         &s,
         "127.0.0.5",
         "me@example.com",
-        &[
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            "me@example.com",
-            "--auth-password",
-            "a-long-password",
-        ],
+        &miab_e2e::fixture::SWAKS_AUTH_ME,
         "auth-signed",
     );
     assert!(header_block(&auth).starts_with("DKIM-Signature:"), "{auth}");

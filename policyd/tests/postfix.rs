@@ -318,14 +318,7 @@ fn a_locked_db_and_a_stopped_policyd_defer_an_authenticated_sender() {
                 "permit_sasl_authenticated, reject_unauth_destination",
             ),
     );
-    let auth = [
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        "me@example.com",
-        "--auth-password",
-        "a-long-password",
-    ];
+    let auth = miab_e2e::fixture::SWAKS_AUTH_ME;
     let as_you = || {
         send(
             &pf,

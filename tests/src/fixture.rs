@@ -139,3 +139,22 @@ pub const SENDER_LOGIN_CASES: &[(&str, &str, bool)] = &[
     ("boss@other.example", "hi@xn--bcher-kva.example", true),
     ("boss@other.example", "me@example.com", false),
 ];
+
+/// swaks's flags for SMTP AUTH PLAIN as me@example.com with the [`miab_box`] password.
+pub const SWAKS_AUTH_ME: [&str; 6] = [
+    "--auth",
+    "PLAIN",
+    "--auth-user",
+    "me@example.com",
+    "--auth-password",
+    "a-long-password",
+];
+
+/// Does a network list (a settings file's) take loopback, also as an IPv4-mapped IPv6
+/// address (a dual-stack listener's view of 127.0.0.1), and nothing else?
+pub fn takes_mapped_loopback_only(contains: impl Fn(std::net::IpAddr) -> bool) -> bool {
+    ["127.0.0.1", "::ffff:127.0.0.1", "::1"]
+        .iter()
+        .all(|ip| contains(ip.parse().unwrap()))
+        && !contains("::ffff:192.0.2.1".parse().unwrap())
+}
