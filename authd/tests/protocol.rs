@@ -1,9 +1,12 @@
-//! The real `miab-authd` over a raw socket: the handshake Postfix needs, PLAIN and LOGIN,
-//! folding and the canonical user, bad input, thousands of exchanges in flight, the failure
-//! delay (which holds up only its own connection), the plaintext rule and a locked DB.
+//! `miab-authd` over a raw socket: the handshake Postfix needs, PLAIN and LOGIN, folding and
+//! the canonical user, bad input, thousands of exchanges in flight, the failure delay (which
+//! holds up only its own connection), the plaintext rule and a locked DB. Most tests serve
+//! `authd::run` in this process; the one that checks that no password reaches the most
+//! verbose log, and the locked-DB one, start the real binary.
 
 use base64::Engine as _;
 use miab_e2e::fixture::miab_box;
+use miab_e2e::inproc::InProcess;
 use miab_e2e::process::DaemonProcess;
 use miab_e2e::{Scratch, free_port};
 use std::io::{BufRead, BufReader, Write};
@@ -15,8 +18,21 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-fn start(dir: &Scratch, extra: &str) -> (DaemonProcess, u16) {
-    start_logging(dir, extra, "info")
+/// `authd::run` in this process, over the box in `dir`, with `extra` in `[authd]`.
+fn start(dir: &Scratch, extra: &str) -> (InProcess, u16) {
+    let config = format!(
+        "storage_root = \"{}\"\n[authd]\ncheckpassword_listen = \"\"\n{extra}\n",
+        dir.path().display()
+    );
+    let config = daemon::Config::from_toml(&config, &dir.join("authd.toml")).unwrap();
+    let section = config.section::<authd::settings::Settings>().unwrap();
+    let d = InProcess::start(
+        "info",
+        move || authd::State::open(&config, &section).unwrap(),
+        |listener, state, shutdown| authd::run(listener, None, state, shutdown),
+    );
+    let port = d.port;
+    (d, port)
 }
 
 fn start_logging(dir: &Scratch, extra: &str, level: &str) -> (DaemonProcess, u16) {

@@ -8,6 +8,7 @@
 pub mod dns;
 pub mod dovecot;
 pub mod fixture;
+pub mod inproc;
 pub mod postfix;
 pub mod process;
 pub mod sink;

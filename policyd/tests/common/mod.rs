@@ -3,12 +3,12 @@
 
 #![allow(dead_code)]
 
+use miab_e2e::inproc::InProcess;
 use miab_e2e::process::DaemonProcess;
 use miab_e2e::{Scratch, free_port};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A started daemon and its port.
@@ -32,7 +32,7 @@ impl Server {
     pub fn log(&self) -> String {
         match self {
             Server::Process(p) => p.log(),
-            Server::InProcess(i) => String::from_utf8_lossy(&i.log.lock().unwrap()).into_owned(),
+            Server::InProcess(i) => i.log(),
         }
     }
 
@@ -53,93 +53,20 @@ impl Server {
     }
 }
 
-/// The daemon served in this process; stopped (and drained) when dropped.
-#[derive(Debug)]
-pub struct InProcess {
-    log: Arc<Mutex<Vec<u8>>>,
-    trigger: Option<daemon::Trigger>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(t) = self.trigger.take() {
-            t.fire();
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "policyd log:\n{}",
-                String::from_utf8_lossy(&self.log.lock().unwrap())
-            );
-        }
-    }
-}
-
-/// A log writer into a shared buffer.
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Starts `policyd::run` with `config` on a port of its own, on a thread of this process, as
-/// `daemon::launch` would (one-thread runtime, state opened inside it). Its log lines (those of
-/// that thread) are captured for [`Server::log`].
+/// Starts `policyd::run` with `config` in this process ([`InProcess`]), its state opened as
+/// `daemon::launch` would.
 pub fn start_in_process(dir: &Scratch, config: &str) -> Policyd {
     let path = dir.join("sidecars.toml");
     let config = daemon::Config::from_toml(config, &path).unwrap();
     let section = config.section::<policyd::settings::Settings>().unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn({
-        let log = Arc::clone(&log);
-        move || {
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(move || Capture(Arc::clone(&log)))
-                .with_ansi(false)
-                .without_time()
-                .finish();
-            let _default = tracing::subscriber::set_default(subscriber);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let (state, _) = policyd::State::open(&config, &section).unwrap();
-                let listen = "inet:127.0.0.1:0".parse().unwrap();
-                let listener =
-                    daemon::Listener::bind(&listen, &daemon::UnixOptions::default()).unwrap();
-                let Ok(daemon::ListenAddr::Inet(addr)) = listener.local_addr() else {
-                    panic!("a TCP listener");
-                };
-                let (trigger, shutdown) = daemon::Shutdown::new();
-                ready_tx.send((addr.port(), trigger)).unwrap();
-                policyd::run(listener, Arc::new(state), shutdown)
-                    .await
-                    .unwrap();
-            });
-        }
-    });
-    let (port, trigger) = ready_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("policyd started in process");
+    let inproc = InProcess::start(
+        "info",
+        move || policyd::State::open(&config, &section).unwrap().0,
+        policyd::run,
+    );
     Policyd {
-        process: Server::InProcess(InProcess {
-            log,
-            trigger: Some(trigger),
-            thread: Some(thread),
-        }),
-        port,
+        port: inproc.port,
+        process: Server::InProcess(inproc),
     }
 }
 
