@@ -137,3 +137,35 @@ fn the_reply_is_one_plain_line() {
     );
     assert!(r.is_ascii());
 }
+
+/// Header blocks made of hostile pieces never panic the parser, and whatever address comes
+/// out makes a one-line ASCII reply.
+#[test]
+fn hostile_header_blocks() {
+    let pieces: [&[u8]; 14] = [
+        b"From:",
+        b"Sender:",
+        b" me@example.com",
+        b"<",
+        b">",
+        b"\"",
+        b",",
+        b"\r\n",
+        b"\r\n\t",
+        b"=?utf-8?b?eW91QGV4YW1wbGUuY29t?=",
+        b"\xc3\xa4",
+        b"\xff",
+        b":;",
+        b"(",
+    ];
+    miab_e2e::pseudo_random_inputs(&pieces, 3000, |block| {
+        for (_, address) in header_addresses(block) {
+            let r = Foreign::Address {
+                header: "From",
+                address,
+            }
+            .reply("me@example.com");
+            assert!(r.is_ascii() && !r.contains(['\r', '\n']), "{r:?}");
+        }
+    });
+}
