@@ -3,6 +3,7 @@
 
 use crate::dnsbl::{Codes, ListAction};
 use crate::handler::Check;
+use daemon::config::empty_is_off;
 use daemon::net::Cidr;
 use daemon::{Limits, ListenAddr, Server, UnixOptions};
 use serde::Deserialize;
@@ -176,17 +177,6 @@ impl<'de> Deserialize<'de> for Action {
     }
 }
 
-/// For `#[serde(deserialize_with)]`: text where `""` means none.
-fn empty_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let s = String::deserialize(d)?;
-    Ok((!s.is_empty()).then_some(s))
-}
-
-/// For `#[serde(deserialize_with)]`: a path where `""` means none.
-fn empty_path_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    Ok(empty_is_none(d)?.map(PathBuf::from))
-}
-
 /// `[policyd.greylist]`: postgrey's settings, with MIAB's values as defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -217,7 +207,7 @@ pub struct GreylistSettings {
     pub text: String,
     /// The header added when a greylisted triplet passes; `""` for none. `%t` seconds
     /// delayed, `%v` version, `%h` host name, `%d` date. Default postgrey's wording.
-    #[serde(deserialize_with = "empty_is_none")]
+    #[serde(deserialize_with = "empty_is_off")]
     pub header: Option<String>,
     /// postgrey client whitelist files; missing files are skipped.
     pub whitelist_clients: Vec<PathBuf>,
@@ -233,7 +223,7 @@ pub struct GreylistSettings {
     pub expire_interval_secs: u64,
     /// The syslog socket postgrey-format lines go to (program `postgrey`, facility mail),
     /// where MIAB's mail_log.py reads them; `""` turns them off. Default `/dev/log`.
-    #[serde(deserialize_with = "empty_path_is_none")]
+    #[serde(deserialize_with = "empty_is_off")]
     pub syslog_socket: Option<PathBuf>,
 }
 
