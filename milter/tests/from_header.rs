@@ -6,9 +6,10 @@
 
 mod common;
 
-use common::{Setup, header_block, setup_full};
+use common::{Setup, header_block, setup_full, swaks_file};
+use miab_e2e::fixture::SWAKS_AUTH_ME;
 use miab_e2e::require_program;
-use miab_e2e::tools::{Run, swaks};
+use miab_e2e::tools::Run;
 use std::time::Duration;
 
 /// Sends a message whose header lines are `headers` (from 127.0.0.5, with AUTH when `auth`),
@@ -25,20 +26,8 @@ fn send(s: &Setup, headers: &[&str], marker: &str, auth: bool) -> Run {
     ));
     std::fs::write(&path, msg).unwrap();
     let source = if auth { "127.0.0.5" } else { "127.0.0.1" };
-    let mut args = vec![
-        "--local-interface",
-        source,
-        "--from",
-        "me@example.com",
-        "--to",
-        "someone@elsewhere.example",
-        "--data",
-        path.to_str().unwrap(),
-    ];
-    if auth {
-        args.extend_from_slice(&miab_e2e::fixture::SWAKS_AUTH_ME);
-    }
-    swaks(s.pf.smtp_port(), &args)
+    let auth: &[&str] = if auth { &SWAKS_AUTH_ME } else { &[] };
+    swaks_file(s.pf.smtp_port(), source, "me@example.com", &path, auth)
 }
 
 fn delivered(s: &Setup, headers: &[&str], marker: &str, auth: bool) -> String {

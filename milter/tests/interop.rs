@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{HOST, auth_results, dkimpy, header_block, send, send_file, setup, setup_with};
+use common::{
+    HOST, auth_results, dkimpy, header_block, send, send_file, setup, setup_with, swaks_file,
+};
 use miab_e2e::postfix::{Postfix, PostfixConfig};
 use miab_e2e::tools::{run, swaks};
 use miab_e2e::{Scratch, free_port, require_program, wait_for_port};
@@ -215,19 +217,7 @@ fn opendkim_cross_check() {
     let ours = send(&s, "127.0.0.1", "me@example.com", &[], "ours-to-od");
     let path = s.dir.join("ours.eml");
     std::fs::write(&path, ours.replacen("Received:", "X-Old-Received:", 1)).unwrap();
-    let r = swaks(
-        b.smtp_port(),
-        &[
-            "--local-interface",
-            "127.0.0.5",
-            "--from",
-            "me@example.com",
-            "--to",
-            "someone@elsewhere.example",
-            "--data",
-            path.to_str().unwrap(),
-        ],
-    );
+    let r = swaks_file(b.smtp_port(), "127.0.0.5", "me@example.com", &path, &[]);
     assert!(r.ok(), "{}\n{}", r.stdout, b.log());
     let verified = b
         .sink

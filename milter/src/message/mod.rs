@@ -168,16 +168,6 @@ impl Session {
         self.headers.extend_from_slice(b"\r\n");
     }
 
-    /// The From: header's domain (the first address), lowercased. After the headers ended.
-    fn header_from_domain(&self) -> Option<String> {
-        let msg = AuthenticatedMessage::parse(&self.headers)?;
-        msg.from.first().and_then(|f| domain_lowercase(f))
-    }
-
-    async fn is_mail_domain(&self, domain: &str) -> Result<bool, userdb::Error> {
-        Ok(self.state.dir.current().await?.is_mail_domain(domain))
-    }
-
     fn internal(&self) -> bool {
         self.login.is_some() || self.client.is_some_and(|ip| self.state.is_trusted(ip))
     }
@@ -197,25 +187,11 @@ impl Session {
         }
     }
 
-    /// The From: check for a session with a login (`from_header`); `Some` ends the stage.
-    async fn check_from(&mut self) -> Option<Status> {
-        let mode = self.state.from_header;
-        let login = self.login.as_deref().filter(|_| mode != from::Mode::Off)?;
-        let found = if self.overflow {
-            // The headers were not kept, so the check cannot be made: it fails closed.
-            Some("the header block is too large to check the From: address".to_owned())
-        } else {
-            match self.state.dir.current().await {
-                Ok(dir) => from::check(&*dir, login, &self.headers, &self.state.delims)
-                    .map(|f| f.reply(login)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "user DB unavailable; asking the client to retry");
-                    self.work = Work::Failed;
-                    return Some(self.carry_on());
-                }
-            }
-        }?;
-        if mode == from::Mode::Warn {
+    /// What `from_header` makes of an address found wrong (`found`, the reply text): with
+    /// `warn`, a log line; with `reject`, a log line and a refusal at end of data, and the
+    /// stage ends (`Some`).
+    fn foreign_from(&mut self, login: &str, found: String) -> Option<Status> {
+        if self.state.from_header == from::Mode::Warn {
             tracing::warn!(login, "{found}; delivered (from_header = warn)");
             return None;
         }
@@ -227,10 +203,21 @@ impl Session {
 
     /// Decides between signing, verifying and passing, and starts the body's journey.
     pub(crate) async fn end_of_headers(&mut self) -> Status {
-        if let Some(stop) = self.check_from().await {
-            return stop;
-        }
+        // The From: check applies to a session with a login (`from_header`).
+        let login = self
+            .login
+            .clone()
+            .filter(|_| self.state.from_header != from::Mode::Off);
         if self.overflow {
+            // The headers were not kept, so the From: check cannot be made: it fails closed.
+            if let Some(login) = &login
+                && let Some(stop) = self.foreign_from(
+                    login,
+                    "the header block is too large to check the From: address".into(),
+                )
+            {
+                return stop;
+            }
             tracing::warn!(
                 limit = self.state.max_header_bytes,
                 "headers too large; message passed unsigned and unverified"
@@ -242,20 +229,39 @@ impl Session {
         // (and the signer take it) as is.
         self.headers.extend_from_slice(b"\r\n");
         if self.internal() {
-            let Some(domain) = self.header_from_domain() else {
+            let msg = AuthenticatedMessage::parse(&self.headers);
+            let domain = msg
+                .as_ref()
+                .and_then(|m| m.from.first())
+                .and_then(|f| domain_lowercase(f));
+            if login.is_none() && domain.is_none() {
                 self.work = Work::Pass;
                 return self.carry_on();
-            };
-            match self.is_mail_domain(&domain).await {
-                Ok(true) => self.start_signing(domain).await,
-                Ok(false) => {
-                    tracing::debug!(?domain, "From: domain is not ours; not signed");
-                    self.work = Work::Pass;
-                }
+            }
+            let dir = match self.state.dir.current().await {
+                Ok(dir) => dir,
                 Err(e) => {
                     tracing::warn!(error = %e, "user DB unavailable; asking the client to retry");
                     self.work = Work::Failed;
+                    return self.carry_on();
                 }
+            };
+            if let Some(login) = &login {
+                let found = from::check(&*dir, login, msg.as_ref(), &self.state.delims)
+                    .map(|f| f.reply(login));
+                if let Some(found) = found
+                    && let Some(stop) = self.foreign_from(login, found)
+                {
+                    return stop;
+                }
+            }
+            match domain {
+                Some(domain) if dir.is_mail_domain(&domain) => self.start_signing(domain).await,
+                Some(domain) => {
+                    tracing::debug!(?domain, "From: domain is not ours; not signed");
+                    self.work = Work::Pass;
+                }
+                None => self.work = Work::Pass,
             }
             return self.carry_on();
         }

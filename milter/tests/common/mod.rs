@@ -240,21 +240,26 @@ pub fn auth_results(msg: &str) -> Vec<String> {
         .collect()
 }
 
+/// swaks sending the message file `path` as it is to the Postfix on `port`, from `source`,
+/// envelope sender `from`, with `extra` flags (`--auth ...`).
+pub fn swaks_file(port: u16, source: &str, from: &str, path: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "--local-interface",
+        source,
+        "--from",
+        from,
+        "--to",
+        "someone@elsewhere.example",
+        "--data",
+        path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    swaks(port, &args)
+}
+
 /// Sends the message file `path` as it is from `source` and returns what the sink got.
 pub fn send_file(s: &Setup, source: &str, from: &str, path: &Path, marker: &str) -> String {
-    let r = swaks(
-        s.pf.smtp_port(),
-        &[
-            "--local-interface",
-            source,
-            "--from",
-            from,
-            "--to",
-            "someone@elsewhere.example",
-            "--data",
-            path.to_str().unwrap(),
-        ],
-    );
+    let r = swaks_file(s.pf.smtp_port(), source, from, path, &[]);
     assert!(r.ok(), "{}\n{}", r.stdout, s.pf.log());
     s.pf.sink
         .wait_for(marker, Duration::from_secs(30))

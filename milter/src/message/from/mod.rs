@@ -2,6 +2,7 @@
 //! headers must be one the login may send as, under the rule that decides the envelope sender
 //! (`userdb::Directory::may_send_as`, MIAB's `reject_authenticated_sender_login_mismatch`).
 
+use mail_auth::AuthenticatedMessage;
 use mail_parser::parsers::MessageStream;
 use mail_parser::{Address, HeaderValue};
 use userdb::address::sanitize_idn_email_address;
@@ -60,71 +61,43 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
-/// The addresses of every `From:` and `Sender:` header in a header block (`Name:value\r\n`,
-/// folded lines kept), lowercased, each with its header's name.
-pub fn header_addresses(block: &[u8]) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    for (name, value) in headers(block) {
-        let header = if name.eq_ignore_ascii_case(b"From") {
-            "From"
-        } else if name.eq_ignore_ascii_case(b"Sender") {
-            "Sender"
-        } else {
-            continue;
-        };
-        let parsed = MessageStream::new(value).parse_address();
-        let list: Vec<&mail_parser::Addr<'_>> = match &parsed {
-            HeaderValue::Address(Address::List(l)) => l.iter().collect(),
-            HeaderValue::Address(Address::Group(g)) => {
-                g.iter().flat_map(|g| g.addresses.iter()).collect()
-            }
-            _ => Vec::new(),
-        };
-        out.extend(
-            list.into_iter()
-                .filter_map(|a| a.address.as_deref())
-                .map(|a| (header, a.trim().to_lowercase())),
-        );
-    }
-    out
+/// The addresses of every `From:` and `Sender:` header of a message as mail-auth parsed it
+/// (the parse signing and verification use), lowercased, each with its header's name.
+pub fn header_addresses(msg: &AuthenticatedMessage<'_>) -> Vec<(&'static str, String)> {
+    let from = msg.from.iter().map(|a| ("From", a.trim().to_owned()));
+    let sender = msg
+        .headers
+        .iter()
+        .filter(|(name, _)| name.trim_ascii().eq_ignore_ascii_case(b"Sender"))
+        .flat_map(|(_, value)| {
+            let addresses: Vec<String> = match MessageStream::new(value).parse_address() {
+                HeaderValue::Address(Address::List(l)) => l
+                    .iter()
+                    .filter_map(|a| a.address.as_deref().map(str::to_lowercase))
+                    .collect(),
+                HeaderValue::Address(Address::Group(g)) => g
+                    .iter()
+                    .flat_map(|g| &g.addresses)
+                    .filter_map(|a| a.address.as_deref().map(str::to_lowercase))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            addresses
+                .into_iter()
+                .map(|a| ("Sender", a.trim().to_owned()))
+        });
+    from.chain(sender).collect()
 }
 
-/// The header lines of a block: (name, value with its line ending), folded lines joined.
-fn headers(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    let mut rest = block;
-    std::iter::from_fn(move || {
-        loop {
-            if rest.is_empty() || rest.starts_with(b"\r\n") {
-                return None;
-            }
-            let mut end = 0;
-            while let Some(i) = rest[end..].iter().position(|&b| b == b'\n') {
-                end += i + 1;
-                if !matches!(rest.get(end), Some(b' ' | b'\t')) {
-                    break;
-                }
-            }
-            if end == 0 {
-                end = rest.len();
-            }
-            let (line, tail) = rest.split_at(end);
-            rest = tail;
-            if let Some(colon) = line.iter().position(|&b| b == b':') {
-                return Some((line[..colon].trim_ascii(), &line[colon + 1..]));
-            }
-        }
-    })
-}
-
-/// The first From: or Sender: address `login` may not send as, or `NoFrom`; `None` when
-/// every address is the login's.
+/// The first From: or Sender: address `login` may not send as, or `NoFrom` (also for a
+/// header block mail-auth cannot parse); `None` when every address is the login's.
 pub fn check(
     dir: &impl Directory,
     login: &str,
-    block: &[u8],
+    msg: Option<&AuthenticatedMessage<'_>>,
     delims: &Delimiters,
 ) -> Option<Foreign> {
-    let addresses = header_addresses(block);
+    let addresses = msg.map(header_addresses).unwrap_or_default();
     if !addresses.iter().any(|(h, _)| *h == "From") {
         return Some(Foreign::NoFrom);
     }
