@@ -1,5 +1,6 @@
-//! Verification: a login and password against the directory (an app password first when the
-//! password has that shape, then the main password unless the user requires app passwords),
+//! Verification: a login and password against the directory (nothing for a suspended login,
+//! an app password first when the password has that shape, then the main password unless the
+//! user requires app passwords),
 //! with the brake before and the success cache around the hash, and the failure lines
 //! fail2ban matches.
 
@@ -15,6 +16,8 @@ pub(crate) struct Account {
     hash: String,
     id: i64,
     app_passwords_required: bool,
+    /// Suspended by `miabctl user suspend`: no password lets it in.
+    suspended: bool,
     /// MIAB's quota string (`0`, `500M`, ...).
     pub(crate) quota: String,
 }
@@ -37,6 +40,7 @@ impl State {
         let dir = self.dir.current().await?;
         Ok(dir.user(key).map(|u| Account {
             app_passwords_required: dir.app_passwords_required(u.id),
+            suspended: dir.suspended(u.id),
             email: u.email,
             hash: u.password_hash,
             id: u.id,
@@ -68,6 +72,12 @@ impl State {
             self.hashers.verify(password, self.decoy_hash.clone()).await;
             return self.failed(ip, key, rip, "unknown user");
         };
+        if account.suspended {
+            // Not a failure for the brake: the user's own clients keep retrying, and must
+            // not be locked out once the administrator lets the login in again.
+            self.hashers.verify(password, self.decoy_hash.clone()).await;
+            return Verified::No(key, "login suspended");
+        }
         if let Some(digest) = app_password::candidate_digest(password.expose()) {
             let found = self
                 .dir

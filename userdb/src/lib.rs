@@ -8,7 +8,9 @@
 //!   (`user+ext@domain`, `user@domain`, `@domain`), written once (`maps`);
 //! - the [`directory`] the daemons ask: an in-memory snapshot with the same answers, and the
 //!   live handle that swaps it when the DB changes (`handle`, feature `async`);
-//! - app passwords, in our own `miab_sidecar_*` tables ([`app_password`]);
+//! - app passwords and suspended logins, in our own `miab_sidecar_*` tables ([`app_password`],
+//!   [`suspend`]);
+//! - miab-policyd's record of what each login sends, and the held logins ([`sending`]);
 //! - the box's host name, one rule for every binary ([`boxconf`]);
 //! - the clock and the civil date of a day count, for what the binaries print ([`clock`]);
 //! - the backup hold that keeps the daemons' own files copyable ([`backup`]);
@@ -31,7 +33,9 @@ pub mod handle;
 mod maps;
 pub mod password;
 pub mod schema;
+pub mod sending;
 pub mod sort;
+pub mod suspend;
 
 pub use address::Delimiters;
 pub use admin::{BoxEnv, KickReport, Outcome};

@@ -28,6 +28,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE miab_sidecar_app_passwords (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL, label TEXT NOT NULL, scopes TEXT NOT NULL DEFAULT '', hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
      CREATE INDEX miab_sidecar_app_passwords_user ON miab_sidecar_app_passwords (user_id);
      CREATE TABLE miab_sidecar_user_settings (user_id INTEGER PRIMARY KEY, app_passwords_required INTEGER NOT NULL DEFAULT 0);",
+    // 2: suspension (see `suspend`): a login whose password and app passwords stop working
+    // until it is let in again. NULL: not suspended.
+    "ALTER TABLE miab_sidecar_user_settings ADD COLUMN suspended_at INTEGER;
+     ALTER TABLE miab_sidecar_user_settings ADD COLUMN suspended_reason TEXT;",
 ];
 
 /// Which optional parts of MIAB's schema a DB has.
@@ -45,6 +49,8 @@ pub struct Schema {
     pub auto_aliases: bool,
     /// Our app password tables (created on first use, never by merely opening the DB).
     pub app_passwords: bool,
+    /// Our suspension columns (migration 2).
+    pub suspension: bool,
     /// SQLite's `schema_version`, to notice when someone (MIAB's migrate.py) changes the schema.
     pub cookie: i64,
 }
@@ -91,6 +97,7 @@ impl Schema {
         }
         let auto = columns(conn, "auto_aliases")?;
         let mfa = columns(conn, "mfa")?;
+        let settings = columns(conn, "miab_sidecar_user_settings")?;
         Ok(Schema {
             users_privileges: has(&users, "privileges"),
             users_quota: has(&users, "quota"),
@@ -98,7 +105,8 @@ impl Schema {
             mfa: has(&mfa, "user_id"),
             auto_aliases: has(&auto, "source") && has(&auto, "destination"),
             app_passwords: has(&columns(conn, "miab_sidecar_app_passwords")?, "hash")
-                && has(&columns(conn, "miab_sidecar_user_settings")?, "user_id"),
+                && has(&settings, "user_id"),
+            suspension: has(&settings, "suspended_at"),
             cookie,
         })
     }
@@ -112,6 +120,7 @@ impl Schema {
             mfa: true,
             auto_aliases: true,
             app_passwords: false,
+            suspension: false,
             cookie: 0,
         }
     }

@@ -48,6 +48,8 @@ pub trait Directory {
     fn user(&self, email: &str) -> Option<User>;
     /// Whether only app passwords may log in as user `user_id`.
     fn app_passwords_required(&self, user_id: i64) -> bool;
+    /// Whether user `user_id` is suspended (see `suspend`): no password lets it in.
+    fn suspended(&self, user_id: i64) -> bool;
     /// User `user_id`'s app password with this digest (`app_password::candidate_digest`).
     fn app_password(&self, user_id: i64, digest: &str) -> Option<AppPasswordMatch>;
 }
@@ -108,6 +110,7 @@ pub struct Snapshot {
     /// [`Directory::is_mail_domain`]'s set.
     mail_domains: HashSet<Box<str>>,
     app_required: HashSet<i64>,
+    suspended: HashSet<i64>,
     /// App passwords by digest (unique in the table).
     app_passwords: HashMap<Box<str>, AppRow>,
     /// Rows left out because a column held no valid text (a blob, invalid UTF-8).
@@ -213,6 +216,15 @@ impl Snapshot {
                     s.app_required.insert(uid);
                 }
             })?;
+            if db.schema.suspension {
+                let sql =
+                    "SELECT user_id FROM miab_sidecar_user_settings WHERE suspended_at IS NOT NULL";
+                each_row(db, sql, |[uid]| {
+                    if let Some(uid) = uid.and_then(|u| u.parse().ok()) {
+                        s.suspended.insert(uid);
+                    }
+                })?;
+            }
             let sql = "SELECT id, user_id, hash, scopes FROM miab_sidecar_app_passwords";
             each_row(db, sql, |[id, uid, hash, scopes]| {
                 let id = id.and_then(|i| i.parse().ok());
@@ -377,6 +389,9 @@ impl Directory for Snapshot {
     }
     fn app_passwords_required(&self, user_id: i64) -> bool {
         self.app_required.contains(&user_id)
+    }
+    fn suspended(&self, user_id: i64) -> bool {
+        self.suspended.contains(&user_id)
     }
     fn app_password(&self, user_id: i64, digest: &str) -> Option<AppPasswordMatch> {
         self.app_passwords

@@ -1,0 +1,247 @@
+use super::*;
+
+/// Monday 2026-11-23 00:00 UTC.
+const WEEK_START: i64 = 1_795_392_000;
+const DAY: i64 = 86_400;
+
+fn db() -> (tempfile::TempDir, Sending) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sending::open(&dir.path().join("policyd/sending.sqlite")).unwrap();
+    (dir, s)
+}
+
+/// A week of office hours: each weekday 9:00 to 17:00, `per_hour` messages an hour, each to
+/// one recipient, spread over the hour, `new_per_hour` of them new; a login new to the box grows into that, from
+/// at most 40 an hour on the first day, doubling each day.
+fn office_week(s: &mut Sending, login: &str, per_hour: u64, new_per_hour: u64) {
+    let rule = Rule::default();
+    for day in 0..5 {
+        let cap = 40u64 << day;
+        let (per_hour, new_per_hour) = (per_hour.min(cap), new_per_hour.min(cap));
+        for h in 9..17 {
+            let start = WEEK_START + day * DAY + h * HOUR;
+            for i in 0..per_hour {
+                let rcpt = if i < new_per_hour {
+                    format!("new-{day}-{h}-{i}@elsewhere.example")
+                } else {
+                    format!("friend-{}@elsewhere.example", i % 5)
+                };
+                let t = start + to_i64(i) * 3600 / to_i64(per_hour);
+                let d = s.record(&rule, login, &rcpt, true, true, t).unwrap();
+                assert_eq!(d, Decision::Send, "history at {t}");
+            }
+        }
+    }
+}
+
+/// Sends `n` messages to new recipients one every 2 s from `t`; returns the decisions.
+fn burst(s: &mut Sending, login: &str, n: u64, t: i64, tag: &str) -> Vec<Decision> {
+    burst_every(s, login, n, t, 2, tag)
+}
+
+fn burst_every(
+    s: &mut Sending,
+    login: &str,
+    n: u64,
+    t: i64,
+    step: i64,
+    tag: &str,
+) -> Vec<Decision> {
+    (0..n)
+        .map(|i| {
+            let rcpt = format!("{tag}-{i}@victims.example");
+            s.record(
+                &Rule::default(),
+                login,
+                &rcpt,
+                true,
+                true,
+                t + to_i64(i) * step,
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn first_hold(ds: &[Decision]) -> Option<(usize, &NewHold)> {
+    ds.iter().enumerate().find_map(|(i, d)| match d {
+        Decision::Hold { newly: Some(h) } => Some((i, h)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_quiet_login_that_bursts_is_held_at_the_floor_and_told_once() {
+    let (_d, mut s) = db();
+    office_week(&mut s, "alice@example.com", 5, 2);
+    let monday = WEEK_START + 7 * DAY + 10 * HOUR;
+    let ds = burst(&mut s, "Alice@Example.com", 200, monday, "spam");
+    let (i, hold) = first_hold(&ds).expect("held");
+    assert_eq!(i, 50, "the 51st new recipient trips the floor of 50");
+    assert!(hold.notify);
+    // The first hour of the week met its five friends for the first time.
+    assert_eq!(
+        hold.busiest,
+        Figures {
+            messages: 5,
+            new_recipients: 5
+        }
+    );
+    assert_eq!(
+        hold.limits,
+        Figures {
+            messages: 100,
+            new_recipients: 50
+        }
+    );
+    assert_eq!(hold.reason, "51 new recipients in the last hour (limit 50)");
+    assert!(ds[..50].iter().all(|d| *d == Decision::Send));
+    assert!(
+        ds[51..]
+            .iter()
+            .all(|d| *d == Decision::Hold { newly: None })
+    );
+    assert!(s.is_held("alice@example.com").unwrap());
+
+    let now = monday + 400;
+    let held = s.statuses(&Rule::default(), false, now).unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].login, "alice@example.com");
+    assert_eq!(held[0].held_since, Some(monday + 100));
+    assert_eq!(held[0].held_peak.new_recipients, 200);
+
+    // Released: the burst was fine after all, and is now the login's busiest hour.
+    assert!(s.release("alice@example.com", now).unwrap());
+    assert!(!s.release("alice@example.com", now).unwrap());
+    let after = burst(&mut s, "alice@example.com", 300, now + 1, "more");
+    assert!(first_hold(&after).is_none(), "under 3 x 200 + 200");
+    // Held again within the hour: no second notice.
+    let again = burst(&mut s, "alice@example.com", 200, now + 700, "yet-more");
+    let (_, h) = first_hold(&again).expect("held again past 3 x 200");
+    assert!(!h.notify, "one notice per login per hour");
+    s.release("alice@example.com", now + 2000).unwrap();
+    let later = burst_every(
+        &mut s,
+        "alice@example.com",
+        3000,
+        now + 2 * HOUR,
+        1,
+        "much-later",
+    );
+    assert!(first_hold(&later).expect("held").1.notify);
+}
+
+#[test]
+fn a_login_within_its_own_history_is_never_held() {
+    let (_d, mut s) = db();
+    office_week(&mut s, "news@example.com", 120, 80);
+    let monday = WEEK_START + 7 * DAY + 10 * HOUR;
+    // 2.5 x its busiest hour, in a few minutes, all to new recipients.
+    let ds = burst(&mut s, "news@example.com", 200, monday, "list");
+    assert!(ds.iter().all(|d| *d == Decision::Send));
+    // A quiet login with no history at all may send up to the floors.
+    let ds = burst(
+        &mut s,
+        "new-user@example.com",
+        50,
+        monday,
+        "first-newsletter",
+    );
+    assert!(ds.iter().all(|d| *d == Decision::Send));
+    // Writing again to people it knows is no new recipient.
+    let rule = Rule::default();
+    for i in 0..150 {
+        let d = s
+            .record(
+                &rule,
+                "news@example.com",
+                &format!("friend-{}@elsewhere.example", i % 5),
+                true,
+                true,
+                monday + 900 + i,
+            )
+            .unwrap();
+        assert_eq!(d, Decision::Send);
+    }
+}
+
+#[test]
+fn the_last_hour_slides_and_held_hours_are_not_history() {
+    let (_d, mut s) = db();
+    let rule = Rule::default();
+    let t = WEEK_START + 10 * HOUR + 1800;
+    for i in 0..40 {
+        s.record(&rule, "a@x", &format!("r{i}@y"), true, true, t + i)
+            .unwrap();
+    }
+    // Half an hour into the next hour, half of the previous hour's 40 counts.
+    let st = s.status(&rule, "a@x", t + HOUR).unwrap();
+    assert_eq!(
+        st.last_hour,
+        Figures {
+            messages: 20,
+            new_recipients: 20
+        }
+    );
+    assert_eq!(
+        s.status(&rule, "a@x", t + 2 * HOUR).unwrap().last_hour,
+        Figures::default()
+    );
+    assert_eq!(st.total_recipients, 40);
+
+    // Held and never released (a suspended spammer): the burst does not raise the limits.
+    let ds = burst(&mut s, "b@x", 100, t, "spam");
+    assert!(first_hold(&ds).is_some());
+    let st = s.status(&rule, "b@x", t + 3 * HOUR).unwrap();
+    assert_eq!(st.busiest, Figures::default());
+    assert_eq!(
+        st.limits,
+        Figures {
+            messages: 100,
+            new_recipients: 50
+        }
+    );
+    // Recipients of held mail were not learnt.
+    let n: i64 = s
+        .conn
+        .query_row("SELECT count(*) FROM known WHERE login='b@x'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 50);
+}
+
+#[test]
+fn exceptions_are_counted_but_never_held_and_old_rows_expire() {
+    let (_d, mut s) = db();
+    let rule = Rule::default();
+    let t = WEEK_START;
+    for i in 0..500 {
+        let d = s
+            .record(&rule, "bulk@x", &format!("r{i}@y"), true, false, t + i)
+            .unwrap();
+        assert_eq!(d, Decision::Send);
+    }
+    assert_eq!(
+        s.status(&rule, "bulk@x", t + 600)
+            .unwrap()
+            .last_hour
+            .new_recipients,
+        500
+    );
+    assert_eq!(s.expire(&rule, t + 10 * DAY).unwrap(), 0);
+    assert_eq!(s.expire(&rule, t + 30 * DAY).unwrap(), 1);
+    assert_eq!(s.expire(&rule, t + (KNOWN_DAYS + 1) * DAY).unwrap(), 500);
+}
+
+#[test]
+fn hostile_logins_and_recipients_are_bounded() {
+    let (_d, mut s) = db();
+    let rule = Rule::default();
+    let long = format!("{}é@x", "a".repeat(255));
+    s.record(&rule, &long, &"b".repeat(10_000), true, true, WEEK_START)
+        .unwrap();
+    let all = s.statuses(&rule, true, WEEK_START).unwrap();
+    assert_eq!(all.len(), 1);
+    assert!(all[0].login.len() <= MAX_ADDRESS, "{}", all[0].login.len());
+}
