@@ -10,6 +10,7 @@ pub enum Check {
     SenderLogin,
     ForgedSender,
     RateLimit,
+    Containment,
     Rhsbl,
     Dnsbl,
     Greylist,
@@ -17,10 +18,11 @@ pub enum Check {
 
 impl Check {
     /// Every check, in the default order of the list.
-    pub const ALL: [Check; 6] = [
+    pub const ALL: [Check; 7] = [
         Check::SenderLogin,
         Check::ForgedSender,
         Check::RateLimit,
+        Check::Containment,
         Check::Rhsbl,
         Check::Dnsbl,
         Check::Greylist,
@@ -43,6 +45,7 @@ impl Check {
             Check::SenderLogin => "sender_login",
             Check::ForgedSender => "forged_sender",
             Check::RateLimit => "rate_limit",
+            Check::Containment => "containment",
             Check::Rhsbl => "rhsbl",
             Check::Dnsbl => "dnsbl",
             Check::Greylist => "greylist",
@@ -54,7 +57,11 @@ impl Check {
     fn is_sender_check(self) -> bool {
         matches!(
             self,
-            Check::SenderLogin | Check::ForgedSender | Check::RateLimit | Check::Rhsbl
+            Check::SenderLogin
+                | Check::ForgedSender
+                | Check::RateLimit
+                | Check::Containment
+                | Check::Rhsbl
         )
     }
 }
@@ -192,10 +199,16 @@ mod tests {
         let names = |ctx| checks_for(ctx, &all).map(Check::name).collect::<Vec<_>>();
         assert_eq!(
             names("sender"),
-            ["sender_login", "forged_sender", "rate_limit", "rhsbl"]
+            [
+                "sender_login",
+                "forged_sender",
+                "rate_limit",
+                "containment",
+                "rhsbl"
+            ]
         );
         assert_eq!(names("recipient"), ["dnsbl", "greylist"]);
-        assert_eq!(names("").len(), 6);
+        assert_eq!(names("").len(), 7);
         assert!(
             Check::parse("greylisting")
                 .unwrap_err()

@@ -5,10 +5,11 @@
 //! - [`proto`]: the request/reply codec, without I/O.
 //! - [`handler`]: which checks run and the texts they answer with, as plain functions.
 //! - [`policy`]: runs the checks over the user DB, DNS and the greylist store.
-//! - [`greylist`], [`dnsbl`], [`dns`]: the checks' own parts.
+//! - [`greylist`], [`dnsbl`], [`dns`], [`containment`]: the checks' own parts.
 //! - `session`: one connection's read-decide-write loop.
 //! - [`run`]: serves a listener until shutdown.
 
+pub mod containment;
 pub mod dns;
 pub mod dnsbl;
 pub mod greylist;
@@ -39,6 +40,8 @@ pub enum StartError {
     UserDb(#[from] userdb::Error),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("sending DB: {0}")]
+    Sending(userdb::Error),
     #[error("DNS resolver: {0}")]
     Dns(String),
 }
@@ -55,6 +58,7 @@ pub struct State {
 pub struct Report {
     pub greylist_db: Option<PathBuf>,
     pub greylist_entries: Option<Counts>,
+    pub sending_db: Option<PathBuf>,
     pub whitelist_entries: usize,
     pub skipped_lines: usize,
 }
@@ -77,11 +81,21 @@ impl State {
         let mut report = Report {
             greylist_db: None,
             greylist_entries: None,
+            sending_db: None,
             whitelist_entries: 0,
             skipped_lines: 0,
         };
         let greylist = if p.checks.contains(&Check::Greylist) {
             Some(open_greylist(&p.greylist, &mut report)?)
+        } else {
+            None
+        };
+        let containment = if p.checks.contains(&Check::Containment) {
+            report.sending_db = Some(p.containment.db().to_owned());
+            Some(
+                containment::Containment::open(&p.containment, &config.box_hostname())
+                    .map_err(StartError::Sending)?,
+            )
         } else {
             None
         };
@@ -103,6 +117,7 @@ impl State {
                 p.rate_limit.messages_per_hour,
                 p.rate_limit.recipients_per_hour,
             ),
+            containment,
         };
         Ok((
             State {
@@ -168,6 +183,14 @@ pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> s
     let _sweeper = daemon::periodic(Duration::from_secs(60), {
         let state = Arc::clone(&state);
         move || state.policy.rate.retain_recent()
+    });
+    let _expiry = daemon::periodic(Duration::from_secs(3600), {
+        let state = Arc::clone(&state);
+        move || {
+            if let Some(c) = &state.policy.containment {
+                c.expire();
+            }
+        }
     });
     let reread = {
         let state = Arc::clone(&state);

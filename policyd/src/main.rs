@@ -27,8 +27,8 @@ fn main() -> ExitCode {
             policyd::State::open(config, section).map(|(state, r)| {
                 let checks: Vec<&str> = section.settings.checks.iter().map(|c| c.name()).collect();
                 let summary = format!(
-                    "checks={checks:?} greylist_db={:?} greylist_entries={:?} whitelist_entries={}",
-                    r.greylist_db, r.greylist_entries, r.whitelist_entries
+                    "checks={checks:?} greylist_db={:?} greylist_entries={:?} whitelist_entries={} sending_db={:?}",
+                    r.greylist_db, r.greylist_entries, r.whitelist_entries, r.sending_db
                 );
                 (state, summary)
             })

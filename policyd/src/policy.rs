@@ -5,6 +5,7 @@
 //! log line; a DNS failure inside a block-list or SPF check is not an error at all, it only
 //! means "no opinion".
 
+use crate::containment::Containment;
 use crate::dns;
 use crate::dnsbl::{self, Checker, List, ListAction, Verdict as ListVerdict};
 use crate::greylist::store::{Store, unix_now};
@@ -80,6 +81,7 @@ pub struct Policy {
     pub sender_lists: Vec<List>,
     pub greylist: Option<Greylisting>,
     pub rate: RateLimits,
+    pub containment: Option<Containment>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -100,6 +102,8 @@ pub struct ConnState {
     header_instance: String,
     /// The message already counted by the message rate limit.
     counted_instance: String,
+    /// The message already counted by containment.
+    contained_instance: String,
 }
 
 /// A check that could not decide.
@@ -117,6 +121,7 @@ impl Policy {
                 Check::SenderLogin => self.sender_login(req).await,
                 Check::ForgedSender => self.forged_sender(req, client_ip, trusted).await,
                 Check::RateLimit => Ok(self.rate_limit(req, conn)),
+                Check::Containment => self.containment(req, conn).await,
                 Check::Rhsbl => Ok(self.rhsbl(req).await),
                 Check::Dnsbl => Ok(self.dnsbl(req, client_ip, trusted).await),
                 Check::Greylist => self.greylist(req, client_ip, trusted, conn).await,
@@ -130,7 +135,9 @@ impl Policy {
                 Err(Failed(why)) => {
                     // Security checks fail closed; greylisting and block lists fail open.
                     let action = match check {
-                        Check::SenderLogin | Check::ForgedSender => &self.security_fail_action,
+                        Check::SenderLogin | Check::ForgedSender | Check::Containment => {
+                            &self.security_fail_action
+                        }
                         _ => &self.fail_action,
                     };
                     tracing::warn!(
@@ -226,6 +233,27 @@ impl Policy {
             ));
         }
         Verdict::Dunno
+    }
+
+    async fn containment(&self, req: &Request, conn: &mut ConnState) -> Result<Verdict, Failed> {
+        let Some(c) = &self.containment else {
+            return Ok(Verdict::Dunno);
+        };
+        if !req.is_authenticated() || req.recipient.is_empty() {
+            return Ok(Verdict::Dunno);
+        }
+        let dir = self
+            .dir
+            .current()
+            .await
+            .map_err(|e| Failed(e.to_string()))?;
+        let new_message = conn.contained_instance != req.instance;
+        let v = c
+            .check(req, &dir, new_message)
+            .await
+            .map_err(|e| Failed(e.0))?;
+        conn.contained_instance.clone_from(&req.instance);
+        Ok(v)
     }
 
     async fn rhsbl(&self, req: &Request) -> Verdict {

@@ -16,7 +16,8 @@ use std::time::Duration;
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// The checks that run, in order. Names: `sender_login`, `forged_sender`, `rate_limit`,
-    /// `rhsbl`, `dnsbl`, `greylist`. Default: sender_login, rhsbl, dnsbl, greylist.
+    /// `containment`, `rhsbl`, `dnsbl`, `greylist`. Default: sender_login, containment,
+    /// rhsbl, dnsbl, greylist.
     pub checks: Vec<Check>,
     /// The answer when greylisting or a block list fails internally (DB or DNS trouble is not
     /// a reason to lose mail). Default `DUNNO`.
@@ -38,6 +39,8 @@ pub struct Settings {
     pub dnsbl: DnsblSettings,
     /// `[policyd.rate_limit]`.
     pub rate_limit: RateLimitSettings,
+    /// `[policyd.containment]`.
+    pub containment: ContainmentSettings,
 }
 
 impl Default for Settings {
@@ -45,6 +48,7 @@ impl Default for Settings {
         Settings {
             checks: vec![
                 Check::SenderLogin,
+                Check::Containment,
                 Check::Rhsbl,
                 Check::Dnsbl,
                 Check::Greylist,
@@ -59,6 +63,7 @@ impl Default for Settings {
             greylist: GreylistSettings::default(),
             dnsbl: DnsblSettings::default(),
             rate_limit: RateLimitSettings::default(),
+            containment: ContainmentSettings::default(),
         }
     }
 }
@@ -103,6 +108,23 @@ impl daemon::Section for Settings {
                 .join("policyd")
                 .join("greylist.sqlite")
         });
+        let c = &mut self.containment;
+        if c.factor == 0 || c.history_days == 0 {
+            return Err("containment: factor and history_days must be at least 1".into());
+        }
+        c.db.get_or_insert_with(|| {
+            shared
+                .storage_root
+                .join("mail")
+                .join("policyd")
+                .join("sending.sqlite")
+        });
+        if c.notify.is_none() {
+            c.notify = Some(format!("administrator@{}", shared.box_hostname()));
+        }
+        if c.notify_command.is_empty() {
+            return Err("containment.notify_command: a program is needed".into());
+        }
         Ok(())
     }
 
@@ -352,6 +374,85 @@ pub struct RateLimitSettings {
     pub recipients_per_hour: u32,
 }
 
+/// `[policyd.containment]`: holding the mail of a login that sends far past its own history
+/// (the `containment` check; see `userdb::sending` for the rule).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainmentSettings {
+    /// Its own SQLite file. Default `STORAGE_ROOT/mail/policyd/sending.sqlite`; always set
+    /// once the file is read.
+    pub db: Option<PathBuf>,
+    /// Messages in an hour that never hold a login. Default 100.
+    pub floor_messages: u64,
+    /// Recipients never written to before, in an hour, that never hold a login. Default 50.
+    pub floor_new_recipients: u64,
+    /// How many times its busiest hour a login may send. Default 3.
+    pub factor: u64,
+    /// Days the busiest hour is looked for in. Default 28.
+    pub history_days: u64,
+    /// Logins counted but never held (a newsletter account). Default none.
+    pub exempt_logins: Vec<String>,
+    /// The answer for held mail: Postfix's `HOLD` with a text it logs. Default
+    /// `HOLD sending far past this login's own history`.
+    pub action: Action,
+    /// Who is told when a login is held (at most once per login per hour); `""` for no one.
+    /// Default `administrator@` the box's host name.
+    #[serde(deserialize_with = "notify_address")]
+    pub notify: Option<String>,
+    /// The program the notice is piped to, with its arguments; `-f ADDRESS ADDRESS` is
+    /// appended. Default `["/usr/sbin/sendmail", "-i"]`.
+    pub notify_command: Vec<String>,
+}
+
+/// `""` (no one) is kept as `Some("")`: `None` is the default, which `complete` fills in from
+/// the host name.
+fn notify_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(de::Error::custom(format!("{s:?}: one address expected")));
+    }
+    Ok(Some(s))
+}
+
+impl ContainmentSettings {
+    /// The state DB's path (filled in from the storage root when the file is read).
+    pub fn db(&self) -> &Path {
+        self.db.as_deref().unwrap_or(Path::new("sending.sqlite"))
+    }
+
+    /// The address notices go to, if any.
+    pub fn notify_to(&self) -> Option<&str> {
+        self.notify.as_deref().filter(|a| !a.is_empty())
+    }
+
+    /// The rule, as `userdb::sending` applies it.
+    pub fn rule(&self) -> userdb::sending::Rule {
+        userdb::sending::Rule {
+            floor_messages: self.floor_messages,
+            floor_new_recipients: self.floor_new_recipients,
+            factor: self.factor,
+            history_days: self.history_days,
+        }
+    }
+}
+
+impl Default for ContainmentSettings {
+    fn default() -> Self {
+        let rule = userdb::sending::Rule::default();
+        ContainmentSettings {
+            db: None,
+            floor_messages: rule.floor_messages,
+            floor_new_recipients: rule.floor_new_recipients,
+            factor: rule.factor,
+            history_days: rule.history_days,
+            exempt_logins: Vec::new(),
+            action: Action("HOLD sending far past this login's own history".into()),
+            notify: None,
+            notify_command: vec!["/usr/sbin/sendmail".into(), "-i".into()],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +467,11 @@ mod tests {
         let s = load(include_str!("../../packaging/sidecars.toml")).unwrap();
         let mut want = Settings::default();
         want.greylist.db = Some("/home/user-data/mail/policyd/greylist.sqlite".into());
+        want.containment.db = Some("/home/user-data/mail/policyd/sending.sqlite".into());
+        let host = Config::from_toml("", Path::new("x"))
+            .unwrap()
+            .box_hostname();
+        want.containment.notify = Some(format!("administrator@{host}"));
         assert_eq!(s.settings, want);
         assert_eq!(s.server, Settings::server_defaults());
     }
