@@ -3,6 +3,7 @@
 
 use crate::cmd::alias::AliasCmd;
 use crate::cmd::dns::{DkimCmd, DnsCmd, DomainCmd};
+use crate::cmd::held::HeldArgs;
 use crate::cmd::sidecars::SidecarsCmd;
 use crate::cmd::user::UserCmd;
 use clap::{Parser, Subcommand};
@@ -65,6 +66,9 @@ pub enum Command {
         #[command(subcommand)]
         command: DnsCmd,
     },
+    /// Logins whose outgoing mail miab-policyd holds, with their figures; `held release LOGIN`
+    /// lets one send again.
+    Held(HeldArgs),
     /// Switch a live Mail-in-a-Box box to the sidecar daemons and back (run as root).
     Sidecars {
         #[command(subcommand)]

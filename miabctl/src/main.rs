@@ -36,6 +36,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Domain { command } => cmd::dns::domain(cli, command),
         Command::Dkim { command } => cmd::dns::dkim(cli, command),
         Command::Dns { command } => cmd::dns::dns(cli, command),
+        Command::Held(args) => cmd::held::run(cli, args),
         Command::Sidecars { command } => cmd::sidecars::run(cli, command),
     }
 }

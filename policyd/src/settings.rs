@@ -122,9 +122,6 @@ impl daemon::Section for Settings {
         if c.notify.is_none() {
             c.notify = Some(format!("administrator@{}", shared.box_hostname()));
         }
-        if c.notify_command.is_empty() {
-            return Err("containment.notify_command: a program is needed".into());
-        }
         Ok(())
     }
 
@@ -393,15 +390,15 @@ pub struct ContainmentSettings {
     /// Logins counted but never held (a newsletter account). Default none.
     pub exempt_logins: Vec<String>,
     /// The answer for held mail: Postfix's `HOLD` with a text it logs. Default
-    /// `HOLD sending far past this login's own history`.
+    /// `HOLD held: the login sends far past its own history (miabctl held)`.
     pub action: Action,
     /// Who is told when a login is held (at most once per login per hour); `""` for no one.
     /// Default `administrator@` the box's host name.
     #[serde(deserialize_with = "notify_address")]
     pub notify: Option<String>,
-    /// The program the notice is piped to, with its arguments; `-f ADDRESS ADDRESS` is
-    /// appended. Default `["/usr/sbin/sendmail", "-i"]`.
-    pub notify_command: Vec<String>,
+    /// The SMTP server the notice is handed to (the box's own Postfix, as MIAB's
+    /// administrator mail is). Default `127.0.0.1:25`.
+    pub notify_smtp: std::net::SocketAddr,
 }
 
 /// `""` (no one) is kept as `Some("")`: `None` is the default, which `complete` fills in from
@@ -446,9 +443,11 @@ impl Default for ContainmentSettings {
             factor: rule.factor,
             history_days: rule.history_days,
             exempt_logins: Vec::new(),
-            action: Action("HOLD sending far past this login's own history".into()),
+            action: Action(
+                "HOLD held: the login sends far past its own history (miabctl held)".into(),
+            ),
             notify: None,
-            notify_command: vec!["/usr/sbin/sendmail".into(), "-i".into()],
+            notify_smtp: ([127, 0, 0, 1], 25).into(),
         }
     }
 }

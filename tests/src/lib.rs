@@ -131,6 +131,25 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
+/// A binary of another package of this workspace, from the target directory the running test
+/// was built in. `cargo test --workspace` builds every package's binaries before it runs a
+/// test; run alone, a test that needs one says how to build it.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(name))
+        .expect("the test runs from a target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --workspace`; the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
 /// Finds a program or fails the test with the package to install.
 pub fn require_program(path: &str, package: &str) -> PathBuf {
     let p = PathBuf::from(path);

@@ -55,6 +55,13 @@ CREATE TABLE IF NOT EXISTS logins (
     released_messages INTEGER NOT NULL DEFAULT 0,
     released_new_recipients INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rule (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    floor_messages INTEGER NOT NULL,
+    floor_new_recipients INTEGER NOT NULL,
+    factor INTEGER NOT NULL,
+    history_days INTEGER NOT NULL
+);
 PRAGMA user_version = 1;
 ";
 
@@ -199,6 +206,43 @@ impl Sending {
             conn,
             path: path.to_owned(),
         })
+    }
+
+    /// Records the rule the daemon applies, so `miabctl held` shows the same limits.
+    pub fn set_rule(&self, rule: &Rule) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO rule (id, floor_messages, floor_new_recipients, factor, history_days)
+                 VALUES (1, ?1, ?2, ?3, ?4)",
+                params![
+                    to_i64(rule.floor_messages),
+                    to_i64(rule.floor_new_recipients),
+                    to_i64(rule.factor),
+                    to_i64(rule.history_days)
+                ],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The rule the daemon last recorded (the default when it never did).
+    pub fn rule(&self) -> Result<Rule> {
+        self.conn
+            .query_row(
+                "SELECT floor_messages, floor_new_recipients, factor, history_days FROM rule",
+                [],
+                |r| {
+                    Ok(Rule {
+                        floor_messages: to_u64(r.get(0)?),
+                        floor_new_recipients: to_u64(r.get(1)?),
+                        factor: to_u64(r.get(2)?),
+                        history_days: to_u64(r.get(3)?),
+                    })
+                },
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(|e| self.err(e))
     }
 
     /// Opens an existing DB only (for `miabctl`, which must not create policyd's file).

@@ -118,7 +118,7 @@ fn list(cli: &Cli, email: &str) -> Result<()> {
 }
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC.
-fn utc(secs: i64) -> String {
+pub(super) fn utc(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
     format!(

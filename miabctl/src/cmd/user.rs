@@ -62,6 +62,18 @@ pub enum UserCmd {
         #[command(subcommand)]
         command: MfaCmd,
     },
+    /// Suspend a login: its password and app passwords stop working (SMTP, IMAP, POP3,
+    /// through miab-authd) until `user unsuspend`. Mail to it is still delivered.
+    Suspend {
+        email: String,
+        /// Why, for the listing.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Let a suspended login in again.
+    Unsuspend { email: String },
+    /// List suspended logins.
+    Suspended,
     /// App passwords for mail clients (SMTP, IMAP, POP3), through miab-authd.
     AppPassword {
         #[command(subcommand)]
@@ -157,6 +169,31 @@ pub fn run(cli: &Cli, cmd: Option<&UserCmd>) -> Result<()> {
             let mut db = open(cli, Access::ReadWrite)?;
             db.set_quota(email, q)?;
             quota_recalc(email);
+            Ok(())
+        }
+        UserCmd::Suspend { email, reason } => {
+            let mut db = open(cli, Access::ReadWrite)?;
+            print_outcome(&db.suspend(email, reason, userdb::clock::unix_now())?);
+            Ok(())
+        }
+        UserCmd::Unsuspend { email } => {
+            let mut db = open(cli, Access::ReadWrite)?;
+            print_outcome(&db.unsuspend(email)?);
+            Ok(())
+        }
+        UserCmd::Suspended => {
+            let list = open(cli, Access::ReadOnly)?.suspended()?;
+            if cli.json {
+                return print_json(&list);
+            }
+            for s in list {
+                println!(
+                    "{}	{} UTC	{}",
+                    s.email,
+                    super::app_password::utc(s.since),
+                    s.reason
+                );
+            }
             Ok(())
         }
         UserCmd::Mfa { command } => super::mfa::run(cli, command),

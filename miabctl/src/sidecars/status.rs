@@ -129,6 +129,7 @@ pub fn state_dbs(storage_root: &Path) -> Vec<PathBuf> {
     let mail = storage_root.join("mail");
     vec![
         mail.join("policyd").join("greylist.sqlite"),
+        mail.join("policyd").join("sending.sqlite"),
         mail.join("authd").join("app-password-use.sqlite"),
     ]
 }

@@ -235,6 +235,21 @@ fn exceptions_are_counted_but_never_held_and_old_rows_expire() {
 }
 
 #[test]
+fn the_rule_is_recorded_for_miabctl() {
+    let (_d, s) = db();
+    assert_eq!(s.rule().unwrap(), Rule::default());
+    let r = Rule {
+        floor_messages: 7,
+        floor_new_recipients: 3,
+        factor: 5,
+        history_days: 14,
+    };
+    s.set_rule(&r).unwrap();
+    s.set_rule(&r).unwrap();
+    assert_eq!(s.rule().unwrap(), r);
+}
+
+#[test]
 fn hostile_logins_and_recipients_are_bounded() {
     let (_d, mut s) = db();
     let rule = Rule::default();

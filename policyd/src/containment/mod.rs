@@ -6,18 +6,15 @@
 //!
 //! Mail from a login suspended while its SMTP session was open is refused outright.
 
+mod notice;
+
 use crate::handler::Verdict;
 use crate::proto::Request;
 use crate::settings::ContainmentSettings;
-use std::process::Stdio;
+use notice::Notice;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use userdb::sending::{Decision, NewHold, Rule, Sending};
 use userdb::{Directory, Snapshot};
-
-/// How long the notice program may take.
-const NOTICE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The check's settings and its DB.
 #[derive(Debug)]
@@ -29,14 +26,6 @@ pub struct Containment {
     notice: Option<Notice>,
 }
 
-/// Where notices go.
-#[derive(Debug, Clone)]
-struct Notice {
-    to: String,
-    command: Vec<String>,
-    hostname: String,
-}
-
 /// Why the check could not decide.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -45,14 +34,16 @@ pub struct Failed(pub String);
 impl Containment {
     /// Opens the sending DB.
     pub fn open(s: &ContainmentSettings, hostname: &str) -> userdb::Result<Containment> {
+        let db = Sending::open(s.db())?;
+        db.set_rule(&s.rule())?;
         Ok(Containment {
-            db: Arc::new(Mutex::new(Sending::open(s.db())?)),
+            db: Arc::new(Mutex::new(db)),
             rule: s.rule(),
             exempt: s.exempt_logins.iter().map(|l| l.to_lowercase()).collect(),
             action: s.action.as_str().to_owned(),
             notice: s.notify_to().map(|to| Notice {
                 to: to.to_owned(),
-                command: s.notify_command.clone(),
+                smtp: s.notify_smtp,
                 hostname: hostname.to_owned(),
             }),
         })
@@ -112,7 +103,7 @@ impl Containment {
             "sending far past the login's own history; its mail is held until `miabctl held release`");
         if let (Some(n), true) = (&self.notice, h.notify) {
             let n = n.clone();
-            let (login, text) = (login.to_owned(), notice_text(&n, login, req, h));
+            let (login, text) = (login.to_owned(), notice::text(&n, login, req, h));
             tokio::spawn(async move {
                 if let Err(e) = n.send(&text).await {
                     tracing::warn!(login = ?login, to = %n.to, error = %e,
@@ -137,45 +128,6 @@ impl Containment {
     }
 }
 
-impl Notice {
-    async fn send(&self, text: &str) -> std::io::Result<()> {
-        let (program, args) = self
-            .command
-            .split_first()
-            .ok_or_else(|| std::io::Error::other("no notice program"))?;
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .args(["-f", &self.to, &self.to])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| std::io::Error::other("no stdin"))?;
-        let run = async {
-            stdin.write_all(text.as_bytes()).await?;
-            drop(stdin);
-            child.wait_with_output().await
-        };
-        let out = tokio::time::timeout(NOTICE_TIMEOUT, run)
-            .await
-            .map_err(|_| std::io::Error::other("timed out"))??;
-        if out.status.success() {
-            Ok(())
-        } else {
-            let err = String::from_utf8_lossy(&out.stderr);
-            Err(std::io::Error::other(format!(
-                "{}: {}",
-                out.status,
-                printable(err.trim())
-            )))
-        }
-    }
-}
-
 /// `s` with anything but printable ASCII replaced by `?`, at most 200 characters: logins and
 /// client names come from the network.
 fn printable(s: &str) -> String {
@@ -189,70 +141,4 @@ fn printable(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// The notice: MIAB's own administrator mail's headers (`email_administrator.py`), the
-/// figures, and what to do.
-fn notice_text(n: &Notice, login: &str, req: &Request, h: &NewHold) -> String {
-    let login = printable(login);
-    let host = printable(&n.hostname);
-    format!(
-        "From: \"{host}\" <{to}>\r\nTo: {to}\r\nSubject: [{host}] Outgoing mail from {login} is held\r\n\
-         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\nAuto-Submitted: auto-generated\r\n\r\n\
-         miab-policyd put the outgoing mail of {login} on hold: {reason}.\r\n\
-         Its busiest hour of the last weeks: {bm} messages, {bn} new recipients.\r\n\
-         Last client: {client}. Sender: {sender}.\r\n\r\n\
-         Nothing is sent or lost while the login is held; its mail waits in Postfix's hold queue.\r\n\r\n\
-         If the mail is the user's own:   miabctl held release {login}\r\n\
-         If the account is stolen:        miabctl user suspend {login}\r\n\
-         \x20 (then change its password; postsuper -d deletes held mail)\r\n\
-         To see every held login:         miabctl held\r\n",
-        to = printable(&n.to),
-        reason = printable(&h.reason),
-        bm = h.busiest.messages,
-        bn = h.busiest.new_recipients,
-        client = printable(&req.client_address),
-        sender = printable(&req.sender),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use userdb::sending::Figures;
-
-    #[test]
-    fn the_notice_is_plain_and_escapes_what_came_from_the_network() {
-        let n = Notice {
-            to: "administrator@box.example.com".into(),
-            command: vec![],
-            hostname: "box.example.com".into(),
-        };
-        let req = Request {
-            client_address: "192.0.2.1".into(),
-            sender: "x@y\r\nBcc: victim@z".into(),
-            ..Request::default()
-        };
-        let h = NewHold {
-            reason: "51 new recipients in the last hour (limit 50)".into(),
-            last_hour: Figures::default(),
-            busiest: Figures {
-                messages: 5,
-                new_recipients: 2,
-            },
-            limits: Figures::default(),
-            notify: true,
-        };
-        let text = notice_text(&n, "me@example.com\nBcc: a@b", &req, &h);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert_eq!(head.lines().count(), 6, "{head}");
-        assert!(head.contains(
-            "Subject: [box.example.com] Outgoing mail from me@example.com?Bcc: a@b is held"
-        ));
-        assert!(
-            !body.contains("\r\nBcc:") && body.contains("Sender: x@y??Bcc: victim@z."),
-            "{body}"
-        );
-        assert!(body.contains("miabctl held release me@example.com?Bcc: a@b"));
-    }
 }

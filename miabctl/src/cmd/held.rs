@@ -1,0 +1,202 @@
+//! `held`: the logins whose outgoing mail miab-policyd holds (its `containment` check), with
+//! their figures, and `held release`, which lets a login send again and releases its mail
+//! from Postfix's hold queue. The figures and limits are read from miab-policyd's sending DB,
+//! with the rule the daemon recorded there.
+
+use super::app_password::utc;
+use super::print_json;
+use crate::cli::Cli;
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use userdb::clock::unix_now;
+use userdb::sending::{Figures, LoginStatus, Sending};
+
+#[derive(Debug, clap::Args)]
+pub struct HeldArgs {
+    /// Every login with figures, not only the held ones.
+    #[arg(long)]
+    all: bool,
+    /// miab-policyd's sending DB (default STORAGE_ROOT/mail/policyd/sending.sqlite).
+    #[arg(long, global = true)]
+    sending_db: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<HeldCmd>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HeldCmd {
+    /// The mail was the user's own: let the login send again, and release its held mail
+    /// (postsuper -H); what it was released at becomes its busiest hour.
+    Release {
+        login: String,
+        /// Postfix's configuration directory (postqueue -c, postcat -c, postsuper -c).
+        #[arg(long)]
+        postfix_config: Option<PathBuf>,
+    },
+}
+
+pub fn run(cli: &Cli, args: &HeldArgs) -> Result<()> {
+    let path = args.sending_db.clone().unwrap_or_else(|| {
+        cli.storage_root
+            .join("mail")
+            .join("policyd")
+            .join("sending.sqlite")
+    });
+    let db = match Sending::open_existing(&path) {
+        Err(userdb::Error::Missing(p)) => bail!(
+            "{}: no sending DB (is miab-policyd's containment check on? wrong --storage-root?)",
+            p.display()
+        ),
+        r => r?,
+    };
+    match &args.command {
+        None => list(cli, &db, args.all),
+        Some(HeldCmd::Release {
+            login,
+            postfix_config,
+        }) => release(db, login, postfix_config.as_deref()),
+    }
+}
+
+fn figures(f: Figures) -> String {
+    format!(
+        "{} messages, {} new recipients",
+        f.messages, f.new_recipients
+    )
+}
+
+fn list(cli: &Cli, db: &Sending, all: bool) -> Result<()> {
+    let now = unix_now();
+    let rows = db.statuses(&db.rule()?, all, now)?;
+    if cli.json {
+        return print_json(&rows);
+    }
+    if rows.is_empty() {
+        println!(
+            "{}",
+            if all {
+                "no figures yet"
+            } else {
+                "no login is held"
+            }
+        );
+        return Ok(());
+    }
+    for r in &rows {
+        print_status(r);
+    }
+    Ok(())
+}
+
+fn print_status(r: &LoginStatus) {
+    match r.held_since {
+        Some(since) => println!(
+            "{}\tHELD since {} UTC: {}",
+            r.login,
+            utc(since),
+            r.held_reason
+        ),
+        None => println!("{}\tsending", r.login),
+    }
+    if r.held_since.is_some() {
+        println!("  while held, at most: {}", figures(r.held_peak));
+    }
+    println!("  last hour: {}", figures(r.last_hour));
+    println!("  busiest hour: {}", figures(r.busiest));
+    println!("  limits: {}", figures(r.limits));
+    println!(
+        "  last weeks: {} messages to {} recipients",
+        r.total_messages, r.total_recipients
+    );
+}
+
+fn release(mut db: Sending, login: &str, postfix_config: Option<&Path>) -> Result<()> {
+    let login = login.to_lowercase();
+    let was_held = db.release(&login, unix_now())?;
+    let ids = held_mail_of(&login, postfix_config)?;
+    if !ids.is_empty() {
+        let mut child = postfix_tool("postsuper", postfix_config)
+            .args(["-H", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("run postsuper")?;
+        let mut stdin = child.stdin.take().context("postsuper's stdin")?;
+        for id in &ids {
+            writeln!(stdin, "{id}")?;
+        }
+        drop(stdin);
+        if !child.wait()?.success() {
+            bail!("postsuper -H failed; the login may send again, its held mail is still held");
+        }
+        // postsuper moves it to the deferred queue; ask for delivery now, not at the next
+        // queue run.
+        for id in &ids {
+            let _ = postfix_tool("postqueue", postfix_config)
+                .args(["-i", id])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    if !was_held && ids.is_empty() {
+        bail!("{login} is not held and has no held mail");
+    }
+    println!(
+        "{login} may send again; {} held messages released",
+        ids.len()
+    );
+    Ok(())
+}
+
+fn postfix_tool(name: &str, config: Option<&Path>) -> Command {
+    let mut c = Command::new(format!("/usr/sbin/{name}"));
+    if let Some(dir) = config {
+        c.arg("-c").arg(dir);
+    }
+    c
+}
+
+/// The queue ids of held mail that `login` submitted (Postfix keeps the SASL login in each
+/// queue file as the `sasl_username` attribute).
+fn held_mail_of(login: &str, config: Option<&Path>) -> Result<Vec<String>> {
+    let out = postfix_tool("postqueue", config)
+        .arg("-j")
+        .output()
+        .context("run postqueue -j")?;
+    if !out.status.success() {
+        bail!(
+            "postqueue -j failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let mut ids = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some("hold"), Some(id)) = (entry["queue_name"].as_str(), entry["queue_id"].as_str())
+        else {
+            continue;
+        };
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            continue;
+        }
+        let env = postfix_tool("postcat", config)
+            .args(["-e", "-q", id])
+            .stderr(Stdio::null())
+            .output()
+            .context("run postcat")?;
+        let text = String::from_utf8_lossy(&env.stdout);
+        let submitted_by = text.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("named_attribute: sasl_username=")
+                .map(str::to_lowercase)
+        });
+        if submitted_by.as_deref() == Some(login) {
+            ids.push(id.to_owned());
+        }
+    }
+    Ok(ids)
+}
