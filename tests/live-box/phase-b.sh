@@ -162,6 +162,58 @@ check_all() {
 }
 check_all "enabled"
 
+# --- containment under systemd: a hijacked login --------------------------------------
+# alice has no history: 60 messages to new recipients in one session put all past the floor
+# of 50 on hold; the administrator (administrator@ -> me@) gets the notice over SMTP from the
+# hardened unit; release delivers; suspension refuses SMTP AUTH and IMAP until lifted.
+held_count() {
+	box_exec postqueue -j | python3 -c '
+import json, sys
+print(sum(1 for l in sys.stdin if json.loads(l)["queue_name"] == "hold"))'
+}
+check_containment() {
+	local i n out
+	box_exec python3 /opt/miab-livebox/probe.py burst "$ALICE" "$PW_ALICE" 60 "$ME" containment
+	for i in $(seq 1 60); do
+		n=$(held_count)
+		[ "$n" = 10 ] && break
+		sleep 1
+	done
+	[ "$n" = 10 ] || { echo "$n messages held, 10 expected"; box_exec postqueue -p | tail -20; return 1; }
+	echo "postqueue -j: 10 messages in the hold queue"
+	n=$(box_exec journalctl -a -o cat --no-pager -u miab-policyd | grep -c "sending far past the login's own history" || true)
+	[ "$n" = 1 ] || { echo "$n hold lines in miab-policyd's journal, 1 expected"; return 1; }
+	box_exec python3 /opt/miab-livebox/probe.py fetch "$ME" "$PW_ME" "Outgoing mail from $ALICE is held" /tmp/live-box-notice.eml
+	box_exec grep -F "miabctl held release $ALICE" /tmp/live-box-notice.eml
+	out=$(box_exec miabctl held)
+	echo "$out"
+	echo "$out" | grep -q "^$ALICE	HELD since .*: 51 new recipients in the last hour (limit 50)" ||
+		{ echo "miabctl held does not show $ALICE"; return 1; }
+	out=$(box_exec miabctl held release "$ALICE")
+	echo "$out"
+	[ "$out" = "$ALICE may send again; 10 held messages released" ] || return 1
+	for i in $(seq 1 60); do
+		n=$(held_count)
+		[ "$n" = 0 ] && break
+		sleep 1
+	done
+	[ "$n" = 0 ] || { echo "$n messages still held after release"; return 1; }
+	# miabctl ran as root: the daemon can still write its DB (the -wal file is its own).
+	box_exec ls -l /home/user-data/mail/policyd/
+	box_exec python3 /opt/miab-livebox/probe.py send "$ALICE" "$PW_ALICE" "$ME" "after release" 587
+	box_exec miabctl user suspend "$ALICE" --reason "live-box"
+	set +e
+	box_exec python3 /opt/miab-livebox/probe.py smtp-auth "$ALICE" "$PW_ALICE" 587; n=$?
+	[ "$n" = 3 ] || { echo "suspended: SMTP AUTH not refused with 535 (exit $n)"; return 1; }
+	box_exec python3 /opt/miab-livebox/probe.py imap-login "$ALICE" "$PW_ALICE"; n=$?
+	[ "$n" = 3 ] || { echo "suspended: IMAP login not refused (exit $n)"; return 1; }
+	set -e
+	box_exec miabctl user unsuspend "$ALICE"
+	box_exec python3 /opt/miab-livebox/probe.py smtp-auth "$ALICE" "$PW_ALICE" 587
+	box_exec python3 /opt/miab-livebox/probe.py imap-login "$ALICE" "$PW_ALICE"
+}
+step "containment: a hijacked login is held, the administrator told, released, suspended" check_containment
+
 # --- MIAB's own maintenance, each followed by every check -------------------------------
 # The nightly backup, as management/daily_tasks.sh runs it (in MIAB's venv, en_US.UTF-8).
 record_state_rows() {

@@ -8,6 +8,8 @@
                                               authenticated submission of a short message
   probe.py fetch USER PASSWORD SUBJECT OUT    waits (60 s) for the message in INBOX, writes it
                                               raw to OUT and deletes it
+  probe.py burst USER PASSWORD N TO SUBJECT   N messages in one session on 587, each to its own
+                                              recipient TO with +SUBJECT-i before the @
 """
 import imaplib
 import smtplib
@@ -77,6 +79,20 @@ def send(user, pw, to, subject, port=465):
     return 0
 
 
+def burst(user, pw, n, to, subject):
+    local, domain = to.split("@")
+    s = smtp(587)
+    s.login(user, pw)
+    for i in range(n):
+        rcpt = "%s+%s-%d@%s" % (local, subject, i, domain)
+        msg = "From: <%s>\r\nTo: <%s>\r\nSubject: %s %d\r\nDate: %s\r\n\r\nA burst.\r\n" % (
+            user, rcpt, subject, i, formatdate(localtime=True))
+        s.sendmail(user, [rcpt], msg)
+    s.quit()
+    print("sent %d messages from %s" % (n, user))
+    return 0
+
+
 def fetch(user, pw, subject, out):
     m = imaplib.IMAP4_SSL(HOST, 993, ssl_context=ctx())
     m.login(user, pw)
@@ -110,6 +126,8 @@ def main():
         return imap_login(a[0], a[1])
     if cmd == "send":
         return send(a[0], a[1], a[2], a[3], int(a[4]) if len(a) > 4 else 465)
+    if cmd == "burst":
+        return burst(a[0], a[1], int(a[2]), a[3], a[4])
     if cmd == "fetch":
         return fetch(a[0], a[1], a[2], a[3])
     print("unknown command " + cmd, file=sys.stderr)

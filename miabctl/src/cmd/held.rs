@@ -52,13 +52,16 @@ pub fn run(cli: &Cli, args: &HeldArgs) -> Result<()> {
         ),
         r => r?,
     };
-    match &args.command {
+    let owner = std::fs::metadata(&path)?;
+    let done = match &args.command {
         None => list(cli, &db, args.all),
         Some(HeldCmd::Release {
             login,
             postfix_config,
         }) => release(db, login, postfix_config.as_deref()),
-    }
+    };
+    crate::sidecars::backup::side_files_to_owner(&path, &owner);
+    done
 }
 
 fn figures(f: Figures) -> String {

@@ -34,7 +34,6 @@ pub fn release(sys: &Sys) -> Result<()> {
 /// Moves everything in a WAL file into the main file and empties it, so a copy of the main
 /// file alone is the whole DB. Side files this creates get the DB's owner.
 fn checkpoint(db: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(db)?;
     let wal = PathBuf::from(format!("{}-wal", db.display()));
     if !wal.exists() {
@@ -50,11 +49,18 @@ fn checkpoint(db: &Path) -> Result<()> {
     if busy != 0 {
         bail!("a reader kept the checkpoint from finishing");
     }
+    side_files_to_owner(db, &meta);
+    Ok(())
+}
+
+/// Gives a DB's `-wal` and `-shm` files the owner of the DB itself (`meta`), so the daemon
+/// that owns it can still open them after root has.
+pub fn side_files_to_owner(db: &Path, meta: &std::fs::Metadata) {
+    use std::os::unix::fs::MetadataExt;
     for side in ["-wal", "-shm"] {
         let p = PathBuf::from(format!("{}{side}", db.display()));
         if p.exists() {
             let _ = std::os::unix::fs::chown(&p, Some(meta.uid()), Some(meta.gid()));
         }
     }
-    Ok(())
 }
