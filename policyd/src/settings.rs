@@ -405,7 +405,9 @@ pub struct ContainmentSettings {
 /// the host name.
 fn notify_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
-    if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if s.chars()
+        .any(|c| c.is_control() || c.is_whitespace() || "<>\"".contains(c))
+    {
         return Err(de::Error::custom(format!("{s:?}: one address expected")));
     }
     Ok(Some(s))

@@ -532,6 +532,84 @@ fn a_locked_user_db_gives_the_fail_action() {
     lock.execute_batch("COMMIT").unwrap();
 }
 
+#[test]
+fn containment_holds_past_the_floor_and_fails_closed_on_a_locked_db() {
+    let dir = Scratch::new("pol");
+    miab_box(dir.path());
+    let dns = TestDns::start();
+    // Containment first, so the hostile login below reaches it.
+    let top = "checks = [\"containment\", \"sender_login\"]";
+    let extra =
+        "[policyd.containment]\nfloor_messages = 5\nfloor_new_recipients = 3\nnotify = \"\"";
+    let d = start_in_process(&dir, &config(&dir, dns.addr(), top, extra));
+    let mut c = Client::connect(d.port);
+    let from = c_attrs;
+    let hold = "HOLD held: the login sends far past its own history (miabctl held)";
+    for i in 0..3 {
+        let a = from("me@example.com", format!("m{i}"), format!("r{i}@x.example"));
+        assert_eq!(c.ask(&as_refs(&a)), "DUNNO", "{i}");
+    }
+    let fourth = from("me@example.com", "m3".into(), "r3@x.example".into());
+    assert_eq!(c.ask(&as_refs(&fourth)), hold);
+    let known = from("me@example.com", "m4".into(), "r0@x.example".into());
+    assert_eq!(c.ask(&as_refs(&known)), hold, "held until released");
+    let other = from("you@example.com", "y1".into(), "r0@x.example".into());
+    assert_eq!(
+        c.ask(&as_refs(&other)),
+        "DUNNO",
+        "other logins are not affected"
+    );
+    assert_eq!(
+        c.ask(&[("sender", "me@example.com"), ("recipient", "z@x.example")]),
+        "DUNNO",
+        "unauthenticated mail is not counted"
+    );
+    // A login Postfix would never send, far over any limit, is bounded and answered.
+    let long = format!("{}@example.com", "\u{e9}".repeat(4000));
+    let r = c.ask(&[
+        ("sasl_username", long.as_str()),
+        ("sender", long.as_str()),
+        ("recipient", "a@x.example"),
+    ]);
+    assert_eq!(r, format!("553 5.7.1 not owned by user {long}"));
+    let log = d.process.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("sending far past the login's own history"))
+        .count();
+    assert_eq!(lines, 1, "{log}");
+
+    // A locked sending DB: the security fail action, and served again afterwards.
+    let lock = rusqlite::Connection::open(dir.join("mail/policyd/sending.sqlite")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let boss = from("boss@other.example", "b1".into(), "q@x.example".into());
+    assert_eq!(c.ask(&as_refs(&boss)), "451 4.3.0 Temporary lookup failure");
+    lock.execute_batch("COMMIT").unwrap();
+    assert_eq!(c.ask(&as_refs(&boss)), "DUNNO");
+
+    // Released (as `miabctl held release` does): it sends again.
+    let mut s = userdb::sending::Sending::open(&dir.join("mail/policyd/sending.sqlite")).unwrap();
+    assert!(
+        s.release("me@example.com", userdb::clock::unix_now())
+            .unwrap()
+    );
+    let again = from("me@example.com", "m5".into(), "r9@x.example".into());
+    assert_eq!(c.ask(&as_refs(&again)), "DUNNO");
+}
+
+fn c_attrs(login: &'static str, inst: String, rcpt: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("sasl_username", login.to_owned()),
+        ("sender", login.to_owned()),
+        ("instance", inst),
+        ("recipient", rcpt),
+    ]
+}
+
+fn as_refs<'a>(a: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    a.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// SIGHUP reads postgrey's whitelist files again, and the daemon goes on serving, on the same
 /// connection too.
 #[test]

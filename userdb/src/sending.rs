@@ -196,7 +196,9 @@ impl Sending {
             let _ = std::fs::create_dir_all(dir);
         }
         let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        // Only short transactions ever hold it (a request, miabctl, a backup's checkpoint);
+        // longer means something is wrong, and the check fails closed rather than pile up.
+        conn.busy_timeout(Duration::from_secs(1)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")

@@ -10,6 +10,12 @@
 //!
 //! Build and run (as root; `apt-get install postgrey`):
 //! `cargo build --release -p policyd -p miab-bench && target/release/bench-policyd [--quick]`
+//!
+//! `--outbound` measures the authenticated path instead: the same stream of authenticated
+//! RCPT requests (each a new message to a recipient never seen before, the containment
+//! check's most expensive case, with floors so high that nothing is held) to three
+//! miab-policyd instances: `sender_login` alone (what MIAB's Postfix map does), with the
+//! fixed `rate_limit`, and with `containment`.
 
 use miab_bench::{cpu_seconds, percentile, pin_self_to_core_1, status_kib};
 use miab_e2e::process::DaemonProcess;
@@ -45,6 +51,9 @@ impl Run {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (per_conn, rounds) = if quick { (250, 1) } else { (2500, 5) };
+    if std::env::args().any(|a| a == "--outbound") {
+        return outbound(per_conn, rounds);
+    }
     let bin = std::env::current_exe()
         .unwrap()
         .with_file_name("miab-policyd");
@@ -158,6 +167,116 @@ fn main() {
     );
 }
 
+/// `--outbound`: three miab-policyd instances on one authenticated stream.
+fn outbound(per_conn: usize, rounds: usize) {
+    let bin = std::env::current_exe()
+        .unwrap()
+        .with_file_name("miab-policyd");
+    let dir = Scratch::new("bench");
+    let root = dir.mkdir("data");
+    fixture::miab_box(&root);
+    let variants: [(&'static str, &str); 3] = [
+        ("sender_login", "checks = [\"sender_login\"]"),
+        (
+            "+ rate_limit",
+            "checks = [\"sender_login\", \"rate_limit\"]\n[policyd.rate_limit]\nmessages_per_hour = 1000000000\nrecipients_per_hour = 1000000000",
+        ),
+        (
+            "+ containment",
+            "checks = [\"sender_login\", \"containment\"]\n[policyd.containment]\nfloor_messages = 1000000000\nfloor_new_recipients = 1000000000\nnotify = \"\"",
+        ),
+    ];
+    let daemons: Vec<(&'static str, u16, DaemonProcess)> = variants
+        .iter()
+        .map(|(name, checks)| {
+            let port = free_port();
+            let config = dir.join(format!("policyd-{port}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "storage_root = \"{}\"\nhostname = \"bench.example\"\n[policyd]\nlisten = \"inet:127.0.0.1:{port}\"\n{checks}\n",
+                    root.display()
+                ),
+            )
+            .unwrap();
+            let d = DaemonProcess::start(
+                Path::new("/usr/bin/taskset"),
+                &["-c", "0", bin.to_str().unwrap(), "--config", config.to_str().unwrap()],
+                dir.join(format!("policyd-{port}.log")),
+            );
+            (*name, port, d)
+        })
+        .collect();
+    pin_self_to_core_1();
+    println!(
+        "# miab-policyd, authenticated RCPT requests\n\n{rounds} rounds; each sends {CONNS} connections x {per_conn} authenticated requests (3 logins, each request a new message to a new recipient) to each instance in turn.\nEach daemon pinned to core 0, the client to core 1.\n"
+    );
+    println!(
+        "| round | checks | requests/s | p50 | p99 | CPU per request | peak RSS | not DUNNO |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        let streams = outbound_streams(round, CONNS, per_conn);
+        let runs: Vec<Run> = daemons
+            .iter()
+            .map(|(name, port, d)| measure(name, *port, d.pid(), &streams))
+            .collect();
+        for r in &runs {
+            let mut l = r.latencies.clone();
+            l.sort();
+            println!(
+                "| {round} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.4} ms | {:.1} MiB | {} |",
+                r.name,
+                r.rate(),
+                percentile(&l, 50.0).as_secs_f64() * 1000.0,
+                percentile(&l, 99.0).as_secs_f64() * 1000.0,
+                r.cpu_per_request_ms(),
+                r.rss_kib as f64 / 1024.0,
+                r.deferred
+            );
+        }
+        ratios.push((
+            runs[2].rate() / runs[0].rate(),
+            runs[2].cpu_per_request_ms() / runs[0].cpu_per_request_ms(),
+            runs[2].cpu_per_request_ms() / runs[1].cpu_per_request_ms(),
+        ));
+    }
+    let mut v: Vec<(f64, f64, f64)> = ratios.clone();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let m = v[v.len() / 2];
+    println!(
+        "\ncontainment / sender_login alone, round with the median throughput ratio: throughput {:.2}x, CPU per request {:.2}x (vs the fixed rate_limit: {:.2}x)",
+        m.0, m.1, m.2
+    );
+}
+
+/// Authenticated RCPT requests: each a new message (its own `instance`) to a recipient that
+/// was never written to, from one of the box's three users as itself.
+fn outbound_streams(round: usize, conns: usize, per_conn: usize) -> Vec<Vec<Vec<u8>>> {
+    let logins = ["me@example.com", "you@example.com", "boss@other.example"];
+    (0..conns)
+        .map(|c| {
+            (0..per_conn)
+                .map(|i| {
+                    let login = logins[(c + i) % logins.len()];
+                    format!(
+                        "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
+                         client_address=192.0.2.{c}\nclient_name=client{c}.example\n\
+                         reverse_client_name=client{c}.example\nhelo_name=laptop{c}\n\
+                         sender={login}\nrecipient=r{round}-{c}-{i}@elsewhere.example\n\
+                         recipient_count=0\nqueue_id=\ninstance={round}.{c}.{i}\nsize=0\netrn_domain=\n\
+                         stress=\nsasl_method=PLAIN\nsasl_username={login}\nsasl_sender=\nccert_subject=\n\
+                         ccert_issuer=\nccert_fingerprint=\nccert_pubkey_fingerprint=\n\
+                         encryption_protocol=TLSv1.3\nencryption_cipher=TLS_AES_256_GCM_SHA384\nencryption_keysize=256\npolicy_context=sender\n\n"
+                    )
+                    .into_bytes()
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Per connection, the requests it sends (the same for both daemons).
 fn streams(round: usize, conns: usize, per_conn: usize) -> Vec<Vec<Vec<u8>>> {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ round as u64;
@@ -193,6 +312,10 @@ fn streams(round: usize, conns: usize, per_conn: usize) -> Vec<Vec<Vec<u8>>> {
         .collect()
 }
 
+fn outbound_stream(req: &[u8]) -> bool {
+    req.windows(13).any(|w| w == b"sasl_method=P")
+}
+
 fn measure(name: &'static str, port: u16, pid: u32, streams: &[Vec<Vec<u8>>]) -> Run {
     let cpu0 = cpu_seconds(pid);
     let start = Instant::now();
@@ -221,9 +344,9 @@ fn measure(name: &'static str, port: u16, pid: u32, streams: &[Vec<Vec<u8>>]) ->
                         action.push_str(&line);
                     }
                     lat.push(t.elapsed());
-                    if action
-                        .to_ascii_uppercase()
-                        .starts_with("ACTION=DEFER_IF_PERMIT")
+                    let action = action.to_ascii_uppercase();
+                    if action.starts_with("ACTION=DEFER_IF_PERMIT")
+                        || (outbound_stream(req) && !action.starts_with("ACTION=DUNNO"))
                     {
                         deferred += 1;
                     }
