@@ -169,7 +169,16 @@ pub struct LoginStatus {
 pub struct Sending {
     conn: Connection,
     path: PathBuf,
+    memo: Memo,
 }
+
+/// Per login, its history's busiest hour as read in a clock hour: the history (hours before
+/// the last two) only changes when the hour moves on, so it is read once an hour, not at
+/// every request. A release by another process (`miabctl`) may raise it meanwhile; until the
+/// next hour the memo is the stricter, and the released figures, read every time, cover it.
+type Memo = std::collections::HashMap<String, (i64, (i64, i64))>;
+/// Logins remembered at most; past this the memo starts over.
+const MEMO_MAX: usize = 50_000;
 
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
@@ -199,6 +208,9 @@ impl Sending {
         // Only short transactions ever hold it (a request, miabctl, a backup's checkpoint);
         // longer means something is wrong, and the check fails closed rather than pile up.
         conn.busy_timeout(Duration::from_secs(1)).map_err(err)?;
+        // Small pages: each request writes a few rows, and a commit writes each page it
+        // touched to the WAL. Only takes effect on a new file, before WAL is switched on.
+        conn.pragma_update(None, "page_size", 1024).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -207,6 +219,7 @@ impl Sending {
         Ok(Sending {
             conn,
             path: path.to_owned(),
+            memo: Memo::new(),
         })
     }
 
@@ -271,130 +284,44 @@ impl Sending {
         enforce: bool,
         now: i64,
     ) -> Result<Decision> {
-        let login = bounded(login);
-        let recipient = bounded(recipient);
+        let one = Recipient {
+            login,
+            recipient,
+            new_message,
+            enforce,
+            now,
+        };
+        let mut d = self.record_all(rule, &[one])?;
+        d.pop()
+            .ok_or_else(|| Error::Internal("no decision for a recipient".into()))
+    }
+
+    /// [`Sending::record`] for each of `all`, in order, in one transaction (one commit for a
+    /// whole batch of requests).
+    pub fn record_all(&mut self, rule: &Rule, all: &[Recipient<'_>]) -> Result<Vec<Decision>> {
         let path = self.path.clone();
         let err = |e| Error::sqlite(&path, e);
+        if self.memo.len() > MEMO_MAX {
+            self.memo.clear();
+        }
+        let memo = &mut self.memo;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
-        let held_since: Option<i64> = tx
-            .query_row(
-                "SELECT held_since FROM logins WHERE login=?1",
-                [&login],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(err)?
-            .flatten();
-        let known: Option<i64> = tx
-            .query_row(
-                "SELECT last_seen FROM known WHERE login=?1 AND recipient=?2",
-                [&login, &recipient],
-                |r| r.get(0),
-            )
-            .optional()
+        let decisions = all
+            .iter()
+            .map(|r| record_one(&tx, rule, r, memo))
+            .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(err)?;
-        let is_new = known.is_none_or(|seen| now - seen > KNOWN_DAYS * 86_400);
-        let held = held_since.is_some();
-        let hour = now.div_euclid(HOUR);
-        tx.execute(
-            "INSERT INTO hours (login, hour, messages, recipients, new_recipients, held)
-             VALUES (?1, ?2, ?3, 1, ?4, ?5)
-             ON CONFLICT (login, hour) DO UPDATE SET messages=messages+excluded.messages,
-               recipients=recipients+1, new_recipients=new_recipients+excluded.new_recipients,
-               held=max(held, excluded.held)",
-            params![
-                login,
-                hour,
-                i64::from(new_message),
-                i64::from(is_new),
-                i64::from(held)
-            ],
-        )
-        .map_err(err)?;
-        let last_hour = last_hour(&tx, &login, now).map_err(err)?;
-        if held {
-            tx.execute(
-                "UPDATE logins SET held_messages=max(held_messages, ?2),
-                   held_new_recipients=max(held_new_recipients, ?3) WHERE login=?1",
-                params![
-                    login,
-                    to_i64(last_hour.messages),
-                    to_i64(last_hour.new_recipients)
-                ],
-            )
-            .map_err(err)?;
-            tx.commit().map_err(err)?;
-            return Ok(Decision::Hold { newly: None });
-        }
-        let busiest = busiest(&tx, rule, &login, now).map_err(err)?;
-        let limits = rule.limits(busiest);
-        let reason = rule.exceeded(last_hour, limits).filter(|_| enforce);
-        let Some(reason) = reason else {
-            // Only recipients of mail that is sent are learnt: a spammer's list must not
-            // become the login's correspondents. last_seen moves at most daily.
-            if is_new || known.is_some_and(|seen| now - seen > 86_400) {
-                tx.execute(
-                    "INSERT INTO known (login, recipient, last_seen) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (login, recipient) DO UPDATE SET last_seen=excluded.last_seen",
-                    params![login, recipient, now],
-                )
-                .map_err(err)?;
-            }
-            tx.commit().map_err(err)?;
-            return Ok(Decision::Send);
-        };
-        let notified_at: Option<i64> = tx
-            .query_row(
-                "SELECT notified_at FROM logins WHERE login=?1",
-                [&login],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(err)?
-            .flatten();
-        let notify = notified_at.is_none_or(|t| now - t >= HOUR);
-        tx.execute(
-            "INSERT INTO logins (login, held_since, held_reason, held_messages, held_new_recipients, notified_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (login) DO UPDATE SET held_since=excluded.held_since,
-               held_reason=excluded.held_reason, held_messages=excluded.held_messages,
-               held_new_recipients=excluded.held_new_recipients,
-               notified_at=coalesce(excluded.notified_at, notified_at)",
-            params![
-                login,
-                now,
-                reason,
-                to_i64(last_hour.messages),
-                to_i64(last_hour.new_recipients),
-                notify.then_some(now)
-            ],
-        )
-        .map_err(err)?;
-        // The hour that tripped the rule is not history the next time round.
-        tx.execute(
-            "UPDATE hours SET held=1 WHERE login=?1 AND hour>=?2",
-            params![login, hour - 1],
-        )
-        .map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(Decision::Hold {
-            newly: Some(NewHold {
-                reason,
-                last_hour,
-                busiest,
-                limits,
-                notify,
-            }),
-        })
+        Ok(decisions)
     }
-
     /// Ends a hold at `now`: the held hours count as history again, and what the login was
     /// released at is its new busiest hour. False when the login was not held.
     pub fn release(&mut self, login: &str, now: i64) -> Result<bool> {
         let login = bounded(login);
+        self.memo.remove(&login);
         let path = self.path.clone();
         let err = |e| Error::sqlite(&path, e);
         let tx = self
@@ -468,7 +395,7 @@ impl Sending {
             .optional()
             .map_err(err)?;
         let (held_since, held_reason, peak_m, peak_n) = row.unwrap_or_default();
-        let busiest = busiest(&self.conn, rule, &login, now).map_err(err)?;
+        let busiest = busiest(&self.conn, rule, &login, now, None).map_err(err)?;
         let since = now.div_euclid(HOUR) - to_i64(rule.history_days.saturating_mul(24));
         let (total_messages, total_recipients) = self
             .conn
@@ -526,6 +453,146 @@ impl Sending {
     }
 }
 
+/// One recipient of one message, for [`Sending::record_all`].
+#[derive(Debug, Clone, Copy)]
+pub struct Recipient<'a> {
+    pub login: &'a str,
+    pub recipient: &'a str,
+    /// The message's first recipient.
+    pub new_message: bool,
+    /// False for a login that is counted but never held.
+    pub enforce: bool,
+    pub now: i64,
+}
+
+/// [`Sending::record`]'s work inside a transaction.
+fn record_one(
+    tx: &Connection,
+    rule: &Rule,
+    r: &Recipient<'_>,
+    memo: &mut Memo,
+) -> rusqlite::Result<Decision> {
+    let login = bounded(r.login);
+    let recipient = bounded(r.recipient);
+    let (new_message, enforce, now) = (r.new_message, r.enforce, r.now);
+    let held_since: Option<i64> = row(
+        tx,
+        "SELECT held_since FROM logins WHERE login=?1",
+        [&login],
+        |r| r.get(0),
+    )?
+    .flatten();
+    let known: Option<i64> = row(
+        tx,
+        "SELECT last_seen FROM known WHERE login=?1 AND recipient=?2",
+        [&login, &recipient],
+        |r| r.get(0),
+    )?;
+    let is_new = known.is_none_or(|seen| now - seen > KNOWN_DAYS * 86_400);
+    let held = held_since.is_some();
+    let hour = now.div_euclid(HOUR);
+    exec(
+        tx,
+        "INSERT INTO hours (login, hour, messages, recipients, new_recipients, held)
+         VALUES (?1, ?2, ?3, 1, ?4, ?5)
+         ON CONFLICT (login, hour) DO UPDATE SET messages=messages+excluded.messages,
+           recipients=recipients+1, new_recipients=new_recipients+excluded.new_recipients,
+           held=max(held, excluded.held)",
+        params![
+            login,
+            hour,
+            i64::from(new_message),
+            i64::from(is_new),
+            i64::from(held)
+        ],
+    )?;
+    let last_hour = last_hour(tx, &login, now)?;
+    if held {
+        exec(
+            tx,
+            "UPDATE logins SET held_messages=max(held_messages, ?2),
+               held_new_recipients=max(held_new_recipients, ?3) WHERE login=?1",
+            params![
+                login,
+                to_i64(last_hour.messages),
+                to_i64(last_hour.new_recipients)
+            ],
+        )?;
+        return Ok(Decision::Hold { newly: None });
+    }
+    let busiest = busiest(tx, rule, &login, now, Some(memo))?;
+    let limits = rule.limits(busiest);
+    let reason = rule.exceeded(last_hour, limits).filter(|_| enforce);
+    let Some(reason) = reason else {
+        // Only recipients of mail that is sent are learnt: a spammer's list must not
+        // become the login's correspondents. last_seen moves at most daily.
+        if is_new || known.is_some_and(|seen| now - seen > 86_400) {
+            exec(
+                tx,
+                "INSERT INTO known (login, recipient, last_seen) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (login, recipient) DO UPDATE SET last_seen=excluded.last_seen",
+                params![login, recipient, now],
+            )?;
+        }
+        return Ok(Decision::Send);
+    };
+    let notified_at: Option<i64> = row(
+        tx,
+        "SELECT notified_at FROM logins WHERE login=?1",
+        [&login],
+        |r| r.get(0),
+    )?
+    .flatten();
+    let notify = notified_at.is_none_or(|t| now - t >= HOUR);
+    exec(
+        tx,
+        "INSERT INTO logins (login, held_since, held_reason, held_messages, held_new_recipients, notified_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (login) DO UPDATE SET held_since=excluded.held_since,
+           held_reason=excluded.held_reason, held_messages=excluded.held_messages,
+           held_new_recipients=excluded.held_new_recipients,
+           notified_at=coalesce(excluded.notified_at, notified_at)",
+        params![
+            login,
+            now,
+            reason,
+            to_i64(last_hour.messages),
+            to_i64(last_hour.new_recipients),
+            notify.then_some(now)
+        ],
+    )?;
+    // The hour that tripped the rule is not history the next time round.
+    exec(
+        tx,
+        "UPDATE hours SET held=1 WHERE login=?1 AND hour>=?2",
+        params![login, hour - 1],
+    )?;
+    Ok(Decision::Hold {
+        newly: Some(NewHold {
+            reason,
+            last_hour,
+            busiest,
+            limits,
+            notify,
+        }),
+    })
+}
+
+/// One row of a query prepared once per connection, if there is one.
+fn row<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
+    conn.prepare_cached(sql)?.query_row(params, f).optional()
+}
+
+/// A statement prepared once per connection, run.
+fn exec<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
 /// The last hour as a sliding window: this clock hour, and the part of the previous one still
 /// inside the window, in proportion.
 fn last_hour(conn: &Connection, login: &str, now: i64) -> rusqlite::Result<Figures> {
@@ -559,23 +626,44 @@ fn last_hour(conn: &Connection, login: &str, now: i64) -> rusqlite::Result<Figur
 
 /// The busiest hour of the history (hours older than the window, not held), and what the
 /// login was last released at, figure by figure.
-fn busiest(conn: &Connection, rule: &Rule, login: &str, now: i64) -> rusqlite::Result<Figures> {
+/// With `memo`, the history part is read at most once per login and clock hour.
+fn busiest(
+    conn: &Connection,
+    rule: &Rule,
+    login: &str,
+    now: i64,
+    memo: Option<&mut Memo>,
+) -> rusqlite::Result<Figures> {
     let hour = now.div_euclid(HOUR);
     let since = hour - to_i64(rule.history_days.saturating_mul(24));
-    let (m, n): (i64, i64) = conn.query_row(
-        "SELECT coalesce(max(messages), 0), coalesce(max(new_recipients), 0) FROM hours
-         WHERE login=?1 AND hour>=?2 AND hour<?3 AND held=0",
-        params![login, since, hour - 1],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let released: Option<(i64, i64)> = conn
-        .query_row(
-            "SELECT released_messages, released_new_recipients FROM logins
-             WHERE login=?1 AND released_at>=?2",
-            params![login, since * HOUR],
+    let read = || {
+        row(
+            conn,
+            "SELECT coalesce(max(messages), 0), coalesce(max(new_recipients), 0) FROM hours
+             WHERE login=?1 AND hour>=?2 AND hour<?3 AND held=0",
+            params![login, since, hour - 1],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .optional()?;
+        .map(Option::unwrap_or_default)
+    };
+    let (m, n): (i64, i64) = match memo {
+        None => read()?,
+        Some(memo) => match memo.get(login) {
+            Some(&(h, figures)) if h == hour => figures,
+            _ => {
+                let figures = read()?;
+                memo.insert(login.to_owned(), (hour, figures));
+                figures
+            }
+        },
+    };
+    let released: Option<(i64, i64)> = row(
+        conn,
+        "SELECT released_messages, released_new_recipients FROM logins
+         WHERE login=?1 AND released_at>=?2",
+        params![login, since * HOUR],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let (rm, rn) = released.unwrap_or_default();
     Ok(Figures {
         messages: to_u64(m.max(rm)),

@@ -15,7 +15,8 @@
 //! RCPT requests (each a new message to a recipient never seen before, the containment
 //! check's most expensive case, with floors so high that nothing is held) to three
 //! miab-policyd instances: `sender_login` alone (what MIAB's Postfix map does), with the
-//! fixed `rate_limit`, and with `containment`.
+//! fixed `rate_limit`, and with `containment`, whose sending DB holds four weeks of hourly
+//! history for each login first.
 
 use miab_bench::{cpu_seconds, percentile, pin_self_to_core_1, status_kib};
 use miab_e2e::process::DaemonProcess;
@@ -186,6 +187,20 @@ fn outbound(per_conn: usize, rounds: usize) {
             "checks = [\"sender_login\", \"containment\"]\n[policyd.containment]\nfloor_messages = 1000000000\nfloor_new_recipients = 1000000000\nnotify = \"\"",
         ),
     ];
+    // Four weeks of history, an hour at a time, as a box that ran for a month has.
+    let mut sending =
+        userdb::sending::Sending::open(&root.join("mail/policyd/sending.sqlite")).unwrap();
+    let now = userdb::clock::unix_now();
+    let rule = userdb::sending::Rule::default();
+    for login in ["me@example.com", "you@example.com", "boss@other.example"] {
+        for h in 2..28 * 24 {
+            let rcpt = format!("history-{h}@elsewhere.example");
+            sending
+                .record(&rule, login, &rcpt, true, true, now - h * 3600)
+                .unwrap();
+        }
+    }
+    drop(sending);
     let daemons: Vec<(&'static str, u16, DaemonProcess)> = variants
         .iter()
         .map(|(name, checks)| {

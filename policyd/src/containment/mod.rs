@@ -5,6 +5,9 @@
 //! and one notice to the administrator, at most one per login per hour.
 //!
 //! Mail from a login suspended while its SMTP session was open is refused outright.
+//!
+//! The DB has a thread of its own: requests queue up, and it takes every waiting request into
+//! one transaction (group commit), answering each after the commit.
 
 mod notice;
 
@@ -12,15 +15,31 @@ use crate::handler::Verdict;
 use crate::proto::Request;
 use crate::settings::ContainmentSettings;
 use notice::Notice;
-use std::sync::{Arc, Mutex, PoisonError};
-use userdb::sending::{Decision, NewHold, Rule, Sending};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+use userdb::sending::{Decision, NewHold, Recipient, Rule, Sending};
 use userdb::{Directory, Snapshot};
+
+/// Requests answered per transaction at most.
+const BATCH: usize = 256;
+
+/// What the DB thread is asked to do.
+enum Job {
+    Record {
+        login: String,
+        recipient: String,
+        new_message: bool,
+        enforce: bool,
+        now: i64,
+        reply: oneshot::Sender<Result<Decision, String>>,
+    },
+    Expire,
+}
 
 /// The check's settings and its DB.
 #[derive(Debug)]
 pub struct Containment {
-    db: Arc<Mutex<Sending>>,
-    rule: Rule,
+    jobs: mpsc::Sender<Job>,
     exempt: Vec<String>,
     action: String,
     notice: Option<Notice>,
@@ -36,9 +55,14 @@ impl Containment {
     pub fn open(s: &ContainmentSettings, hostname: &str) -> userdb::Result<Containment> {
         let db = Sending::open(s.db())?;
         db.set_rule(&s.rule())?;
+        let (jobs, queue) = mpsc::channel();
+        let rule = s.rule();
+        std::thread::Builder::new()
+            .name("sending-db".into())
+            .spawn(move || serve_db(db, rule, &queue))
+            .map_err(|e| userdb::Error::Internal(format!("sending DB thread: {e}")))?;
         Ok(Containment {
-            db: Arc::new(Mutex::new(db)),
-            rule: s.rule(),
+            jobs,
             exempt: s.exempt_logins.iter().map(|l| l.to_lowercase()).collect(),
             action: s.action.as_str().to_owned(),
             notice: s.notify_to().map(|to| Notice {
@@ -69,22 +93,22 @@ impl Containment {
             )));
         }
         let enforce = !self.exempt.contains(&login);
-        let (db, rule, recipient) = (Arc::clone(&self.db), self.rule, req.recipient.clone());
-        let who = login.clone();
-        let decision = tokio::task::spawn_blocking(move || {
-            let mut db = db.lock().unwrap_or_else(PoisonError::into_inner);
-            db.record(
-                &rule,
-                &who,
-                &recipient,
-                new_message,
-                enforce,
-                userdb::clock::unix_now(),
-            )
-        })
-        .await
-        .map_err(|e| Failed(format!("sending DB task: {e}")))?
-        .map_err(|e| Failed(e.to_string()))?;
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Record {
+            login: login.clone(),
+            recipient: req.recipient.clone(),
+            new_message,
+            enforce,
+            now: userdb::clock::unix_now(),
+            reply,
+        };
+        self.jobs
+            .send(job)
+            .map_err(|_| Failed("the sending DB thread has stopped".into()))?;
+        let decision = answer
+            .await
+            .map_err(|_| Failed("the sending DB thread has stopped".into()))?
+            .map_err(Failed)?;
         match decision {
             Decision::Send => Ok(Verdict::Dunno),
             Decision::Hold { newly } => {
@@ -115,16 +139,78 @@ impl Containment {
 
     /// Forgets old figures (called now and then, off the request path).
     pub fn expire(&self) {
-        if userdb::backup::held() {
-            return;
+        if !userdb::backup::held() {
+            let _ = self.jobs.send(Job::Expire);
         }
-        let (db, rule) = (Arc::clone(&self.db), self.rule);
-        tokio::task::spawn_blocking(move || {
-            let mut db = db.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Err(e) = db.expire(&rule, userdb::clock::unix_now()) {
-                tracing::warn!(error = %e, "sending DB expiry failed");
+    }
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Job::Record { .. } => "Record",
+            Job::Expire => "Expire",
+        })
+    }
+}
+
+/// The DB thread: waits for a job, takes every other waiting one with it, records them all in
+/// one transaction and answers each. Ends when the check is dropped.
+fn serve_db(mut db: Sending, rule: Rule, queue: &mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH
+            && let Ok(more) = queue.try_recv()
+        {
+            batch.push(more);
+        }
+        let mut records = Vec::with_capacity(batch.len());
+        for job in batch {
+            match job {
+                Job::Record {
+                    login,
+                    recipient,
+                    new_message,
+                    enforce,
+                    now,
+                    reply,
+                } => records.push(((login, recipient, new_message, enforce, now), reply)),
+                Job::Expire => {
+                    if let Err(e) = db.expire(&rule, userdb::clock::unix_now()) {
+                        tracing::warn!(error = %e, "sending DB expiry failed");
+                    }
+                }
             }
-        });
+        }
+        let all: Vec<Recipient<'_>> = records
+            .iter()
+            .map(
+                |((login, recipient, new_message, enforce, now), _)| Recipient {
+                    login,
+                    recipient,
+                    new_message: *new_message,
+                    enforce: *enforce,
+                    now: *now,
+                },
+            )
+            .collect();
+        if all.is_empty() {
+            continue;
+        }
+        let decisions = db.record_all(&rule, &all).map_err(|e| e.to_string());
+        drop(all);
+        match decisions {
+            Ok(ds) => {
+                for ((_, reply), d) in records.into_iter().zip(ds) {
+                    let _ = reply.send(Ok(d));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in records {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 
