@@ -99,6 +99,16 @@ check_wiring() {
 		done
 		echo "postgrey, opendkim, opendmarc: service start/stop/restart succeed and start nothing"'
 }
+# probe.py "$2..." must be refused (exit 3: 535 for SMTP AUTH, a failed IMAP login); $1 says
+# whose login it is, for the failure.
+expect_refused() {
+	local what=$1 rc
+	shift
+	set +e
+	box_exec python3 /opt/miab-livebox/probe.py "$@"; rc=$?
+	set -e
+	[ "$rc" = 3 ] || { echo "$what: $1 not refused (exit $rc)"; return 1; }
+}
 check_app_password() {
 	local f=$LB_STATE/app-password out
 	if [ ! -s "$f" ]; then
@@ -107,14 +117,10 @@ check_app_password() {
 		[ -s "$f" ] || echo "$out" | awk 'NF {l=$NF} END {print l}' >"$f"
 		box_exec miabctl user app-password require "$APPUSER" on
 	fi
-	local app rc
+	local app
 	app=$(cat "$f")
-	set +e
-	box_exec python3 /opt/miab-livebox/probe.py smtp-auth "$APPUSER" "$PW_APP" 465; rc=$?
-	[ "$rc" = 3 ] || { echo "main password of an app-password-only user: SMTP AUTH not refused with 535 (exit $rc)"; return 1; }
-	box_exec python3 /opt/miab-livebox/probe.py imap-login "$APPUSER" "$PW_APP"; rc=$?
-	[ "$rc" = 3 ] || { echo "main password of an app-password-only user: IMAP login not refused (exit $rc)"; return 1; }
-	set -e
+	expect_refused "main password of an app-password-only user" smtp-auth "$APPUSER" "$PW_APP" 465
+	expect_refused "main password of an app-password-only user" imap-login "$APPUSER" "$PW_APP"
 	box_exec python3 /opt/miab-livebox/probe.py smtp-auth "$APPUSER" "$app" 465
 	box_exec python3 /opt/miab-livebox/probe.py imap-login "$APPUSER" "$app"
 }
@@ -202,12 +208,8 @@ check_containment() {
 	box_exec ls -l /home/user-data/mail/policyd/
 	box_exec python3 /opt/miab-livebox/probe.py send "$ALICE" "$PW_ALICE" "$ME" "after release" 587
 	box_exec miabctl user suspend "$ALICE" --reason "live-box"
-	set +e
-	box_exec python3 /opt/miab-livebox/probe.py smtp-auth "$ALICE" "$PW_ALICE" 587; n=$?
-	[ "$n" = 3 ] || { echo "suspended: SMTP AUTH not refused with 535 (exit $n)"; return 1; }
-	box_exec python3 /opt/miab-livebox/probe.py imap-login "$ALICE" "$PW_ALICE"; n=$?
-	[ "$n" = 3 ] || { echo "suspended: IMAP login not refused (exit $n)"; return 1; }
-	set -e
+	expect_refused "suspended $ALICE" smtp-auth "$ALICE" "$PW_ALICE" 587
+	expect_refused "suspended $ALICE" imap-login "$ALICE" "$PW_ALICE"
 	box_exec miabctl user unsuspend "$ALICE"
 	box_exec python3 /opt/miab-livebox/probe.py smtp-auth "$ALICE" "$PW_ALICE" 587
 	box_exec python3 /opt/miab-livebox/probe.py imap-login "$ALICE" "$PW_ALICE"

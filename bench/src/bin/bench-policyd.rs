@@ -40,6 +40,22 @@ struct Run {
     deferred: usize,
 }
 
+/// One table row: round, name, rate, p50, p99, CPU per request, peak RSS, the count column.
+fn print_row(round: usize, r: &Run) {
+    let mut l = r.latencies.clone();
+    l.sort();
+    println!(
+        "| {round} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.4} ms | {:.1} MiB | {} |",
+        r.name,
+        r.rate(),
+        percentile(&l, 50.0).as_secs_f64() * 1000.0,
+        percentile(&l, 99.0).as_secs_f64() * 1000.0,
+        r.cpu_per_request_ms(),
+        r.rss_kib as f64 / 1024.0,
+        r.deferred
+    );
+}
+
 impl Run {
     fn rate(&self) -> f64 {
         self.requests as f64 / self.wall.as_secs_f64()
@@ -134,18 +150,7 @@ fn main() {
         let a = measure("postgrey", pg_port, pg_pid, &streams);
         let b = measure("miab-policyd", port, ours.pid(), &streams);
         for r in [&a, &b] {
-            let mut l = r.latencies.clone();
-            l.sort();
-            println!(
-                "| {round} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.4} ms | {:.1} MiB | {} |",
-                r.name,
-                r.rate(),
-                percentile(&l, 50.0).as_secs_f64() * 1000.0,
-                percentile(&l, 99.0).as_secs_f64() * 1000.0,
-                r.cpu_per_request_ms(),
-                r.rss_kib as f64 / 1024.0,
-                r.deferred
-            );
+            print_row(round, r);
         }
         ratios.push((
             b.rate() / a.rate(),
@@ -238,18 +243,7 @@ fn outbound(per_conn: usize, rounds: usize) {
             .map(|(name, port, d)| measure(name, *port, d.pid(), &streams))
             .collect();
         for r in &runs {
-            let mut l = r.latencies.clone();
-            l.sort();
-            println!(
-                "| {round} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.4} ms | {:.1} MiB | {} |",
-                r.name,
-                r.rate(),
-                percentile(&l, 50.0).as_secs_f64() * 1000.0,
-                percentile(&l, 99.0).as_secs_f64() * 1000.0,
-                r.cpu_per_request_ms(),
-                r.rss_kib as f64 / 1024.0,
-                r.deferred
-            );
+            print_row(round, r);
         }
         ratios.push((
             runs[2].rate() / runs[0].rate(),
