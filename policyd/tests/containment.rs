@@ -5,8 +5,8 @@
 //!
 //! A login with a quiet week of history that suddenly sends 200 messages to new recipients
 //! has everything past the floor held in Postfix's hold queue; the administrator gets exactly
-//! one notice; `miabctl held` shows it; release delivers the held mail. A busy login sending
-//! within its own history is never held. Suspension refuses the next SMTP AUTH and IMAP
+//! one notice; `miabctl held` shows it; release delivers the held mail, and `held drop`
+//! deletes a stolen login's. A busy login sending within its own history is never held. Suspension refuses the next SMTP AUTH and IMAP
 //! login, and mail from a session that logged in before it.
 
 use miab_e2e::dovecot::{Auth, Dovecot};
@@ -393,6 +393,33 @@ fn a_hijacked_login_is_held_told_released_and_suspended() {
         "{}",
         authd.log()
     );
+    // A stolen login's held mail is deleted; the login stays held.
+    send_many(pf.smtp_port(), "boss@other.example", 60, "stolen", &[]);
+    wait_until(Duration::from_secs(30), || {
+        (held_ids(&pf).len() == 10).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", pf.queue()));
+    let dropped = ctl(&[
+        "held",
+        "drop",
+        "boss@other.example",
+        "--postfix-config",
+        &config_dir,
+    ]);
+    assert_eq!(
+        dropped.stdout.trim(),
+        "10 held messages of boss@other.example deleted",
+        "{dropped:?}"
+    );
+    assert!(held_ids(&pf).is_empty(), "{}", pf.queue());
+    assert!(
+        ctl(&["held"])
+            .stdout
+            .starts_with("boss@other.example\tHELD since ")
+    );
+    wait_delivered(&pf, "stolen", 50);
+    assert_eq!(delivered(&pf, "stolen"), 50, "only the floor went out");
+
     // Others are untouched; letting it in again restores the same password.
     assert!(smtp_auth(&pf, "you@example.com").ok());
     assert_eq!(

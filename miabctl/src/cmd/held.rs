@@ -1,7 +1,8 @@
 //! `held`: the logins whose outgoing mail miab-policyd holds (its `containment` check), with
-//! their figures, and `held release`, which lets a login send again and releases its mail
-//! from Postfix's hold queue. The figures and limits are read from miab-policyd's sending DB,
-//! with the rule the daemon recorded there.
+//! their figures; `held release`, which lets a login send again and releases its mail from
+//! Postfix's hold queue; `held drop`, which deletes a stolen login's held mail. The figures
+//! and limits are read from miab-policyd's sending DB, with the rule the daemon recorded
+//! there.
 
 use super::app_password::utc;
 use super::print_json;
@@ -36,6 +37,14 @@ pub enum HeldCmd {
         #[arg(long)]
         postfix_config: Option<PathBuf>,
     },
+    /// The account is stolen: delete its held mail (postsuper -d). The login stays held
+    /// (suspend it with `user suspend`).
+    Drop {
+        login: String,
+        /// Postfix's configuration directory (postqueue -c, postcat -c, postsuper -c).
+        #[arg(long)]
+        postfix_config: Option<PathBuf>,
+    },
 }
 
 pub fn run(cli: &Cli, args: &HeldArgs) -> Result<()> {
@@ -59,6 +68,10 @@ pub fn run(cli: &Cli, args: &HeldArgs) -> Result<()> {
             login,
             postfix_config,
         }) => release(db, login, postfix_config.as_deref()),
+        Some(HeldCmd::Drop {
+            login,
+            postfix_config,
+        }) => drop_mail(login, postfix_config.as_deref()),
     };
     crate::sidecars::backup::side_files_to_owner(&path, &owner);
     done
@@ -121,19 +134,8 @@ fn release(mut db: Sending, login: &str, postfix_config: Option<&Path>) -> Resul
     let was_held = db.release(&login, unix_now())?;
     let ids = held_mail_of(&login, postfix_config)?;
     if !ids.is_empty() {
-        let mut child = postfix_tool("postsuper", postfix_config)
-            .args(["-H", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .context("run postsuper")?;
-        let mut stdin = child.stdin.take().context("postsuper's stdin")?;
-        for id in &ids {
-            writeln!(stdin, "{id}")?;
-        }
-        drop(stdin);
-        if !child.wait()?.success() {
-            bail!("postsuper -H failed; the login may send again, its held mail is still held");
-        }
+        postsuper(postfix_config, "-H", &ids)
+            .context("the login may send again, but its held mail is still held")?;
         // postsuper moves it to the deferred queue; ask for delivery now, not at the next
         // queue run.
         for id in &ids {
@@ -150,6 +152,36 @@ fn release(mut db: Sending, login: &str, postfix_config: Option<&Path>) -> Resul
         "{login} may send again; {} held messages released",
         ids.len()
     );
+    Ok(())
+}
+
+/// `held drop`: the login's held mail deleted, the login left held.
+fn drop_mail(login: &str, postfix_config: Option<&Path>) -> Result<()> {
+    let login = login.to_lowercase();
+    let ids = held_mail_of(&login, postfix_config)?;
+    if ids.is_empty() {
+        bail!("{login} has no held mail");
+    }
+    postsuper(postfix_config, "-d", &ids)?;
+    println!("{} held messages of {login} deleted", ids.len());
+    Ok(())
+}
+
+/// `postsuper FLAG -` with the queue ids on its standard input.
+fn postsuper(config: Option<&Path>, flag: &str, ids: &[String]) -> Result<()> {
+    let mut child = postfix_tool("postsuper", config)
+        .args([flag, "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("run postsuper")?;
+    let mut stdin = child.stdin.take().context("postsuper's stdin")?;
+    for id in ids {
+        writeln!(stdin, "{id}")?;
+    }
+    drop(stdin);
+    if !child.wait()?.success() {
+        bail!("postsuper {flag} failed");
+    }
     Ok(())
 }
 

@@ -108,7 +108,7 @@ pub fn text(n: &Notice, login: &str, req: &Request, h: &NewHold) -> String {
          Nothing is sent or lost while the login is held; its mail waits in Postfix's hold queue.\r\n\r\n\
          If the mail is the user's own:   miabctl held release {login}\r\n\
          If the account is stolen:        miabctl user suspend {login}\r\n\
-         \x20 (then change its password; postsuper -d deletes held mail)\r\n\
+         \x20 (then change its password; miabctl held drop {login} deletes its held mail)\r\n\
          To see every held login:         miabctl held\r\n",
         to = printable(&n.to),
         reason = printable(&h.reason),
