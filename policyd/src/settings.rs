@@ -513,6 +513,15 @@ mod tests {
                 "four octets",
             ),
             ("[policyd.rate_limit]\nmessages = 1\n", "messages"),
+            ("[policyd.containment]\nfactor = 0\n", "factor"),
+            (
+                "[policyd.containment]\nnotify = \"a <b>\"\n",
+                "one address expected",
+            ),
+            (
+                "[policyd.containment]\nnotify_smtp = \"localhost\"\n",
+                "notify_smtp",
+            ),
         ] {
             let e = load(text).unwrap_err().to_string();
             assert!(

@@ -13,7 +13,7 @@
 //! until a release says they were fine. A release also counts as history: the login is held
 //! again only at `factor` times what it was released at.
 //!
-//! Every change happens in one transaction per request; callers pass the time, so a history
+//! A batch of requests is recorded in one transaction; callers pass the time, so a history
 //! can be written for tests with the same code.
 
 use crate::error::{Error, Result};
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 /// Recipients not written to for this long are new again.
 pub const KNOWN_DAYS: i64 = 400;
-/// Hours kept, beyond the longest history a rule may ask for.
+/// Seconds in an hour.
 const HOUR: i64 = 3600;
 /// Longest login and recipient kept (RFC 5321's path limit); longer ones are cut.
 const MAX_ADDRESS: usize = 256;
@@ -317,6 +317,7 @@ impl Sending {
         tx.commit().map_err(err)?;
         Ok(decisions)
     }
+
     /// Ends a hold at `now`: the held hours count as history again, and what the login was
     /// released at is its new busiest hour. False when the login was not held.
     pub fn release(&mut self, login: &str, now: i64) -> Result<bool> {

@@ -197,7 +197,11 @@ fn serve_db(mut db: Sending, rule: Rule, queue: &mpsc::Receiver<Job>) {
         if all.is_empty() {
             continue;
         }
-        let decisions = db.record_all(&rule, &all).map_err(|e| e.to_string());
+        // A panic (a bug) fails this batch's requests, not every one after it.
+        let decisions =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.record_all(&rule, &all)))
+                .unwrap_or_else(|_| Err(userdb::Error::Internal("panic while recording".into())))
+                .map_err(|e| e.to_string());
         drop(all);
         match decisions {
             Ok(ds) => {
