@@ -285,8 +285,8 @@ impl Sending {
         now: i64,
     ) -> Result<Decision> {
         let one = Recipient {
-            login,
-            recipient,
+            login: login.to_owned(),
+            recipient: recipient.to_owned(),
             new_message,
             enforce,
             now,
@@ -298,7 +298,7 @@ impl Sending {
 
     /// [`Sending::record`] for each of `all`, in order, in one transaction (one commit for a
     /// whole batch of requests).
-    pub fn record_all(&mut self, rule: &Rule, all: &[Recipient<'_>]) -> Result<Vec<Decision>> {
+    pub fn record_all(&mut self, rule: &Rule, all: &[Recipient]) -> Result<Vec<Decision>> {
         let path = self.path.clone();
         let err = |e| Error::sqlite(&path, e);
         if self.memo.len() > MEMO_MAX {
@@ -341,19 +341,6 @@ impl Sending {
             .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(n > 0)
-    }
-
-    /// Whether `login` is held now.
-    pub fn is_held(&self, login: &str) -> Result<bool> {
-        self.conn
-            .query_row(
-                "SELECT held_since IS NOT NULL FROM logins WHERE login=?1",
-                [bounded(login)],
-                |r| r.get(0),
-            )
-            .optional()
-            .map(Option::unwrap_or_default)
-            .map_err(|e| self.err(e))
     }
 
     /// The held logins, or with `all` every login with figures, by address.
@@ -445,20 +432,13 @@ impl Sending {
             .map_err(|e| self.err(e))?;
         Ok(hours + known)
     }
-
-    /// Writes the WAL into the main file (before a backup copies it).
-    pub fn checkpoint(&self) -> Result<()> {
-        self.conn
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .map_err(|e| self.err(e))
-    }
 }
 
 /// One recipient of one message, for [`Sending::record_all`].
-#[derive(Debug, Clone, Copy)]
-pub struct Recipient<'a> {
-    pub login: &'a str,
-    pub recipient: &'a str,
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    pub login: String,
+    pub recipient: String,
     /// The message's first recipient.
     pub new_message: bool,
     /// False for a login that is counted but never held.
@@ -470,11 +450,11 @@ pub struct Recipient<'a> {
 fn record_one(
     tx: &Connection,
     rule: &Rule,
-    r: &Recipient<'_>,
+    r: &Recipient,
     memo: &mut Memo,
 ) -> rusqlite::Result<Decision> {
-    let login = bounded(r.login);
-    let recipient = bounded(r.recipient);
+    let login = bounded(&r.login);
+    let recipient = bounded(&r.recipient);
     let (new_message, enforce, now) = (r.new_message, r.enforce, r.now);
     let held_since: Option<i64> = row(
         tx,

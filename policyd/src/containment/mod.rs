@@ -25,14 +25,7 @@ const BATCH: usize = 256;
 
 /// What the DB thread is asked to do.
 enum Job {
-    Record {
-        login: String,
-        recipient: String,
-        new_message: bool,
-        enforce: bool,
-        now: i64,
-        reply: oneshot::Sender<Result<Decision, String>>,
-    },
+    Record(Recipient, oneshot::Sender<Result<Decision, String>>),
     Expire,
 }
 
@@ -53,10 +46,10 @@ pub struct Failed(pub String);
 impl Containment {
     /// Opens the sending DB.
     pub fn open(s: &ContainmentSettings, hostname: &str) -> userdb::Result<Containment> {
-        let db = Sending::open(s.db())?;
-        db.set_rule(&s.rule())?;
-        let (jobs, queue) = mpsc::channel();
         let rule = s.rule();
+        let db = Sending::open(s.db())?;
+        db.set_rule(&rule)?;
+        let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("sending-db".into())
             .spawn(move || serve_db(db, rule, &queue))
@@ -73,16 +66,14 @@ impl Containment {
         })
     }
 
-    /// The verdict for one request; `new_message` for the first recipient of a message.
+    /// The verdict for one authenticated request with a recipient (the caller skips the
+    /// rest); `new_message` for the first recipient of a message.
     pub async fn check(
         &self,
         req: &Request,
         dir: &Snapshot,
         new_message: bool,
     ) -> Result<Verdict, Failed> {
-        if !req.is_authenticated() || req.recipient.is_empty() {
-            return Ok(Verdict::Dunno);
-        }
         let login = req.sasl_username.to_lowercase();
         if dir.user(&login).is_some_and(|u| dir.suspended(u.id)) {
             tracing::info!(login = ?login, client = ?req.client_address,
@@ -94,14 +85,16 @@ impl Containment {
         }
         let enforce = !self.exempt.contains(&login);
         let (reply, answer) = oneshot::channel();
-        let job = Job::Record {
-            login: login.clone(),
-            recipient: req.recipient.clone(),
-            new_message,
-            enforce,
-            now: userdb::clock::unix_now(),
+        let job = Job::Record(
+            Recipient {
+                login: login.clone(),
+                recipient: req.recipient.clone(),
+                new_message,
+                enforce,
+                now: userdb::clock::unix_now(),
+            },
             reply,
-        };
+        );
         self.jobs
             .send(job)
             .map_err(|_| Failed("the sending DB thread has stopped".into()))?;
@@ -148,7 +141,7 @@ impl Containment {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Job::Record { .. } => "Record",
+            Job::Record(..) => "Record",
             Job::Expire => "Expire",
         })
     }
@@ -164,17 +157,13 @@ fn serve_db(mut db: Sending, rule: Rule, queue: &mpsc::Receiver<Job>) {
         {
             batch.push(more);
         }
-        let mut records = Vec::with_capacity(batch.len());
+        let (mut all, mut replies) = (Vec::with_capacity(batch.len()), Vec::new());
         for job in batch {
             match job {
-                Job::Record {
-                    login,
-                    recipient,
-                    new_message,
-                    enforce,
-                    now,
-                    reply,
-                } => records.push(((login, recipient, new_message, enforce, now), reply)),
+                Job::Record(r, reply) => {
+                    all.push(r);
+                    replies.push(reply);
+                }
                 Job::Expire => {
                     if let Err(e) = db.expire(&rule, userdb::clock::unix_now()) {
                         tracing::warn!(error = %e, "sending DB expiry failed");
@@ -182,18 +171,6 @@ fn serve_db(mut db: Sending, rule: Rule, queue: &mpsc::Receiver<Job>) {
                 }
             }
         }
-        let all: Vec<Recipient<'_>> = records
-            .iter()
-            .map(
-                |((login, recipient, new_message, enforce, now), _)| Recipient {
-                    login,
-                    recipient,
-                    new_message: *new_message,
-                    enforce: *enforce,
-                    now: *now,
-                },
-            )
-            .collect();
         if all.is_empty() {
             continue;
         }
@@ -202,15 +179,14 @@ fn serve_db(mut db: Sending, rule: Rule, queue: &mpsc::Receiver<Job>) {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.record_all(&rule, &all)))
                 .unwrap_or_else(|_| Err(userdb::Error::Internal("panic while recording".into())))
                 .map_err(|e| e.to_string());
-        drop(all);
         match decisions {
             Ok(ds) => {
-                for ((_, reply), d) in records.into_iter().zip(ds) {
+                for (reply, d) in replies.into_iter().zip(ds) {
                     let _ = reply.send(Ok(d));
                 }
             }
             Err(e) => {
-                for (_, reply) in records {
+                for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }
             }

@@ -101,7 +101,10 @@ fn a_quiet_login_that_bursts_is_held_at_the_floor_and_told_once() {
             .iter()
             .all(|d| *d == Decision::Hold { newly: None })
     );
-    assert!(s.is_held("alice@example.com").unwrap());
+    let st = s
+        .status(&Rule::default(), "alice@example.com", monday + 400)
+        .unwrap();
+    assert!(st.held_since.is_some());
 
     let now = monday + 400;
     let held = s.statuses(&Rule::default(), false, now).unwrap();
