@@ -11,6 +11,7 @@
 //! - app passwords and suspended logins, in our own `miab_sidecar_*` tables ([`app_password`],
 //!   [`suspend`]);
 //! - miab-policyd's record of what each login sends, and the held logins ([`sending`]);
+//! - how the daemons' own SQLite state files are opened ([`state_db`]);
 //! - the box's host name, one rule for every binary ([`boxconf`]);
 //! - the clock and the civil date of a day count, for what the binaries print ([`clock`]);
 //! - the backup hold that keeps the daemons' own files copyable ([`backup`]);
@@ -35,6 +36,7 @@ pub mod password;
 pub mod schema;
 pub mod sending;
 pub mod sort;
+pub mod state_db;
 pub mod suspend;
 
 pub use address::Delimiters;

@@ -201,20 +201,9 @@ impl Sending {
     /// Opens (creating if needed, with its directory) the DB at `path`.
     pub fn open(path: &Path) -> Result<Sending> {
         let err = |e| Error::sqlite(path, e);
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let conn = Connection::open(path).map_err(err)?;
         // Only short transactions ever hold it (a request, miabctl, a backup's checkpoint);
         // longer means something is wrong, and the check fails closed rather than pile up.
-        conn.busy_timeout(Duration::from_secs(1)).map_err(err)?;
-        // Small pages: each request writes a few rows, and a commit writes each page it
-        // touched to the WAL. Only takes effect on a new file, before WAL is switched on.
-        conn.pragma_update(None, "page_size", 1024).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
+        let conn = crate::state_db::open(path, Duration::from_secs(1)).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(Sending {
             conn,

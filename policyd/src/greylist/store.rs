@@ -102,21 +102,10 @@ pub fn open_db(path: &Path) -> Result<Connection, StoreError> {
         path: path.display().to_string(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let conn = Connection::open(path).map_err(open)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(open)?;
-    // Only takes effect on a new file, before WAL is switched on.
-    conn.pragma_update(None, "page_size", 1024).map_err(open)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(open)?;
-    // Checkpoints (which fsync) every 8 MiB of WAL rather than every 1 MiB.
+    let conn = userdb::state_db::open(path, Duration::from_secs(5)).map_err(open)?;
+    // Checkpoints (which fsync) every 8 MiB of WAL rather than every 1 MiB. What a power loss
+    // can cost under state_db's synchronous = NORMAL: a few triplets greylisted twice.
     conn.pragma_update(None, "wal_autocheckpoint", 8192)
-        .map_err(open)?;
-    // With WAL, NORMAL loses no committed transaction when the process dies, only on power
-    // loss, and then only the newest ones: a few triplets greylisted twice.
-    conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(open)?;
     conn.pragma_update(None, "cache_size", -2048)
         .map_err(open)?;
