@@ -6,15 +6,18 @@
 //! - `message`: one message's headers and body, streamed into signers or body hashers, so
 //!   memory stays bounded whatever the message size.
 //! - `callbacks`: indymilter's callbacks, each a thin step into the connection's `Session`.
+//! - [`conns`]: the connection cap and the per-stage timeouts.
 //! - [`run`]: serves the callbacks over the listeners until shutdown.
 //!
 //! Mail from an authenticated session (`{auth_authen}`) or a trusted client is signed when its
 //! From: domain is one of the box's mail domains (read live from the user DB); all other mail
 //! is verified (DKIM, SPF, DMARC) and gets one Authentication-Results header per method.
-//! Forged Authentication-Results headers with our authserv-id are removed. Nothing is
-//! rejected unless `dmarc_reject` is set.
+//! Authentication-Results headers that came with the message and claim our authserv-id (or
+//! read as ours to a raw-text reader) are removed. Incoming mail without exactly one readable
+//! From: is refused; DMARC failures are refused only under `dmarc_reject`.
 
 mod callbacks;
+pub mod conns;
 pub mod keys;
 mod message;
 pub mod results;
@@ -150,8 +153,12 @@ pub fn fuzz_results(data: &[u8]) {
         results::spf_header("box.example.com", mail_auth::SpfResult::None, "", &text),
     ]
     .into_iter()
-    .chain(results::timed_out("box.example.com", &text, &text, &text))
-    {
+    .chain(results::timed_out(
+        "box.example.com",
+        &text,
+        &text,
+        &[text.to_string()],
+    )) {
         assert!(!header.contains(['\r', '\n']), "{header:?}");
         assert_eq!(
             results::unquoted(&header).matches(';').count(),
@@ -161,16 +168,19 @@ pub fn fuzz_results(data: &[u8]) {
     }
 }
 
-/// Serves `listener` with `cbs` until `shutdown` fires; messages in progress then have
-/// `drain` to finish (indymilter lets a running callback complete, and a DNS check may take
-/// up to `verify_timeout_secs`).
+/// Serves `listener` with `cbs` until `shutdown` fires, its connections watched by a table
+/// of `cap` (see [`conns`]); messages in progress then have `drain` to finish (indymilter
+/// lets a running callback complete, and a DNS check may take up to `verify_timeout_secs`).
 async fn serve<T: Send + 'static>(
     listener: Listener,
     cbs: Callbacks<T>,
     config: MilterLoop,
+    limits: (usize, Duration),
     shutdown: Shutdown,
     drain: Duration,
 ) -> std::io::Result<()> {
+    let table = conns::Table::new(limits.0, limits.1);
+    table.spawn_sweeper();
     let stop = {
         let shutdown = shutdown.clone();
         async move { shutdown.wait().await }
@@ -181,9 +191,22 @@ async fn serve<T: Send + 'static>(
     };
     type Run = std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>>>>;
     let (run, guard): (Run, _) = match listener {
-        Listener::Tcp(l) => (Box::pin(indymilter::run(l, cbs, config, stop)), None),
+        Listener::Tcp(l) => (
+            Box::pin(indymilter::run(
+                conns::Watched::new(l, table),
+                cbs,
+                config,
+                stop,
+            )),
+            None,
+        ),
         Listener::Unix { listener, guard } => (
-            Box::pin(indymilter::run(listener, cbs, config, stop)),
+            Box::pin(indymilter::run(
+                conns::Watched::new(listener, table),
+                cbs,
+                config,
+                stop,
+            )),
             Some(guard),
         ),
     };
@@ -206,11 +229,14 @@ pub async fn run(
     state: Arc<State>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    let cap = state.max_connections.max(1);
     let config = MilterLoop {
-        max_connections: state.max_connections.max(1),
+        // The table keeps the cap; indymilter's own only bounds sessions still closing.
+        max_connections: cap.saturating_mul(2).saturating_add(16),
         actions: Actions::ADD_HEADER | Actions::CHANGE_HEADER,
-        connection_timeout: state.idle_timeout,
+        connection_timeout: conns::IN_MESSAGE,
     };
+    let limits = (cap, state.idle_timeout);
     let drain = state.drain_timeout;
     let _reload = daemon::on_reload({
         let state = Arc::clone(&state);
@@ -220,6 +246,7 @@ pub async fn run(
         listener,
         callbacks::callbacks(Arc::clone(&state)),
         config.clone(),
+        limits,
         shutdown.clone(),
         drain,
     );
@@ -231,7 +258,7 @@ pub async fn run(
             };
             tokio::try_join!(
                 main,
-                serve(l, callbacks::accept_only(), config, shutdown, drain)
+                serve(l, callbacks::accept_only(), config, limits, shutdown, drain)
             )
             .map(drop)
         }

@@ -142,8 +142,10 @@ impl daemon::Section for Settings {
     const NAME: &'static str = "milter";
 
     /// `inet:127.0.0.1:8891` (OpenDKIM's port on MIAB); 256 connections (one per smtpd or
-    /// cleanup process); 7210 s idle, as libmilter; 5 s drain. indymilter times whole
-    /// commands, so `io_timeout_secs` has no use here.
+    /// cleanup process; at the cap the one idle longest is closed, see `conns`); 330 s idle
+    /// between messages (Postfix's `smtpd_timeout` and a margin; inside a message libmilter's
+    /// 7210 s); 5 s drain. indymilter times whole commands, so `io_timeout_secs` has no use
+    /// here.
     fn server_defaults() -> Server {
         Server {
             listen: ListenAddr::Inet(([127, 0, 0, 1], 8891).into()),
@@ -151,7 +153,7 @@ impl daemon::Section for Settings {
             limits: Limits {
                 max_connections: 256,
                 io_timeout: Duration::from_secs(10),
-                idle_timeout: Duration::from_secs(7210),
+                idle_timeout: Duration::from_secs(330),
                 drain_timeout: Duration::from_secs(5),
             },
         }

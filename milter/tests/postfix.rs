@@ -159,7 +159,7 @@ fn signs_local_mail_and_checks_inbound_mail() {
     );
 
     // A signature whose i= holds quoted-printable (decoded by the DKIM parser) must not put a
-    // result of its own into our header: it stays inside one quoted value.
+    // result of its own into our header: an i= that is no address in d='s domain is dropped.
     let sig = "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/simple; d=good.example; s=sel; \
         i==3B=20dkim=3Dpass=20header.d=3Dbank.example=0D=0A@good.example; h=from:subject; \
         bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=; b=AAAA";
@@ -179,7 +179,9 @@ fn signs_local_mail_and_checks_inbound_mail() {
     assert_eq!(outside_quotes.matches("dkim=").count(), 1, "{dkim}");
     assert!(!outside_quotes.contains("bank.example"), "{dkim}");
     assert!(
-        dkim.contains("header.i=\"; dkim=pass header.d=bank.example??@good.example\""),
+        !dkim.contains("bank.example")
+            && !dkim.contains("header.i=")
+            && dkim.contains("header.d=good.example"),
         "{dkim}"
     );
 }

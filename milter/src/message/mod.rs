@@ -6,10 +6,14 @@
 //! distinct (canonicalization, hash, length) the DKIM-Signature headers ask for. At the end,
 //! mail-auth verifies the signatures against those body hashes.
 
+//! - `author`: the From: of incoming mail as DMARC needs it (one header, readable domains).
+//! - `canon`: RFC 6376 body canonicalisation, in place of mail-auth 0.13's.
 //! - `from`: the From:/Sender: check for mail from an SMTP-AUTH session.
 //! - `sign`: the signer task the body streams into.
 //! - `verify`: the body hashers and the DKIM, SPF and DMARC checks at the end.
 
+mod author;
+mod canon;
 pub(crate) mod from;
 mod sign;
 mod verify;
@@ -38,10 +42,23 @@ enum Work {
         tx: mpsc::Sender<Vec<u8>>,
         task: JoinHandle<Result<Vec<String>, String>>,
     },
-    /// Streaming into body hashers.
-    Verify { hashers: Vec<Hasher> },
+    /// Streaming into body hashers; DMARC is evaluated for each author domain (with its
+    /// From: addresses).
+    Verify {
+        hashers: Vec<Hasher>,
+        authors: Vec<(String, Vec<String>)>,
+    },
     /// Something failed before the end of the message, which is answered with tempfail.
     Failed,
+}
+
+/// An answer decided before the end of the message and given at its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// 550 5.7.1 and the text.
+    Permanent(String),
+    /// 451 4.7.0 and the text.
+    Temporary(String),
 }
 
 /// The connection's state (indymilter's per-connection data).
@@ -52,8 +69,8 @@ pub struct Session {
     sender: String,
     /// The SMTP AUTH login (`{auth_authen}`), if the session has one.
     login: Option<String>,
-    /// The end-of-data refusal decided at the end of the headers (the From: check).
-    refusal: Option<String>,
+    /// The end-of-data refusal decided at the end of the headers.
+    refusal: Option<Refusal>,
     headers: Vec<u8>,
     overflow: bool,
     /// Authentication-Results headers seen, and the indices (1-based) of those claiming our
@@ -141,7 +158,10 @@ impl Session {
     /// One header as Postfix sends it (value byte-exact with its leading space; folded lines
     /// separated by bare LF, which DKIM needs as CRLF).
     pub(crate) fn header(&mut self, name: &[u8], value: &[u8]) {
-        if name.eq_ignore_ascii_case(b"Authentication-Results") {
+        if name
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"Authentication-Results")
+        {
             self.ar_seen += 1;
             if results::claims_authserv_id(&String::from_utf8_lossy(value), &self.state.hostname) {
                 self.ar_forged.push(self.ar_seen);
@@ -196,9 +216,14 @@ impl Session {
             return None;
         }
         tracing::warn!(login, "{found}; refused");
-        self.refusal = Some(found);
+        Some(self.refuse(Refusal::Permanent(found)))
+    }
+
+    /// Ends the stage with an answer for the end of the message; the body is not looked at.
+    fn refuse(&mut self, refusal: Refusal) -> Status {
+        self.refusal = Some(refusal);
         self.work = Work::Pass;
-        Some(self.carry_on())
+        self.carry_on()
     }
 
     /// Decides between signing, verifying and passing, and starts the body's journey.
@@ -218,9 +243,19 @@ impl Session {
             {
                 return stop;
             }
+            if !self.internal() && self.state.verify {
+                // Unverified mail must not look like mail that had nothing to verify.
+                tracing::warn!(
+                    limit = self.state.max_header_bytes,
+                    "header block too large to verify; asking the client to retry"
+                );
+                return self.refuse(Refusal::Temporary(
+                    "the header block is larger than this server verifies".into(),
+                ));
+            }
             tracing::warn!(
                 limit = self.state.max_header_bytes,
-                "headers too large; message passed unsigned and unverified"
+                "headers too large; message passed unsigned"
             );
             self.work = Work::Pass;
             return self.carry_on();
@@ -269,17 +304,27 @@ impl Session {
             self.work = Work::Pass;
             return self.carry_on();
         }
-        let max = self.state.max_signatures;
-        let hashers = AuthenticatedMessage::parse(&self.headers)
-            .map(|mut m| {
-                cap_signatures(&mut m, max);
-                m.body_hashes
-                    .iter()
-                    .map(|(c, h, l, _)| Hasher::new(*c, *h, *l))
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.work = Work::Verify { hashers };
+        // Signatures with l= are parsed too (mail-auth's strict parse refuses them); the
+        // body they cover is judged at the end.
+        let Some(mut msg) = AuthenticatedMessage::parse_with_opts(&self.headers, None, false)
+        else {
+            return self.refuse(Refusal::Permanent(author::NoAuthor::Missing.reply()));
+        };
+        let authors = match author::domains(&msg) {
+            Ok(a) => a,
+            Err(e) => {
+                let text = e.reply();
+                tracing::warn!("{text}; refused");
+                return self.refuse(Refusal::Permanent(text));
+            }
+        };
+        cap_signatures(&mut msg, self.state.max_signatures);
+        let hashers = msg
+            .body_hashes
+            .iter()
+            .map(|(c, h, l, _)| Hasher::new(*c, *h, *l))
+            .collect();
+        self.work = Work::Verify { hashers, authors };
         self.carry_on()
     }
 
@@ -291,7 +336,7 @@ impl Session {
                     self.work = Work::Failed;
                 }
             }
-            Work::Verify { hashers } => {
+            Work::Verify { hashers, .. } => {
                 for h in hashers {
                     h.write(chunk);
                 }
@@ -317,10 +362,18 @@ impl Session {
             }
         }
         let work = std::mem::replace(&mut self.work, Work::Headers);
-        if let Some(text) = self.refusal.take() {
-            let _ = reply.set_error_reply("550", Some("5.7.1"), [text]);
-            self.abort();
-            return Status::Reject;
+        match self.refusal.take() {
+            Some(Refusal::Permanent(text)) => {
+                let _ = reply.set_error_reply("550", Some("5.7.1"), [text]);
+                self.abort();
+                return Status::Reject;
+            }
+            Some(Refusal::Temporary(text)) => {
+                let _ = reply.set_error_reply("451", Some("4.7.0"), [text]);
+                self.abort();
+                return Status::Tempfail;
+            }
+            None => {}
         }
         let status = match work {
             Work::Sign { domain, tx, task } => {
@@ -349,7 +402,9 @@ impl Session {
                     }
                 }
             }
-            Work::Verify { hashers } => self.verify(hashers, actions, reply).await,
+            Work::Verify { hashers, authors } => {
+                self.verify(hashers, &authors, actions, reply).await
+            }
             Work::Headers | Work::Pass => Status::Continue,
             Work::Failed => Status::Tempfail,
         };

@@ -3,11 +3,11 @@
 //! Authentication-Results headers.
 
 use super::Session;
+use super::canon::{self, Limited};
 use crate::results;
 use indymilter::{ContextActions, EomActions, SetErrorReply, SmtpReply, Status};
 use mail_auth::common::crypto::{HashAlgorithm, HashContext, HashImpl, Sha1, Sha256};
 use mail_auth::dkim::Canonicalization;
-use mail_auth::dkim::canonicalize::BodyHasher;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
@@ -15,31 +15,49 @@ use mail_auth::{AuthenticatedMessage, DmarcResult};
 use std::net::IpAddr;
 use userdb::address::domain_lowercase;
 
-/// A body hasher for one hash algorithm.
-pub(super) enum Hasher {
-    Sha256(BodyHasher<<Sha256 as HashImpl>::Context>),
-    Sha1(BodyHasher<<Sha1 as HashImpl>::Context>),
+/// A body hash in progress: RFC 6376's canonical body (see [`canon`]), cut at `l=` octets
+/// when the signature has one, into one hash algorithm.
+pub(super) struct Hasher {
+    body: canon::Body,
+    hash: Hash,
+}
+
+enum Hash {
+    Sha256(Limited<<Sha256 as HashImpl>::Context>),
+    Sha1(Limited<<Sha1 as HashImpl>::Context>),
 }
 
 impl Hasher {
     pub(super) fn new(c: Canonicalization, h: HashAlgorithm, l: u64) -> Hasher {
-        match h {
-            HashAlgorithm::Sha256 => Hasher::Sha256(BodyHasher::new(Sha256::hasher(), c, l)),
-            HashAlgorithm::Sha1 => Hasher::Sha1(BodyHasher::new(Sha1::hasher(), c, l)),
+        let limit = (l > 0).then_some(l);
+        Hasher {
+            body: canon::Body::new(c),
+            hash: match h {
+                HashAlgorithm::Sha256 => Hash::Sha256(Limited::new(Sha256::hasher(), limit)),
+                HashAlgorithm::Sha1 => Hash::Sha1(Limited::new(Sha1::hasher(), limit)),
+            },
         }
     }
 
     pub(super) fn write(&mut self, chunk: &[u8]) {
-        match self {
-            Hasher::Sha256(h) => h.write(chunk),
-            Hasher::Sha1(h) => h.write(chunk),
+        match &mut self.hash {
+            Hash::Sha256(w) => self.body.write(chunk, w),
+            Hash::Sha1(w) => self.body.write(chunk, w),
         }
     }
 
-    fn finish(self) -> Vec<u8> {
-        match self {
-            Hasher::Sha256(h) => h.finish().0.complete().as_ref().to_vec(),
-            Hasher::Sha1(h) => h.finish().0.complete().as_ref().to_vec(),
+    /// The hash and the length of the whole canonical body.
+    fn finish(self) -> (Vec<u8>, u64) {
+        let Hasher { body, hash } = self;
+        match hash {
+            Hash::Sha256(mut w) => {
+                body.finish(&mut w);
+                (w.inner.complete().as_ref().to_vec(), w.total)
+            }
+            Hash::Sha1(mut w) => {
+                body.finish(&mut w);
+                (w.inner.complete().as_ref().to_vec(), w.total)
+            }
         }
     }
 }
@@ -49,22 +67,32 @@ impl Session {
     pub(super) async fn verify(
         &self,
         hashers: Vec<Hasher>,
+        authors: &[(String, Vec<String>)],
         actions: &EomActions,
         reply: &mut SmtpReply,
     ) -> Status {
         let host = self.state.hostname.as_str();
-        let Some(mut msg) = AuthenticatedMessage::parse(&self.headers) else {
+        let Some(mut msg) = AuthenticatedMessage::parse_with_opts(&self.headers, None, false)
+        else {
             return Status::Continue;
         };
         let skipped = cap_signatures(&mut msg, self.state.max_signatures);
+        let mut lengths = Vec::with_capacity(hashers.len());
         for (slot, h) in msg.body_hashes.iter_mut().zip(hashers) {
-            slot.3 = h.finish();
+            let (hash, length) = h.finish();
+            slot.3 = hash;
+            lengths.push(length);
         }
-        let header_from = msg
-            .from
-            .first()
-            .and_then(|f| domain_lowercase(f))
-            .unwrap_or_default();
+        let partial = judge_lengths(&mut msg, &lengths);
+        let header_from: Vec<String> = authors.iter().map(|(d, _)| d.clone()).collect();
+        // DMARC once per author domain, each with that domain's addresses only.
+        let per_domain: Vec<AuthenticatedMessage<'_>> = authors
+            .iter()
+            .map(|(_, addresses)| AuthenticatedMessage {
+                from: addresses.clone(),
+                ..AuthenticatedMessage::default()
+            })
+            .collect();
         let mail_from_domain = domain_lowercase(&self.sender).unwrap_or_default();
         let ip = self
             .client
@@ -86,28 +114,35 @@ impl Session {
                 auth.verify_spf(SpfParameters::verify_mail_from(ip, helo, host, sender))
                     .await
             };
-            let dmarc = auth
-                .verify_dmarc(DmarcParameters::new(&msg, &dkim, spf_domain, &spf))
-                .await;
-            let reject = self.state.dmarc_reject
-                && matches!(dmarc.result(), DmarcResult::Fail(_))
-                && dmarc.policy() == Policy::Reject
-                && !dmarc.dmarc_record().is_some_and(|r| r.t);
-            let disposition = if reject { Policy::Reject } else { Policy::None };
-            let texts = [
-                results::dkim_header(host, &dkim, skipped),
+            let mut texts = vec![
+                results::dkim_header(host, &dkim, &partial, skipped),
                 results::spf_header(host, spf.result(), &mail_from_domain, helo),
-                results::dmarc_header(host, &dmarc, &header_from, disposition),
             ];
-            (texts, reject)
+            let mut rejected = None;
+            for (m, domain) in per_domain.iter().zip(&header_from) {
+                let dmarc = auth
+                    .verify_dmarc(DmarcParameters::new(m, &dkim, spf_domain, &spf))
+                    .await;
+                let reject = self.state.dmarc_reject
+                    && matches!(dmarc.result(), DmarcResult::Fail(_))
+                    && dmarc.policy() == Policy::Reject
+                    && !dmarc.dmarc_record().is_some_and(|r| r.t);
+                let disposition = if reject { Policy::Reject } else { Policy::None };
+                if reject && rejected.is_none() {
+                    rejected = Some(domain.clone());
+                }
+                texts.push(results::dmarc_header(host, &dmarc, domain, disposition));
+            }
+            (texts, rejected)
         };
-        let (texts, reject) = match tokio::time::timeout(self.state.verify_timeout, checks).await {
+        let (texts, rejected) = match tokio::time::timeout(self.state.verify_timeout, checks).await
+        {
             Ok(r) => r,
             Err(_) => {
                 tracing::warn!("DNS checks timed out; temperror");
                 (
                     results::timed_out(host, &mail_from_domain, helo, &header_from),
-                    false,
+                    None,
                 )
             }
         };
@@ -120,17 +155,48 @@ impl Session {
                 tracing::warn!(error = %e, "could not add Authentication-Results");
             }
         }
-        tracing::info!(from = header_from, results = ?texts, "verified");
-        if reject {
+        tracing::info!(from = ?header_from, results = ?texts, "verified");
+        if let Some(domain) = rejected {
             let _ = reply.set_error_reply(
                 "550",
                 Some("5.7.1"),
-                [format!("rejected by DMARC policy for {header_from}")],
+                [format!(
+                    "rejected by DMARC policy for {}",
+                    results::pvalue(&domain)
+                )],
             );
             return Status::Reject;
         }
         Status::Continue
     }
+}
+
+/// Takes out of `msg` the signatures whose `l=` is not the length of the canonical body as
+/// received (`lengths`, one per body hash), so they count for nothing (not for DMARC either),
+/// and returns their results.
+fn judge_lengths(msg: &mut AuthenticatedMessage<'_>, lengths: &[u64]) -> Vec<String> {
+    let body_hashes = &msg.body_hashes;
+    let mut partial = Vec::new();
+    msg.dkim_headers.retain(|h| {
+        let s = &h.header;
+        if s.l == 0 {
+            return true;
+        }
+        let algorithm = HashAlgorithm::from(s.a);
+        let length = body_hashes
+            .iter()
+            .zip(lengths)
+            .find(|((c, a, l, _), _)| *c == s.cb && *a == algorithm && *l == s.l)
+            .map(|(_, n)| *n);
+        match length {
+            Some(n) if n != s.l => {
+                partial.push(results::length_result(s, n));
+                false
+            }
+            _ => true,
+        }
+    });
+    partial
 }
 
 /// Keeps the first `max` DKIM signatures (well-formed ones first, then malformed ones while

@@ -70,23 +70,30 @@ pub fn header_addresses(msg: &AuthenticatedMessage<'_>) -> Vec<(&'static str, St
         .iter()
         .filter(|(name, _)| name.trim_ascii().eq_ignore_ascii_case(b"Sender"))
         .flat_map(|(_, value)| {
-            let addresses: Vec<String> = match MessageStream::new(value).parse_address() {
-                HeaderValue::Address(Address::List(l)) => l
-                    .iter()
-                    .filter_map(|a| a.address.as_deref().map(str::to_lowercase))
-                    .collect(),
-                HeaderValue::Address(Address::Group(g)) => g
-                    .iter()
-                    .flat_map(|g| &g.addresses)
-                    .filter_map(|a| a.address.as_deref().map(str::to_lowercase))
-                    .collect(),
-                _ => Vec::new(),
-            };
-            addresses
+            addresses(value)
                 .into_iter()
                 .map(|a| ("Sender", a.trim().to_owned()))
         });
     from.chain(sender).collect()
+}
+
+/// The addresses of one address-list header value (groups flattened), lowercased, as
+/// mail-parser reads them; entries without an address (a display name alone) are left out.
+pub(crate) fn addresses(value: &[u8]) -> Vec<String> {
+    entries(value).into_iter().flatten().collect()
+}
+
+/// Each entry of one address-list header value (groups flattened): its address lowercased,
+/// or `None` for an entry that has none.
+pub(crate) fn entries(value: &[u8]) -> Vec<Option<String>> {
+    let lower = |a: &mail_parser::Addr<'_>| a.address.as_deref().map(str::to_lowercase);
+    match MessageStream::new(value).parse_address() {
+        HeaderValue::Address(Address::List(l)) => l.iter().map(lower).collect(),
+        HeaderValue::Address(Address::Group(g)) => {
+            g.iter().flat_map(|g| &g.addresses).map(lower).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// The first From: or Sender: address `login` may not send as, or `NoFrom` (also for a
