@@ -147,7 +147,12 @@ fn every_from_case_has_its_answer() {
     assert!(sa_fired(&ours).contains(&"DMARC_FAIL_REJECT"), "{ours:?}");
 
     // The same spoof in one domain alone: a plain fail.
-    let one = delivered(&s, &["From: <ceo@bank.example>"], "one-domain", "a@good.example");
+    let one = delivered(
+        &s,
+        &["From: <ceo@bank.example>"],
+        "one-domain",
+        "a@good.example",
+    );
     let (ours, _) = ours_and_all(&one);
     assert!(
         ours[2].contains("dmarc=fail (p=reject dis=none) header.from=bank.example"),
@@ -168,7 +173,12 @@ fn under_dmarc_reject_the_strictest_domain_refuses() {
         "reject-two",
         "550 5.7.1 rejected by DMARC policy for bank.example",
     );
-    delivered(&s, &["From: a@good.example"], "reject-good", "a@good.example");
+    delivered(
+        &s,
+        &["From: a@good.example"],
+        "reject-good",
+        "a@good.example",
+    );
 }
 
 #[test]
@@ -181,16 +191,20 @@ fn forged_results_are_gone_and_spamassassin_reads_only_ours() {
         format!("Authentication-Results: {HOST}; dmarc=pass header.from=bank.example"),
         format!("Authentication-Results: (our id, as we might write it) {HOST}; dmarc=pass"),
         format!("Authentication-Results: \"{HOST}\"; spf=pass smtp.mailfrom=bank.example"),
-        format!("Authentication-Results: {}.; dmarc=pass", HOST.to_uppercase()),
+        format!(
+            "Authentication-Results: {}.; dmarc=pass",
+            HOST.to_uppercase()
+        ),
         format!("Authentication-Results: {HOST} 1; dmarc=pass"),
         format!("Authentication-Results:\r\n\t{HOST}\r\n\t; dmarc=pass"),
         format!("authentication-results: {HOST}(c); dmarc=pass"),
         format!("Authentication-Results: mx.other.example; x=y ({HOST}; dmarc=pass)"),
-        format!("Authentication-Results: mx.other.example; dkim=pass header.i=\"{HOST}; dmarc=pass\""),
+        format!(
+            "Authentication-Results: mx.other.example; dkim=pass header.i=\"{HOST}; dmarc=pass\""
+        ),
     ];
-    let kept = format!(
-        "Authentication-Results: mx.other.example; spf=pass smtp.mailfrom=user@{HOST}"
-    );
+    let kept =
+        format!("Authentication-Results: mx.other.example; spf=pass smtp.mailfrom=user@{HOST}");
     // Values a sender controls that try to read as results: a DKIM-Signature whose i= is not
     // in d=, a From: domain, and (null sender) the HELO name.
     let sig = format!(
@@ -205,26 +219,25 @@ fn forged_results_are_gone_and_spamassassin_reads_only_ours() {
     msg.push_str("\r\nTo: someone@elsewhere.example\r\nSubject: forged-all\r\n\r\nbody\r\n");
     std::fs::write(&path, msg).unwrap();
     let helo = format!("x; {HOST}; spf=pass");
-    let r = swaks_file(
-        s.pf.smtp_port(),
-        "127.0.0.5",
-        "",
-        &path,
-        &["--helo", &helo],
-    );
+    let r = swaks_file(s.pf.smtp_port(), "127.0.0.5", "", &path, &["--helo", &helo]);
     assert!(r.ok(), "{}\n{}", r.stdout, s.milter.log());
-    let got = s
-        .pf
-        .sink
-        .wait_for("forged-all", Duration::from_secs(30))
-        .expect("delivered")
-        .data;
+    let got =
+        s.pf.sink
+            .wait_for("forged-all", Duration::from_secs(30))
+            .expect("delivered")
+            .data;
     let (ours, all) = ours_and_all(&got);
     assert_eq!(ours.len(), 3, "{all:?}");
-    assert_eq!(all.len(), 4, "only ours and the honest foreign one: {all:?}");
+    assert_eq!(
+        all.len(),
+        4,
+        "only ours and the honest foreign one: {all:?}"
+    );
     assert!(all[3].contains("smtp.mailfrom=user@"), "{all:?}");
     assert!(
-        !header_block(&got).to_ascii_lowercase().contains("(c); dmarc"),
+        !header_block(&got)
+            .to_ascii_lowercase()
+            .contains("(c); dmarc"),
         "{got}"
     );
     // What SpamAssassin sees is what we decided: a DMARC fail under p=reject.
@@ -252,7 +265,11 @@ fn an_oversized_header_block_is_answered_with_a_temporary_failure() {
         "oversized",
         "451 4.7.0 the header block is larger than this server verifies",
     );
-    assert!(s.pf.sink.wait_for("oversized", Duration::from_secs(2)).is_none());
+    assert!(
+        s.pf.sink
+            .wait_for("oversized", Duration::from_secs(2))
+            .is_none()
+    );
 }
 
 /// Raises this process's open-file limit to what the test needs.
@@ -272,7 +289,10 @@ fn a_thousand_idle_connections_do_not_keep_mail_out() {
     // Half say nothing; half negotiate as Postfix would and then say nothing.
     let optneg = {
         let mut data = vec![0, 0, 0, 6, 0, 0, 0x01, 0xff, 0, 0x1f, 0xff, 0xff];
-        let mut f = u32::try_from(data.len() + 1).unwrap().to_be_bytes().to_vec();
+        let mut f = u32::try_from(data.len() + 1)
+            .unwrap()
+            .to_be_bytes()
+            .to_vec();
         f.push(b'O');
         f.append(&mut data);
         f
@@ -289,7 +309,10 @@ fn a_thousand_idle_connections_do_not_keep_mail_out() {
     let started = Instant::now();
     let signed = common::send(&s, "127.0.0.1", "me@example.com", &[], "after-idle");
     let took = started.elapsed();
-    assert!(header_block(&signed).starts_with("DKIM-Signature:"), "{signed}");
+    assert!(
+        header_block(&signed).starts_with("DKIM-Signature:"),
+        "{signed}"
+    );
     eprintln!("signed in {took:?} with 1,000 idle connections open");
     assert!(
         s.milter.log().contains("closing the one idle longest"),

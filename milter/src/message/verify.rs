@@ -179,7 +179,8 @@ fn judge_lengths(msg: &mut AuthenticatedMessage<'_>, lengths: &[u64]) -> Vec<Str
     let mut partial = Vec::new();
     msg.dkim_headers.retain(|h| {
         let s = &h.header;
-        if s.l == 0 {
+        // mail-auth reads `l=0` as no `l=` at all; the tag itself tells them apart.
+        if s.l == 0 && !has_length_tag(h.value) {
             return true;
         }
         let algorithm = HashAlgorithm::from(s.a);
@@ -197,6 +198,15 @@ fn judge_lengths(msg: &mut AuthenticatedMessage<'_>, lengths: &[u64]) -> Vec<Str
         }
     });
     partial
+}
+
+/// Does a DKIM-Signature value have an `l=` tag (RFC 6376 §3.2 tag list)?
+fn has_length_tag(value: &[u8]) -> bool {
+    value.split(|&b| b == b';').any(|tag| {
+        tag.split(|&b| b == b'=')
+            .next()
+            .is_some_and(|name| name.trim_ascii() == b"l")
+    })
 }
 
 /// Keeps the first `max` DKIM signatures (well-formed ones first, then malformed ones while
@@ -229,4 +239,19 @@ pub(super) fn cap_signatures(msg: &mut AuthenticatedMessage<'_>, max: usize) -> 
         .count();
     msg.body_hashes.truncate(needed);
     signatures.saturating_sub(max) + dropped_malformed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_explicit_l_zero_is_told_from_no_l() {
+        assert!(has_length_tag(b"v=1; a=rsa-sha256; l=0; d=example.org"));
+        assert!(has_length_tag(b"v=1;\r\n\t l =0;b=x"));
+        assert!(!has_length_tag(
+            b"v=1; a=rsa-sha256; d=example.org; s=l; b=l=="
+        ));
+        assert!(!has_length_tag(b""));
+    }
 }
