@@ -321,3 +321,77 @@ fn a_thousand_idle_connections_do_not_keep_mail_out() {
     );
     drop(idle);
 }
+
+/// One SMTP transaction over a raw socket, so the message's bytes reach Postfix as they are.
+fn raw_smtp(port: u16, from: &str, data: &str) {
+    use std::io::{BufRead, BufReader};
+    let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut w = conn;
+    let mut expect = |code: &str| loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with(code), "want {code}: {line}");
+        if line.as_bytes().get(3) == Some(&b' ') {
+            break;
+        }
+    };
+    expect("220");
+    for (cmd, code) in [
+        ("EHLO client.example".to_owned(), "250"),
+        (format!("MAIL FROM:<{from}>"), "250"),
+        ("RCPT TO:<someone@elsewhere.example>".to_owned(), "250"),
+        ("DATA".to_owned(), "354"),
+    ] {
+        w.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        expect(code);
+    }
+    w.write_all(data.as_bytes()).unwrap();
+    w.write_all(b".\r\n").unwrap();
+    expect("250");
+    w.write_all(b"QUIT\r\n").unwrap();
+}
+
+/// A bare CR in the body (content in simple canonicalisation, which mail-auth 0.13's signer
+/// drops; `canon.rs` keeps it) reaches the milter as Postfix passes it on, a space, and the
+/// signature over it, and over whitespace-only last lines, passes in dkimpy and in our own
+/// check.
+#[test]
+fn a_bare_cr_is_signed_as_postfix_passes_it_on() {
+    require_program("/usr/bin/swaks", "swaks");
+    let s = setup();
+    let data = "From: <me@example.com>\r\nTo: someone@elsewhere.example\r\nSubject: bare-cr\r\n\r\nprice\r100\r\n \r\n\t\r\n";
+    raw_smtp(s.pf.smtp_port(), "me@example.com", data);
+    let signed =
+        s.pf.sink
+            .wait_for("bare-cr", Duration::from_secs(30))
+            .expect("delivered")
+            .data;
+    assert!(
+        header_block(&signed).starts_with("DKIM-Signature:"),
+        "{signed}"
+    );
+    // Postfix (3.7) hands milters and the next hop a bare CR as a space.
+    assert!(signed.contains("price 100\r\n"), "{signed:?}");
+    let py = common::dkimpy(&s.dir, &signed, &s.records);
+    assert!(py.ok(), "dkimpy: {}\n{}", py.stdout, py.stderr);
+    // Back in from outside: our verification passes both signatures.
+    let path = s.dir.join("bare-cr-back.eml");
+    let back = format!(
+        "X-Back: bare-cr-back\r\n{}",
+        signed.replacen("Received:", "X-Old-Received:", 1)
+    );
+    std::fs::write(&path, back).unwrap();
+    let r = swaks_file(s.pf.smtp_port(), "127.0.0.5", "me@example.com", &path, &[]);
+    assert!(r.ok(), "{}", r.stdout);
+    let verified =
+        s.pf.sink
+            .wait_for("bare-cr-back", Duration::from_secs(30))
+            .expect("delivered")
+            .data;
+    assert!(verified.contains("price 100\r\n"), "{verified:?}");
+    let (ours, _) = ours_and_all(&verified);
+    assert_eq!(ours[0].matches("dkim=pass").count(), 2, "{ours:?}");
+}

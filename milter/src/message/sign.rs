@@ -1,12 +1,18 @@
-//! Signing: the listed headers the message has, and the body as it streams, through one
-//! mail-auth streaming signer per key in a task of its own.
+//! Signing: the body as it streams into one RFC 6376 body hash (`canon`), then one mail-auth
+//! signature per key over the listed headers the message has, in a task of its own.
 
-use super::{Session, Work};
+use super::{Session, Work, canon};
 use crate::keys::DomainKeys;
-use mail_auth::common::crypto::SigningKey;
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::{Canonicalization, DkimSigner};
+use mail_auth::AuthenticatedMessage;
+use mail_auth::common::crypto::{HashContext, HashImpl, Sha256, SigningKey};
+use mail_auth::common::headers::{HeaderWriter, Writable, Writer};
+use mail_auth::dkim::canonicalize::CanonicalHeaders;
+use mail_auth::dkim::{Canonicalization, DkimSigner, Done, Signature};
+use std::time::SystemTime;
 use tokio::sync::mpsc;
+
+/// MIAB's OpenDKIM signs `relaxed/simple`.
+const BODY_CANONICALIZATION: Canonicalization = Canonicalization::Simple;
 
 /// Body chunks (up to 64 KiB each) waiting for the signer.
 const SIGNER_QUEUE: usize = 4;
@@ -58,45 +64,102 @@ struct SignJob {
 }
 
 impl SignJob {
-    /// Streams the message into one signer per key; returns the signature header values,
+    /// Streams the body into one body hash (both keys sign with SHA-256 and the same
+    /// canonicalisation), then signs with each key; returns the signature header values,
     /// Ed25519 first so that RSA ends up on top.
     async fn run(
         self,
         head: Vec<u8>,
         mut rx: mpsc::Receiver<Vec<u8>>,
     ) -> Result<Vec<String>, String> {
+        let mut body = canon::Body::new(BODY_CANONICALIZATION);
+        let mut hash = Sha256::hasher();
+        while let Some(chunk) = rx.recv().await {
+            body.write(&chunk, &mut hash);
+        }
+        body.finish(&mut hash);
+        let bh = hash.complete().as_ref().to_vec();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut out = Vec::new();
+        if let Some(k) = self.keys.ed25519 {
+            let ed = signer(k, &self.domain, &self.ed25519_selector, &self.headers);
+            out.push(sign(&ed, &head, bh.clone(), now)?);
+        }
         let rsa = signer(
             self.keys.rsa,
             &self.domain,
             &self.rsa_selector,
             &self.headers,
         );
-        let ed = self
-            .keys
-            .ed25519
-            .map(|k| signer(k, &self.domain, &self.ed25519_selector, &self.headers));
-        let mut rsa_stream = rsa.sign_streaming();
-        let mut ed_stream = ed.as_ref().map(DkimSigner::sign_streaming);
-        rsa_stream.write(&head);
-        if let Some(s) = ed_stream.as_mut() {
-            s.write(&head);
-        }
-        while let Some(chunk) = rx.recv().await {
-            rsa_stream.write(&chunk);
-            if let Some(s) = ed_stream.as_mut() {
-                s.write(&chunk);
-            }
-        }
-        let mut out = Vec::new();
-        if let Some(s) = ed_stream {
-            out.push(header_value(
-                &s.finish().map_err(|e| e.to_string())?.to_header(),
-            ));
-        }
-        out.push(header_value(
-            &rsa_stream.finish().map_err(|e| e.to_string())?.to_header(),
-        ));
+        out.push(sign(&rsa, &head, bh, now)?);
         Ok(out)
+    }
+}
+
+/// Signs the header block `head` with the body hash `bh` made here (see `canon`: mail-auth
+/// 0.13's own simple canonicalisation drops a bare CR), the way mail-auth's signer does it
+/// otherwise: the listed headers the message has, bottom-up, then the listed names it lacks
+/// (the extra `From` that oversigns). Returns the header value.
+fn sign<K: SigningKey>(
+    signer: &DkimSigner<K, Done>,
+    head: &[u8],
+    bh: Vec<u8>,
+    now: u64,
+) -> Result<String, String> {
+    let template = &signer.template;
+    let mut headers = Vec::new();
+    let mut found = vec![false; template.h.len()];
+    let mut names = Vec::new();
+    let parsed = AuthenticatedMessage::parse(head).ok_or("no header fields to sign")?;
+    for &(name, value) in &parsed.headers {
+        if let Some(pos) = template
+            .h
+            .iter()
+            .position(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        {
+            headers.push((name, value));
+            found[pos] = true;
+            names.push(String::from_utf8_lossy(name).into_owned());
+        }
+    }
+    if names.is_empty() {
+        return Err(mail_auth::Error::NoHeadersFound.to_string());
+    }
+    names.reverse();
+    names.extend(
+        template
+            .h
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| !**f)
+            .map(|(h, _)| h.clone()),
+    );
+    let mut sig = template.clone();
+    sig.bh = bh;
+    sig.t = now;
+    sig.h = names;
+    sig.b = signer
+        .key
+        .sign(Signable {
+            headers: template.ch.canonical_headers(headers),
+            sig: &sig,
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(header_value(&sig.to_header()))
+}
+
+/// What the key signs: the canonical headers, then the signature header with `b=` empty.
+struct Signable<'a> {
+    headers: CanonicalHeaders<'a>,
+    sig: &'a Signature,
+}
+
+impl Writable for Signable<'_> {
+    fn write(self, writer: &mut impl Writer) {
+        self.headers.write(writer);
+        self.sig.write(writer, false);
     }
 }
 
@@ -105,13 +168,13 @@ fn signer<K: SigningKey>(
     domain: &str,
     selector: &str,
     headers: &[String],
-) -> DkimSigner<K, mail_auth::dkim::Done> {
+) -> DkimSigner<K, Done> {
     DkimSigner::from_key(key)
         .domain(domain)
         .selector(selector)
         .headers(headers.iter().map(String::as_str))
         .header_canonicalization(Canonicalization::Relaxed)
-        .body_canonicalization(Canonicalization::Simple)
+        .body_canonicalization(BODY_CANONICALIZATION)
 }
 
 /// A rendered `DKIM-Signature: ...\r\n` as a milter header value: no name, folded with LF.
