@@ -139,6 +139,10 @@ def make_headers(rng, cid):
                                 ["<%s.%08x@%s>" % (cid, rng.getrandbits(32), DOM)]))]
     if rng.random() < 0.9:
         subj = words(rng, rng.randint(0, 25), utf8=rng.choice([0, 0, 0.3, 1]))
+        if subj and rng.random() < 0.03:
+            # A form feed or vertical tab: whitespace to OpenDKIM's (and mail-auth's) relaxed
+            # header canonicalisation (isspace), not to dkimpy's or RFC 6376's (WSP only).
+            subj.insert(rng.randint(0, len(subj)), rng.choice(["\x0c", "\x0b", "a\x0cb"]))
         hs.append(("Subject", header(rng, "Subject", subj, fold=rng.choice([0, 0, 0.15, 0.4]))))
     if rng.random() < 0.4:
         hs.append(("X-Filler", header(rng, "X-Filler", words(rng, rng.randint(1, 30)), 0.3)))
