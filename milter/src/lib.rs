@@ -146,6 +146,8 @@ impl State {
 /// and each holds exactly one `method=result` outside quoted strings.
 pub fn fuzz_results(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
+    // Reading a hostile Authentication-Results value for its authserv-id never panics.
+    results::claims_authserv_id(&text, "box.example.com");
     let v = results::pvalue(&text);
     assert!(v.is_ascii() && !v.contains(['\r', '\n']), "{v:?}");
     for header in [
@@ -166,6 +168,22 @@ pub fn fuzz_results(data: &[u8]) {
             "{header:?}"
         );
     }
+}
+
+/// The body of the fuzz target for the connection watcher's frame follower: whatever the
+/// bytes and wherever a read splits them, the stage is the same and nothing panics.
+pub fn fuzz_frames(data: &[u8]) {
+    let whole = conns::Frames::default().feed(data, conns::Stage::New);
+    let at = data
+        .first()
+        .map_or(0, |&b| usize::from(b) % (data.len() + 1));
+    let mut split = conns::Frames::default();
+    let stage = split.feed(&data[..at], conns::Stage::New);
+    assert_eq!(
+        split.feed(&data[at..], stage),
+        whole,
+        "{data:?} split at {at}"
+    );
 }
 
 /// Serves `listener` with `cbs` until `shutdown` fires, its connections watched by a table
@@ -286,5 +304,20 @@ mod tests {
             b"=3B",
         ];
         miab_e2e::pseudo_random_inputs(&pieces, 3000, crate::fuzz_results);
+    }
+
+    #[test]
+    fn frames_on_pseudo_random_input() {
+        let pieces: [&[u8]; 8] = [
+            b"\0\0\0\x01M",
+            b"\0\0\0\x01E",
+            b"\0\0\0\x05O",
+            b"\0\0\0\x02A",
+            b"\xff\xff\xff\xff",
+            b"\0",
+            b"M",
+            b"abc",
+        ];
+        miab_e2e::pseudo_random_inputs(&pieces, 3000, crate::fuzz_frames);
     }
 }
