@@ -160,31 +160,40 @@ impl Table {
         self.len() == 0
     }
 
-    /// Makes room for one more connection: when at the cap, closes the one idle longest,
-    /// outside a message first. Returns false when every slot is busy inside a message and
-    /// none has been idle for a second (then the caller waits).
-    fn make_room(&self) -> bool {
-        self.slots().len() < self.cap || self.close_idlest(false)
+    /// Could one more connection be taken now: below the cap, or with a connection to
+    /// close for it? Not when every slot is busy inside a message and none has been idle for
+    /// a second (then the caller waits, and new connections wait in the backlog).
+    fn has_room(&self) -> bool {
+        let slots = self.slots();
+        slots.len() < self.cap || self.idlest(&slots, false).is_some()
     }
 
-    /// Closes the connection idle longest, outside a message first; unless `any`, not one
-    /// inside a message that spoke within the last second.
-    fn close_idlest(&self, any: bool) -> bool {
+    /// Makes room for a connection just accepted: at the cap, closes the one idle longest.
+    fn make_room(&self) {
         let mut slots = self.slots();
+        if slots.len() >= self.cap {
+            self.close_idlest(&mut slots, true);
+        }
+    }
+
+    /// The connection idle longest, outside a message first, with its stage and idle
+    /// milliseconds; unless `any`, not one inside a message that spoke within the last second.
+    fn idlest(&self, slots: &HashMap<u64, Arc<Slot>>, any: bool) -> Option<(u64, bool, u64)> {
         let now = self.now();
-        let victim = slots
+        let (in_message, std::cmp::Reverse(idle), id) = slots
             .iter()
             .map(|(id, s)| {
                 let idle = now.saturating_sub(s.last.load(Ordering::Relaxed));
                 (s.stage() == Stage::Message, std::cmp::Reverse(idle), *id)
             })
-            .min();
-        let Some((in_message, std::cmp::Reverse(idle), id)) = victim else {
-            return false;
+            .min()?;
+        (any || !in_message || idle >= 1000).then_some((id, in_message, idle))
+    }
+
+    fn close_idlest(&self, slots: &mut HashMap<u64, Arc<Slot>>, any: bool) {
+        let Some((id, in_message, idle)) = self.idlest(slots, any) else {
+            return;
         };
-        if in_message && idle < 1000 && !any {
-            return false;
-        }
         if let Some(s) = slots.remove(&id) {
             tracing::warn!(
                 idle_ms = idle,
@@ -195,7 +204,6 @@ impl Table {
             );
             s.close();
         }
-        true
     }
 
     /// Closes every connection past its stage's timeout.
@@ -287,12 +295,13 @@ impl<L: indymilter::Listener> indymilter::Listener for Watched<L> {
                 }
                 self.pause = None;
             }
-            if !self.table.make_room() {
+            if !self.table.has_room() {
                 self.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_PAUSE)));
                 continue;
             }
             match self.inner.poll_accept(cx) {
                 Poll::Ready(Ok(io)) => {
+                    self.table.make_room();
                     let (id, slot) = self.table.register();
                     return Poll::Ready(Ok(Stream {
                         io,
@@ -304,7 +313,7 @@ impl<L: indymilter::Listener> indymilter::Listener for Watched<L> {
                 }
                 Poll::Ready(Err(e)) if transient(&e) => {
                     tracing::warn!(error = %e, "could not accept a milter connection");
-                    self.table.close_idlest(true);
+                    self.table.close_idlest(&mut self.table.slots(), true);
                     self.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_PAUSE)));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -453,15 +462,18 @@ mod tests {
         b.last.store(10, Ordering::Relaxed);
         c.last.store(5, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(t.make_room());
+        // Full, but something to close: only an accepted connection closes it.
+        assert!(t.has_room());
+        assert_eq!(t.len(), 3);
+        t.make_room();
         assert!(c.closed.load(Ordering::Acquire) && !a.closed.load(Ordering::Acquire));
         assert_eq!(t.len(), 2);
-        assert!(t.make_room(), "below the cap");
+        assert!(t.has_room(), "below the cap");
         // All busy inside a message and just active: wait.
         let t = Table::new(1, Duration::from_secs(330));
         let (_, d) = t.register();
         d.stage.store(Stage::Message as u8, Ordering::Relaxed);
         d.last.store(t.now(), Ordering::Relaxed);
-        assert!(!t.make_room());
+        assert!(!t.has_room());
     }
 }

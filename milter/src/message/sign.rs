@@ -6,12 +6,11 @@ use crate::keys::DomainKeys;
 use mail_auth::AuthenticatedMessage;
 use mail_auth::common::crypto::{HashContext, HashImpl, Sha256, SigningKey};
 use mail_auth::common::headers::{HeaderWriter, Writable, Writer};
-use mail_auth::dkim::canonicalize::CanonicalHeaders;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done, Signature};
 use std::time::SystemTime;
 use tokio::sync::mpsc;
 
-/// MIAB's OpenDKIM signs `relaxed/simple`.
+/// MIAB's OpenDKIM signs `relaxed/simple`; the headers are written in relaxed form here.
 const BODY_CANONICALIZATION: Canonicalization = Canonicalization::Simple;
 
 /// Body chunks (up to 64 KiB each) waiting for the signer.
@@ -143,22 +142,25 @@ fn sign<K: SigningKey>(
     sig.b = signer
         .key
         .sign(Signable {
-            headers: template.ch.canonical_headers(headers),
+            headers: &headers,
             sig: &sig,
         })
         .map_err(|e| e.to_string())?;
     Ok(header_value(&sig.to_header()))
 }
 
-/// What the key signs: the canonical headers, then the signature header with `b=` empty.
+/// What the key signs: the signed headers bottom-up in relaxed form (`canon`), then the
+/// signature header with `b=` empty, as mail-auth writes it.
 struct Signable<'a> {
-    headers: CanonicalHeaders<'a>,
+    headers: &'a [(&'a [u8], &'a [u8])],
     sig: &'a Signature,
 }
 
 impl Writable for Signable<'_> {
     fn write(self, writer: &mut impl Writer) {
-        self.headers.write(writer);
+        for (name, value) in self.headers.iter().rev() {
+            canon::relaxed_header(name, value, writer);
+        }
         self.sig.write(writer, false);
     }
 }

@@ -6,12 +6,17 @@ use super::Session;
 use super::canon::{self, Limited};
 use crate::results;
 use indymilter::{ContextActions, EomActions, SetErrorReply, SmtpReply, Status};
+use mail_auth::common::cache::NoCache;
 use mail_auth::common::crypto::{HashAlgorithm, HashContext, HashImpl, Sha1, Sha256};
+use mail_auth::common::headers::Writer;
+use mail_auth::common::verify::DomainKey;
 use mail_auth::dkim::Canonicalization;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{AuthenticatedMessage, DmarcResult};
+use mail_auth::{
+    AuthenticatedMessage, DkimOutput, DkimResult, DmarcResult, MessageAuthenticator, Txt,
+};
 use std::net::IpAddr;
 use userdb::address::domain_lowercase;
 
@@ -106,7 +111,8 @@ impl Session {
             mail_from_domain.as_str()
         };
         let checks = async {
-            let dkim = auth.verify_dkim(&msg).await;
+            let mut dkim = auth.verify_dkim(&msg).await;
+            recheck_relaxed_headers(auth, &msg, &mut dkim).await;
             let spf = if sender.is_empty() {
                 auth.verify_spf(SpfParameters::verify_ehlo(ip, helo, host))
                     .await
@@ -168,6 +174,98 @@ impl Session {
             return Status::Reject;
         }
         Status::Continue
+    }
+}
+
+/// Checks again, over RFC 6376's relaxed header form (`canon::relaxed_header`), each
+/// signature with relaxed header canonicalisation that mail-auth failed on its signed headers
+/// where mail-auth's relaxed form of them differs from RFC 6376's (a form feed inside a word,
+/// a vertical tab at the end of a value: see `canon`). Only those, so its checks (expiry,
+/// body hash, key record, `t=s`) stand for the rest; the key record is asked for again
+/// (the resolver has it cached).
+async fn recheck_relaxed_headers<'x>(
+    auth: &MessageAuthenticator,
+    msg: &'x AuthenticatedMessage<'x>,
+    dkim: &mut [DkimOutput<'x>],
+) {
+    for out in dkim.iter_mut() {
+        if !matches!(out.result(), DkimResult::Fail(mail_auth::Error::Crypto(_))) {
+            continue;
+        }
+        let Some(header) = msg
+            .dkim_headers
+            .iter()
+            .find(|h| out.signature().is_some_and(|s| std::ptr::eq(&h.header, s)))
+        else {
+            continue;
+        };
+        let sig = &header.header;
+        if sig.ch != Canonicalization::Relaxed {
+            continue;
+        }
+        let stripped = without_b(header.value);
+        let signed: Vec<(&[u8], &[u8])> =
+            msg.signed_headers(&sig.h, header.name, &stripped).collect();
+        let Some((last, rest)) = signed.split_last() else {
+            continue;
+        };
+        let differs = rest.iter().any(|&(name, value)| {
+            let mut ours = Vec::new();
+            canon::relaxed_header(name, value, &mut Bytes(&mut ours));
+            let mut theirs = Vec::new();
+            Canonicalization::Relaxed
+                .canonicalize_headers(std::iter::once((name, value)), &mut Bytes(&mut theirs));
+            ours != theirs
+        });
+        if !differs {
+            continue;
+        }
+        let mut input = Vec::new();
+        for &(name, value) in rest {
+            canon::relaxed_header(name, value, &mut Bytes(&mut input));
+        }
+        canon::relaxed_header(last.0, last.1, &mut Bytes(&mut input));
+        // The signature header itself is hashed without its CRLF.
+        input.truncate(input.len().saturating_sub(2));
+        let key = format!("{}._domainkey.{}.", sig.s, sig.d);
+        let Ok(record) = auth
+            .txt_lookup::<DomainKey>(key, None::<&NoCache<Box<str>, Txt>>)
+            .await
+        else {
+            continue;
+        };
+        if record.p.verify_bytes(&input, &sig.b, sig.a).is_ok() {
+            tracing::debug!(
+                d = sig.d,
+                s = sig.s,
+                "passes over RFC 6376's relaxed headers"
+            );
+            *out = DkimOutput::pass().with_signature(sig);
+        }
+    }
+}
+
+/// A DKIM-Signature value with the value of its `b=` tag removed (RFC 6376 §3.7).
+fn without_b(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    for (i, tag) in value.split(|&b| b == b';').enumerate() {
+        if i > 0 {
+            out.push(b';');
+        }
+        match tag.iter().position(|&b| b == b'=') {
+            Some(eq) if tag[..eq].trim_ascii() == b"b" => out.extend_from_slice(&tag[..=eq]),
+            _ => out.extend_from_slice(tag),
+        }
+    }
+    out
+}
+
+/// A byte buffer as mail-auth's writer.
+struct Bytes<'a>(&'a mut Vec<u8>);
+
+impl Writer for Bytes<'_> {
+    fn write(&mut self, buf: &[u8]) {
+        self.0.extend_from_slice(buf);
     }
 }
 
@@ -244,6 +342,15 @@ pub(super) fn cap_signatures(msg: &mut AuthenticatedMessage<'_>, max: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn b_is_emptied_and_nothing_else() {
+        assert_eq!(
+            without_b(b" v=1; bh=abc=; b=XYZ\r\n\t123=; s=x\r\n"),
+            b" v=1; bh=abc=; b=; s=x\r\n"
+        );
+        assert_eq!(without_b(b"v=1;\r\n b =abc"), b"v=1;\r\n b =");
+    }
 
     #[test]
     fn an_explicit_l_zero_is_told_from_no_l() {
