@@ -90,17 +90,19 @@ fn algorithm(s: &Signature) -> &'static str {
     }
 }
 
-/// A DKIM selector or signing domain: dot-separated labels of letters, digits, hyphens and
-/// underscores (RFC 6376 §3.1, §3.5).
-fn is_dns_name(v: &str) -> bool {
+/// Dot-separated labels, none empty or over 63 characters, the whole at most 253, each
+/// character one `ok` takes.
+pub(crate) fn labels(v: &str, ok: impl Fn(char) -> bool) -> bool {
     !v.is_empty()
         && v.len() <= 253
-        && v.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+        && v.split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(&ok))
+}
+
+/// A DKIM selector or signing domain: labels of letters, digits, hyphens and underscores
+/// (RFC 6376 §3.1, §3.5).
+fn is_dns_name(v: &str) -> bool {
+    labels(v, |c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// `i=` as it may be reported: `[local-part]@domain` with the domain `d=` or below it

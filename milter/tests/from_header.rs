@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Setup, header_block, setup_full, swaks_file};
+use common::{Setup, header_block, message_file, setup_full, swaks_file};
 use miab_e2e::fixture::SWAKS_AUTH_ME;
 use miab_e2e::require_program;
 use miab_e2e::tools::Run;
@@ -15,16 +15,7 @@ use std::time::Duration;
 /// Sends a message whose header lines are `headers` (from 127.0.0.5, with AUTH when `auth`),
 /// envelope sender me@example.com; returns swaks's run.
 fn send(s: &Setup, headers: &[&str], marker: &str, auth: bool) -> Run {
-    let path = s.dir.join(format!("{marker}.eml"));
-    let mut msg = String::new();
-    for h in headers {
-        msg.push_str(h);
-        msg.push_str("\r\n");
-    }
-    msg.push_str(&format!(
-        "To: someone@elsewhere.example\r\nSubject: {marker}\r\n\r\nbody\r\n"
-    ));
-    std::fs::write(&path, msg).unwrap();
+    let path = message_file(s, headers, marker);
     let source = if auth { "127.0.0.5" } else { "127.0.0.1" };
     let auth: &[&str] = if auth { &SWAKS_AUTH_ME } else { &[] };
     swaks_file(s.pf.smtp_port(), source, "me@example.com", &path, auth)

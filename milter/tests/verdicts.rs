@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{HOST, Setup, auth_results, header_block, setup, setup_full, swaks_file};
+use common::{
+    HOST, Setup, auth_results, header_block, message_file, setup, setup_full, swaks_file,
+};
 use miab_e2e::require_program;
 use miab_e2e::tools::Run;
 use std::io::Write;
@@ -16,16 +18,7 @@ use std::time::{Duration, Instant};
 
 /// Sends the header lines `headers` and a body from 127.0.0.5, envelope sender `from`.
 fn send(s: &Setup, headers: &[&str], marker: &str, from: &str) -> Run {
-    let path = s.dir.join(format!("{marker}.eml"));
-    let mut msg = String::new();
-    for h in headers {
-        msg.push_str(h);
-        msg.push_str("\r\n");
-    }
-    msg.push_str(&format!(
-        "To: someone@elsewhere.example\r\nSubject: {marker}\r\n\r\nbody\r\n"
-    ));
-    std::fs::write(&path, msg).unwrap();
+    let path = message_file(s, headers, marker);
     swaks_file(s.pf.smtp_port(), "127.0.0.5", from, &path, &[])
 }
 

@@ -66,14 +66,7 @@ pub(crate) fn domains(
 /// A domain name as DNS can ask it: labels of letters (any script, for IDNs), digits,
 /// hyphens and underscores, none empty.
 pub(crate) fn is_domain(d: &str) -> bool {
-    !d.is_empty()
-        && d.len() <= 253
-        && d.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.chars()
-                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
-        })
+    crate::results::labels(d, |c| c.is_alphanumeric() || c == '-' || c == '_')
 }
 
 #[cfg(test)]

@@ -240,6 +240,22 @@ pub fn auth_results(msg: &str) -> Vec<String> {
         .collect()
 }
 
+/// Writes a message file: the header lines `headers`, a To:, `Subject: MARKER` and a short
+/// body, CRLF line ends.
+pub fn message_file(s: &Setup, headers: &[&str], marker: &str) -> PathBuf {
+    let path = s.dir.join(format!("{marker}.eml"));
+    let mut msg = String::new();
+    for h in headers {
+        msg.push_str(h);
+        msg.push_str("\r\n");
+    }
+    msg.push_str(&format!(
+        "To: someone@elsewhere.example\r\nSubject: {marker}\r\n\r\nbody\r\n"
+    ));
+    std::fs::write(&path, msg).unwrap();
+    path
+}
+
 /// swaks sending the message file `path` as it is to the Postfix on `port`, from `source`,
 /// envelope sender `from`, with `extra` flags (`--auth ...`).
 pub fn swaks_file(port: u16, source: &str, from: &str, path: &Path, extra: &[&str]) -> Run {
