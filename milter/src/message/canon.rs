@@ -1,11 +1,14 @@
-//! DKIM body canonicalisation (RFC 6376 §3.4.3, §3.4.4), streamed, sans I/O: bytes in,
-//! canonical bytes out to a [`Writer`], with the `l=` count applied to the canonical octets.
+//! DKIM canonicalisation where mail-auth 0.13.3 differs from RFC 6376, sans I/O: the body
+//! (§3.4.3, §3.4.4) streamed, bytes in and canonical bytes out to a [`Writer`], with the `l=`
+//! count applied to the canonical octets; and one header field in relaxed form (§3.4.2).
 //!
-//! mail-auth 0.13.3's own body canonicaliser counts a line holding only whitespace as a line
-//! of content (so `relaxed` bodies ending in such lines, or made only of them, hash wrongly)
-//! and drops a bare CR in `simple`; it also applies `l=` to the raw body rather than the
-//! canonical one. Upstream fixed the first in mail-auth 0.15 (which needs rustc 1.98). Until
-//! we move, the body hashes mail-auth compares are made here; this file can go then.
+//! mail-auth 0.13.3's body canonicaliser counts a line holding only whitespace as a line of
+//! content (so `relaxed` bodies ending in such lines, or made only of them, hash wrongly),
+//! drops a bare CR in `simple`, and applies `l=` to the raw body rather than the canonical
+//! one; its relaxed header form drops a form feed inside a word. Upstream fixed the first in
+//! mail-auth 0.15 (which needs rustc 1.98). Until we move, the body hashes mail-auth compares
+//! and the header form of our signatures are made here; `mail_auth_0_13_still_differs` fails
+//! once mail-auth agrees, and this file can go then.
 
 use mail_auth::common::headers::Writer;
 use mail_auth::dkim::Canonicalization;

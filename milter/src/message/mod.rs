@@ -7,7 +7,7 @@
 //! mail-auth verifies the signatures against those body hashes.
 
 //! - `author`: the From: of incoming mail as DMARC needs it (one header, readable domains).
-//! - `canon`: RFC 6376 body canonicalisation, in place of mail-auth 0.13's.
+//! - `canon`: RFC 6376 canonicalisation (bodies, relaxed headers) where mail-auth 0.13 differs.
 //! - `from`: the From:/Sender: check for mail from an SMTP-AUTH session.
 //! - `sign`: the signer task the body streams into.
 //! - `verify`: the body hashers and the DKIM, SPF and DMARC checks at the end.
