@@ -75,7 +75,14 @@ impl Containment {
         new_message: bool,
     ) -> Result<Verdict, Failed> {
         let login = req.sasl_username.to_lowercase();
-        if dir.user(&login).is_some_and(|u| dir.suspended(u.id)) {
+        let Some(user) = dir.user(&login) else {
+            // Postfix only names logins miab-authd let in, all of them users: any other name
+            // is a request made up by someone else on the box, and must neither hold a real
+            // login's mail nor notify the administrator, nor grow the sending DB.
+            tracing::debug!(login = ?login, "login not in the user DB; not counted");
+            return Ok(Verdict::Dunno);
+        };
+        if dir.suspended(user.id) {
             tracing::info!(login = ?login, client = ?req.client_address,
                 "mail from a suspended login; rejected");
             return Ok(Verdict::Stop(format!(
