@@ -567,7 +567,11 @@ fn containment_holds_past_the_floor_and_fails_closed_on_a_locked_db() {
     // A login that is no user (a request made up on the box) is never counted, held or
     // noticed, however much it "sends"; sender_login, after containment, refuses it.
     for i in 0..20 {
-        let a = from("nobody@example.com", format!("n{i}"), format!("n{i}@x.example"));
+        let a = from(
+            "nobody@example.com",
+            format!("n{i}"),
+            format!("n{i}@x.example"),
+        );
         assert_eq!(
             c.ask(&as_refs(&a)),
             "553 5.7.1 not owned by user nobody@example.com",
