@@ -4,7 +4,8 @@
 //! Exit codes: 0 ok, 1 refused (the reason on stderr), 2 usage.
 //!
 //! - [`cli`]: the command line; [`cmd`]: one module per command;
-//! - [`dkim`]: DKIM keys and DNS records; [`sidecars`]: the switch to the sidecar daemons.
+//! - [`dkim`]: DKIM keys and DNS records; [`sidecars`]: the switch to the sidecar daemons;
+//! - [`owner`]: root in a daemon's directory acts as its owner and follows no link.
 
 use anyhow::Result;
 use clap::Parser;
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 mod cli;
 mod cmd;
 mod dkim;
+mod owner;
 mod sidecars;
 
 fn main() -> ExitCode {

@@ -567,3 +567,71 @@ fn dkim_keys_and_dns_records() {
     );
     assert!(lines[1].starts_with("mail._domainkey.example.com.\tIN\tTXT\t\"v=DKIM1; k=rsa; p="));
 }
+
+/// As root, `miabctl held` works on miab-policyd's DB as the owner of its directory: links a
+/// compromised daemon account planted there (`-wal` to a root-only file, `-shm` to a file yet
+/// to be made in a root-only place, the DB's directory replaced by a link) never make root
+/// write, chown or create anything outside.
+#[test]
+fn held_follows_no_link_planted_in_the_daemons_directory() {
+    use std::os::unix::fs::{MetadataExt, symlink};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let root = Scratch::new("ctl");
+    ok(root.path(), &["init"], None);
+    let outside = root.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let (wal_victim, shm_victim) = (outside.join("shadow"), outside.join("crontab"));
+    for v in [&wal_victim, &shm_victim] {
+        std::fs::write(v, "root's own\n").unwrap();
+        set_mode(v, 0o600);
+    }
+    set_mode(&outside, 0o700);
+    let planted_new = outside.join("cron.d-evil");
+    let policyd = root.join("mail/policyd");
+    std::fs::create_dir_all(&policyd).unwrap();
+    let db = policyd.join("sending.sqlite");
+    drop(userdb::sending::Sending::open(&db).unwrap());
+    for p in [&policyd, &db] {
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    for side in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{side}", db.display()));
+    }
+    symlink(&wal_victim, format!("{}-wal", db.display())).unwrap();
+    symlink(&planted_new, format!("{}-shm", db.display())).unwrap();
+    let before = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (std::fs::read(p).unwrap(), m.uid(), m.gid(), m.mode())
+    };
+    let (w, s) = (before(&wal_victim), before(&shm_victim));
+    for args in [
+        &["held"][..],
+        &["held", "--all"],
+        &["held", "release", "me@example.com"],
+    ] {
+        let r = miabctl(root.path(), args, None);
+        assert_eq!(before(&wal_victim), w, "miabctl {args:?}: {}", r.stderr);
+        assert_eq!(before(&shm_victim), s, "miabctl {args:?}: {}", r.stderr);
+        assert!(
+            !planted_new.exists(),
+            "miabctl {args:?} made {}",
+            planted_new.display()
+        );
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 2);
+    // The directory itself a link to somewhere root owns: refused outright.
+    let real = root.join("mail/policyd-real");
+    std::fs::rename(&policyd, &real).unwrap();
+    symlink(&outside, &policyd).unwrap();
+    let r = miabctl(root.path(), &["held"], None);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("not a directory (a link?)"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(before(&wal_victim), w);
+}

@@ -7,6 +7,7 @@
 use super::app_password::utc;
 use super::print_json;
 use crate::cli::Cli;
+use crate::owner::AsOwner;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use std::io::Write;
@@ -54,6 +55,8 @@ pub fn run(cli: &Cli, args: &HeldArgs) -> Result<()> {
             .join("policyd")
             .join("sending.sqlite")
     });
+    // The DB is worked on as the owner of its directory (miab-policyd's), never as root.
+    let owner = AsOwner::of(path.parent().unwrap_or(Path::new("/")))?;
     let db = match Sending::open_existing(&path) {
         Err(userdb::Error::Missing(p)) => bail!(
             "{}: no sending DB (is miab-policyd's containment check on? wrong --storage-root?)",
@@ -61,20 +64,21 @@ pub fn run(cli: &Cli, args: &HeldArgs) -> Result<()> {
         ),
         r => r?,
     };
-    let owner = std::fs::metadata(&path)?;
-    let done = match &args.command {
+    match &args.command {
         None => list(cli, &db, args.all),
         Some(HeldCmd::Release {
             login,
             postfix_config,
-        }) => release(db, login, postfix_config.as_deref()),
+        }) => release(db, owner, login, postfix_config.as_deref()),
         Some(HeldCmd::Drop {
             login,
             postfix_config,
-        }) => drop_mail(login, postfix_config.as_deref()),
-    };
-    crate::sidecars::backup::side_files_to_owner(&path, &owner);
-    done
+        }) => {
+            drop(db);
+            drop(owner);
+            drop_mail(login, postfix_config.as_deref())
+        }
+    }
 }
 
 fn figures(f: Figures) -> String {
@@ -129,9 +133,18 @@ fn print_status(r: &LoginStatus) {
     );
 }
 
-fn release(mut db: Sending, login: &str, postfix_config: Option<&Path>) -> Result<()> {
+/// `held release`: the login released in the DB (as its owner), then, as root again, its
+/// held mail.
+fn release(
+    mut db: Sending,
+    owner: AsOwner,
+    login: &str,
+    postfix_config: Option<&Path>,
+) -> Result<()> {
     let login = login.to_lowercase();
     let was_held = db.release(&login, unix_now())?;
+    drop(db);
+    drop(owner);
     let ids = held_mail_of(&login, postfix_config)?;
     if !ids.is_empty() {
         postsuper(postfix_config, "-H", &ids)

@@ -3,6 +3,7 @@
 //! daemons' background writes held (`userdb::backup`) until the copy is done.
 
 use super::{Sys, status};
+use crate::owner::AsOwner;
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -14,7 +15,7 @@ pub fn hold(sys: &Sys) -> Result<()> {
     }
     std::fs::write(&hold, "")?;
     for db in status::state_dbs(&sys.storage_root) {
-        if db.exists()
+        if std::fs::symlink_metadata(&db).is_ok()
             && let Err(e) = checkpoint(&db)
         {
             eprintln!("warning: {}: {e:#}", db.display());
@@ -32,11 +33,12 @@ pub fn release(sys: &Sys) -> Result<()> {
 }
 
 /// Moves everything in a WAL file into the main file and empties it, so a copy of the main
-/// file alone is the whole DB. Side files this creates get the DB's owner.
+/// file alone is the whole DB. Done as the owner of the DB's directory (`owner`), so the side
+/// files are the daemon's and a planted link leads nowhere root could go.
 fn checkpoint(db: &Path) -> Result<()> {
-    let meta = std::fs::metadata(db)?;
+    let _owner = AsOwner::of(db.parent().unwrap_or(Path::new("/")))?;
     let wal = PathBuf::from(format!("{}-wal", db.display()));
-    if !wal.exists() {
+    if std::fs::symlink_metadata(&wal).is_err() {
         return Ok(());
     }
     let conn = rusqlite::Connection::open(db)?;
@@ -49,18 +51,5 @@ fn checkpoint(db: &Path) -> Result<()> {
     if busy != 0 {
         bail!("a reader kept the checkpoint from finishing");
     }
-    side_files_to_owner(db, &meta);
     Ok(())
-}
-
-/// Gives a DB's `-wal` and `-shm` files the owner of the DB itself (`meta`), so the daemon
-/// that owns it can still open them after root has.
-pub fn side_files_to_owner(db: &Path, meta: &std::fs::Metadata) {
-    use std::os::unix::fs::MetadataExt;
-    for side in ["-wal", "-shm"] {
-        let p = PathBuf::from(format!("{}{side}", db.display()));
-        if p.exists() {
-            let _ = std::os::unix::fs::chown(&p, Some(meta.uid()), Some(meta.gid()));
-        }
-    }
 }

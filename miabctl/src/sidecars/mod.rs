@@ -255,18 +255,7 @@ fn state_dirs(sys: &Sys) -> Result<()> {
                 .with_context(|| {
                     format!("no user {owner}: is the miab-sidecars package installed?")
                 })?;
-            chown_tree(&path, user.uid.as_raw(), user.gid.as_raw())?;
-        }
-    }
-    Ok(())
-}
-
-fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-        .with_context(|| format!("chown {}", path.display()))?;
-    if path.is_dir() {
-        for e in std::fs::read_dir(path)? {
-            chown_tree(&e?.path(), uid, gid)?;
+            crate::owner::chown_tree(&path, user.uid.as_raw(), user.gid.as_raw())?;
         }
     }
     Ok(())
