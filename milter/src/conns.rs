@@ -150,16 +150,6 @@ impl Table {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Open connections.
-    pub fn len(&self) -> usize {
-        self.slots().len()
-    }
-
-    /// Is there no open connection?
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Could one more connection be taken now: below the cap, or with a connection to
     /// close for it? Not when every slot is busy inside a message and none has been idle for
     /// a second (then the caller waits, and new connections wait in the backlog).
@@ -464,10 +454,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         // Full, but something to close: only an accepted connection closes it.
         assert!(t.has_room());
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.slots().len(), 3);
         t.make_room();
         assert!(c.closed.load(Ordering::Acquire) && !a.closed.load(Ordering::Acquire));
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.slots().len(), 2);
         assert!(t.has_room(), "below the cap");
         // All busy inside a message and just active: wait.
         let t = Table::new(1, Duration::from_secs(330));

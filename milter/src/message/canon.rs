@@ -152,6 +152,16 @@ pub(crate) fn relaxed_header(name: &[u8], value: &[u8], out: &mut impl Writer) {
     out.write(b"\r\n");
 }
 
+/// Bytes collected from a [`Writer`] (canonical forms to compare or to verify over).
+#[derive(Debug, Default)]
+pub(crate) struct Bytes(pub(crate) Vec<u8>);
+
+impl Writer for Bytes {
+    fn write(&mut self, buf: &[u8]) {
+        self.0.extend_from_slice(buf);
+    }
+}
+
 /// A writer that passes on the first `limit` octets (all when `None`) and counts them all.
 #[derive(Debug)]
 pub(crate) struct Limited<W> {
@@ -185,17 +195,8 @@ impl<W: Writer> Writer for Limited<W> {
 mod tests {
     use super::*;
 
-    #[derive(Debug, Default)]
-    struct Buf(Vec<u8>);
-
-    impl Writer for Buf {
-        fn write(&mut self, buf: &[u8]) {
-            self.0.extend_from_slice(buf);
-        }
-    }
-
     fn canon(c: Canonicalization, body: &[u8]) -> Vec<u8> {
-        let mut out = Buf::default();
+        let mut out = Bytes::default();
         let mut b = Body::new(c);
         b.write(body, &mut out);
         b.finish(&mut out);
@@ -300,7 +301,7 @@ mod tests {
                 let want = reference(c, body);
                 assert_eq!(canon(c, body), want, "{c:?} {body:?}");
                 for split in [1, 2, 3, 7] {
-                    let mut out = Buf::default();
+                    let mut out = Bytes::default();
                     let mut b = Body::new(c);
                     for chunk in body.chunks(split) {
                         b.write(chunk, &mut out);
@@ -321,7 +322,7 @@ mod tests {
             (Canonicalization::Relaxed, &b"a\r\n \r\n"[..]),
             (Canonicalization::Simple, b"a\rb\r\n"),
         ] {
-            let mut theirs = Buf::default();
+            let mut theirs = Bytes::default();
             c.canonical_body(body, 0).write(&mut theirs);
             assert_ne!(theirs.0, canon(c, body), "{c:?} {body:?}");
         }
@@ -330,7 +331,7 @@ mod tests {
     #[test]
     fn relaxed_headers() {
         let one = |name: &[u8], value: &[u8]| {
-            let mut out = Buf::default();
+            let mut out = Bytes::default();
             relaxed_header(name, value, &mut out);
             String::from_utf8_lossy(&out.0).into_owned()
         };
@@ -349,11 +350,11 @@ mod tests {
 
     #[test]
     fn limited_counts_all_and_passes_the_prefix() {
-        let mut w = Limited::new(Buf::default(), Some(5));
+        let mut w = Limited::new(Bytes::default(), Some(5));
         w.write(b"abc");
         w.write(b"defg");
         assert_eq!((w.inner.0.as_slice(), w.total), (&b"abcde"[..], 7));
-        let mut w = Limited::new(Buf::default(), None);
+        let mut w = Limited::new(Bytes::default(), None);
         w.write(b"abc");
         assert_eq!((w.inner.0.as_slice(), w.total), (&b"abc"[..], 3));
     }

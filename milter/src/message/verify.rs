@@ -3,12 +3,11 @@
 //! Authentication-Results headers.
 
 use super::Session;
-use super::canon::{self, Limited};
+use super::canon::{self, Bytes, Limited};
 use crate::results;
 use indymilter::{ContextActions, EomActions, SetErrorReply, SmtpReply, Status};
 use mail_auth::common::cache::NoCache;
 use mail_auth::common::crypto::{HashAlgorithm, HashContext, HashImpl, Sha1, Sha256};
-use mail_auth::common::headers::Writer;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::dkim::Canonicalization;
 use mail_auth::dmarc::Policy;
@@ -53,16 +52,13 @@ impl Hasher {
 
     /// The hash and the length of the whole canonical body.
     fn finish(self) -> (Vec<u8>, u64) {
-        let Hasher { body, hash } = self;
-        match hash {
-            Hash::Sha256(mut w) => {
-                body.finish(&mut w);
-                (w.inner.complete().as_ref().to_vec(), w.total)
-            }
-            Hash::Sha1(mut w) => {
-                body.finish(&mut w);
-                (w.inner.complete().as_ref().to_vec(), w.total)
-            }
+        fn done<H: HashContext>(body: canon::Body, mut w: Limited<H>) -> (Vec<u8>, u64) {
+            body.finish(&mut w);
+            (w.inner.complete().as_ref().to_vec(), w.total)
+        }
+        match self.hash {
+            Hash::Sha256(w) => done(self.body, w),
+            Hash::Sha1(w) => done(self.body, w),
         }
     }
 }
@@ -209,22 +205,22 @@ async fn recheck_relaxed_headers<'x>(
         let Some((last, rest)) = signed.split_last() else {
             continue;
         };
-        let differs = rest.iter().any(|&(name, value)| {
-            let mut ours = Vec::new();
-            canon::relaxed_header(name, value, &mut Bytes(&mut ours));
-            let mut theirs = Vec::new();
+        // Each signed header in RFC 6376's form, noting whether mail-auth's form differs.
+        let mut input = Bytes::default();
+        let mut differs = false;
+        for &(name, value) in rest {
+            let start = input.0.len();
+            canon::relaxed_header(name, value, &mut input);
+            let mut theirs = Bytes::default();
             Canonicalization::Relaxed
-                .canonicalize_headers(std::iter::once((name, value)), &mut Bytes(&mut theirs));
-            ours != theirs
-        });
+                .canonicalize_headers(std::iter::once((name, value)), &mut theirs);
+            differs |= input.0[start..] != theirs.0[..];
+        }
         if !differs {
             continue;
         }
-        let mut input = Vec::new();
-        for &(name, value) in rest {
-            canon::relaxed_header(name, value, &mut Bytes(&mut input));
-        }
-        canon::relaxed_header(last.0, last.1, &mut Bytes(&mut input));
+        canon::relaxed_header(last.0, last.1, &mut input);
+        let mut input = input.0;
         // The signature header itself is hashed without its CRLF.
         input.truncate(input.len().saturating_sub(2));
         let key = format!("{}._domainkey.{}.", sig.s, sig.d);
@@ -258,15 +254,6 @@ fn without_b(value: &[u8]) -> Vec<u8> {
         }
     }
     out
-}
-
-/// A byte buffer as mail-auth's writer.
-struct Bytes<'a>(&'a mut Vec<u8>);
-
-impl Writer for Bytes<'_> {
-    fn write(&mut self, buf: &[u8]) {
-        self.0.extend_from_slice(buf);
-    }
 }
 
 /// Takes out of `msg` the signatures whose `l=` is not the length of the canonical body as
