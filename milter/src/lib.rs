@@ -9,8 +9,10 @@
 //! - [`conns`]: the connection cap and the per-stage timeouts.
 //! - [`run`]: serves the callbacks over the listeners until shutdown.
 //!
-//! Mail from an authenticated session (`{auth_authen}`) or a trusted client is signed when its
-//! From: domain is one of the box's mail domains (read live from the user DB); all other mail
+//! Mail from an authenticated session (`{auth_authen}`) is signed when its From: domain is one
+//! of the box's mail domains (read live from the user DB); mail from a trusted client without
+//! a login only where `message::origin`'s rule allows (the box's own names, automatic replies,
+//! never mail that came in from outside unproven); all other mail
 //! is verified (DKIM, SPF, DMARC) and gets one Authentication-Results header per method.
 //! Authentication-Results headers that came with the message and claim our authserv-id (or
 //! read as ours to a raw-text reader) are removed. Incoming mail without exactly one readable
@@ -44,6 +46,8 @@ pub struct State {
     pub(crate) ed25519_selector: String,
     pub(crate) sign_headers: Vec<String>,
     pub(crate) trusted: Vec<Cidr>,
+    /// The box's hostname and `sign_local_domains` (lowercase).
+    pub(crate) own_domains: Vec<String>,
     pub(crate) verify: bool,
     pub(crate) dmarc_reject: bool,
     pub(crate) verify_timeout: Duration,
@@ -99,6 +103,10 @@ impl State {
             ed25519_selector: m.ed25519_selector.clone(),
             sign_headers: m.sign_headers.clone(),
             trusted: m.trusted_hosts.clone(),
+            own_domains: std::iter::once(config.box_hostname())
+                .chain(m.sign_local_domains.iter().cloned())
+                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
             verify: m.verify,
             dmarc_reject: m.dmarc_reject,
             verify_timeout: Duration::from_secs(m.verify_timeout_secs),

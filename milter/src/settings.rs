@@ -25,8 +25,14 @@ pub struct Settings {
     /// Its selector. Default `ed`.
     pub ed25519_selector: String,
     /// Clients whose mail is signed without SMTP AUTH: IP addresses or CIDR networks.
-    /// Default `["127.0.0.1", "::1"]` (OpenDKIM's TrustedHosts on MIAB).
+    /// Default `["127.0.0.1", "::1"]` (OpenDKIM's TrustedHosts on MIAB). Their mail, like
+    /// `sendmail`'s, is signed only for the box's hostname, `sign_local_domains` and automatic
+    /// replies (Sieve vacation), and never when it came in from outside with a From: that did
+    /// not pass DMARC here (a Sieve redirect).
     pub trusted_hosts: Vec<Cidr>,
+    /// Domains besides the box's hostname whose mail from `sendmail` or a trusted client
+    /// without SMTP AUTH is signed. Default none: anything on the box can run `sendmail`.
+    pub sign_local_domains: Vec<String>,
     /// Headers signed, in order; `From` is also signed once more than it occurs (oversigned).
     /// Default: OpenDKIM's list.
     pub sign_headers: Vec<String>,
@@ -99,6 +105,7 @@ impl Default for Settings {
                 .iter()
                 .filter_map(|c| Cidr::parse(c))
                 .collect(),
+            sign_local_domains: Vec::new(),
             sign_headers: OPENDKIM_SIGN_HEADERS.map(String::from).to_vec(),
             verify: true,
             dmarc_reject: false,

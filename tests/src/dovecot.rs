@@ -51,6 +51,12 @@ impl Dovecot {
     /// Starts Dovecot with the given passdb and userdb. Makes `mail/mailboxes` writable for
     /// the `mail` user, as MIAB's setup does.
     pub fn start_with(storage_root: &Path, auth: &Auth) -> Dovecot {
+        Self::start_full(storage_root, auth, "")
+    }
+
+    /// As [`Dovecot::start_with`], with `extra` appended to the configuration (a second
+    /// `protocol lmtp { }` block adds to the first).
+    pub fn start_full(storage_root: &Path, auth: &Auth, extra: &str) -> Dovecot {
         let dovecot = require_program("/usr/sbin/dovecot", "dovecot-core");
         require_program("/usr/lib/dovecot/imap", "dovecot-imapd");
         require_program("/usr/lib/dovecot/lmtp", "dovecot-lmtpd");
@@ -108,6 +114,7 @@ service lmtp {{
 protocol lmtp {{
   postmaster_address = postmaster@harness.example
 }}
+{extra}
 ",
             run = run.display(),
             state = dir.mkdir("state").display(),

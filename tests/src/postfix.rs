@@ -214,6 +214,37 @@ smtpd_hard_error_limit = 1000
         collect()
     }
 
+    /// Runs `sendmail -C DIR ARGS` as the local user `uid`:`gid` with `message` on its
+    /// standard input, as a web application or Sieve would. A user other than root may name
+    /// a configuration directory only where the default `main.cf` lists it in
+    /// `alternate_config_directories`, so the command runs in a mount namespace of its own in
+    /// which `/etc/postfix` is a scratch directory saying so; the host's is not read.
+    pub fn sendmail_as(&self, uid: u32, gid: u32, args: &[&str], message: &str) -> tools::Run {
+        let etc = self.dir.mkdir("etc-default");
+        std::fs::write(
+            etc.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6\nalternate_config_directories = {}\n",
+                self.config_dir.display()
+            ),
+        )
+        .unwrap();
+        let mut script = format!(
+            "mount --bind {} /etc/postfix && exec setpriv --reuid={uid} --regid={gid} --clear-groups /usr/sbin/sendmail -C {}",
+            etc.display(),
+            self.config_dir.display()
+        );
+        for a in args {
+            script.push_str(" '");
+            script.push_str(&a.replace('\'', "'\\''"));
+            script.push('\'');
+        }
+        tools::run(
+            Command::new("unshare").args(["--mount", "sh", "-c", &script]),
+            Some(message),
+        )
+    }
+
     /// Asks the queue manager to retry deferred mail now.
     pub fn flush(&self) {
         let _ = Command::new("/usr/sbin/postqueue")

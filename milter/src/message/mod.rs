@@ -15,6 +15,7 @@
 mod author;
 mod canon;
 pub(crate) mod from;
+mod origin;
 mod sign;
 mod verify;
 
@@ -77,6 +78,8 @@ pub struct Session {
     /// authserv-id.
     ar_seen: i32,
     ar_forged: Vec<i32>,
+    /// Where the message came from, for unauthenticated local mail.
+    evidence: origin::Evidence,
     work: Work,
     /// The MTA takes no answer before end-of-message.
     quiet: bool,
@@ -102,6 +105,7 @@ impl Session {
             overflow: false,
             ar_seen: 0,
             ar_forged: Vec::new(),
+            evidence: origin::Evidence::default(),
             work: Work::Headers,
             quiet,
         }
@@ -152,20 +156,24 @@ impl Session {
         self.overflow = false;
         self.ar_seen = 0;
         self.ar_forged.clear();
+        self.evidence = origin::Evidence::default();
         self.refusal = None;
     }
 
     /// One header as Postfix sends it (value byte-exact with its leading space; folded lines
     /// separated by bare LF, which DKIM needs as CRLF).
     pub(crate) fn header(&mut self, name: &[u8], value: &[u8]) {
-        if name
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"Authentication-Results")
-        {
+        let name_trimmed = name.trim_ascii();
+        if name_trimmed.eq_ignore_ascii_case(b"Authentication-Results") {
             self.ar_seen += 1;
-            if results::claims_authserv_id(&String::from_utf8_lossy(value), &self.state.hostname) {
+            let value = String::from_utf8_lossy(value);
+            if results::claims_authserv_id(&value, &self.state.hostname) {
                 self.ar_forged.push(self.ar_seen);
+                self.evidence.our_results(&value);
             }
+        } else if name_trimmed.eq_ignore_ascii_case(b"Auto-Submitted") {
+            self.evidence
+                .auto_submitted(&String::from_utf8_lossy(value));
         }
         if self.overflow {
             return;
@@ -265,10 +273,8 @@ impl Session {
         self.headers.extend_from_slice(b"\r\n");
         if self.internal() {
             let msg = AuthenticatedMessage::parse(&self.headers);
-            let domain = msg
-                .as_ref()
-                .and_then(|m| m.from.first())
-                .and_then(|f| domain_lowercase(f));
+            let from = msg.as_ref().and_then(|m| m.from.first()).cloned();
+            let domain = from.as_deref().and_then(domain_lowercase);
             if login.is_none() && domain.is_none() {
                 self.work = Work::Pass;
                 return self.carry_on();
@@ -288,6 +294,23 @@ impl Session {
                     && let Some(stop) = self.foreign_from(login, found)
                 {
                     return stop;
+                }
+            }
+            if login.is_none()
+                && let Some(domain) = domain.as_deref().filter(|d| dir.is_mail_domain(d))
+            {
+                let local = origin::Local {
+                    domain,
+                    from: from.as_deref().unwrap_or_default(),
+                    null_sender: self.sender.is_empty(),
+                    own_domains: &self.state.own_domains,
+                };
+                if let Err(why) = origin::may_sign(local, &self.evidence, |a| {
+                    dir.is_mailbox(a, &self.state.delims)
+                }) {
+                    tracing::warn!(domain, sender = ?self.sender, "{}", why.why());
+                    self.work = Work::Pass;
+                    return self.carry_on();
                 }
             }
             match domain {

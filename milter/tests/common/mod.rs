@@ -127,8 +127,15 @@ pub fn setup_full(sasl: bool, milter_extra: &str) -> Setup {
         dns.add_txt(n, v);
     }
     let port = free_port();
+    // The signing tests send from a trusted client without a login, so its domains are
+    // named (the side-door tests leave them out).
+    let local = if milter_extra.contains("sign_local_domains") {
+        ""
+    } else {
+        "sign_local_domains = [\"example.com\", \"other.example\"]\n"
+    };
     let config = format!(
-        "storage_root = \"{root}\"\nhostname = \"{HOST}\"\n[dns]\nnameservers = [\"{dns}\"]\ntimeout_ms = 1000\n[milter]\nkey_file = \"{rsa}\"\ned25519_key_file = \"{ed}\"\nverify_timeout_secs = 5\n{milter_extra}\n",
+        "storage_root = \"{root}\"\nhostname = \"{HOST}\"\n[dns]\nnameservers = [\"{dns}\"]\ntimeout_ms = 1000\n[milter]\nkey_file = \"{rsa}\"\ned25519_key_file = \"{ed}\"\nverify_timeout_secs = 5\n{local}{milter_extra}\n",
         root = dir.path().display(),
         dns = dns.addr(),
         rsa = rsa.display(),
