@@ -4,13 +4,16 @@
 //! - [`wiring`]: what changes in `main.cf` and Dovecot's `10-auth.conf`, as pure functions.
 //! - [`status`]: every integration point checked, in plain words, with the command that fixes it.
 //! - [`backup`]: the hold around MIAB's nightly backup, so the sidecars' own files copy whole.
-//! - here: the steps on the box (files, units, reloads) and the record of what was there before,
-//!   under [`STATE_DIR`], from which `disable` puts every file back byte for byte.
+//! - [`maincf`]: `main.cf` edited as text, one parameter at a time, keeping what it replaced.
+//! - here: the steps on the box (files, units, reloads), one at a time under a lock, and the
+//!   record of each edit under [`STATE_DIR`], from which `disable` undoes exactly our edits on
+//!   the files as they are then (what an upgrade changed meanwhile stays).
 //!
 //! The replaced daemons are neutralised with systemd drop-ins, not masked or removed, so MIAB's
 //! `service postgrey|opendkim|opendmarc start|stop|restart` calls keep succeeding.
 
 pub mod backup;
+pub mod maincf;
 pub mod status;
 pub mod wiring;
 
@@ -46,25 +49,34 @@ pub const REPLACED: [(&str, &str); 3] = [
 /// Our Dovecot passdb and userdb.
 pub const DOVECOT_CONF: &str = include_str!("../../../packaging/dovecot-checkpassword.conf");
 
-/// Files `enable` may change or create; `disable` restores or removes each.
+/// Files `enable` changes or creates; `disable` undoes its edits or removes them.
 pub const MAIN_CF: &str = "/etc/postfix/main.cf";
 pub const MASTER_CF: &str = "/etc/postfix/master.cf";
 pub const AUTH_CONF: &str = "/etc/dovecot/conf.d/10-auth.conf";
 pub const OUR_DOVECOT_CONF: &str = "/etc/dovecot/conf.d/00-miab-sidecars.conf";
+pub use wiring::ZPUSH_IMAP_CONF;
 
 /// The drop-in that neutralises `unit`.
 pub fn drop_in(unit: &str) -> String {
     format!("/etc/systemd/system/{unit}.service.d/zz-miab-sidecars.conf")
 }
 
-/// Every file under our management.
+/// Every file `enable` touches, saved once at the first `enable` for reference.
 fn managed_files() -> Vec<String> {
     let mut v = vec![
         MAIN_CF.to_owned(),
         MASTER_CF.to_owned(),
         AUTH_CONF.to_owned(),
         OUR_DOVECOT_CONF.to_owned(),
+        ZPUSH_IMAP_CONF.to_owned(),
     ];
+    v.extend(REPLACED.iter().map(|(u, _)| drop_in(u)));
+    v
+}
+
+/// The files that are ours alone: `disable` removes them.
+fn own_files() -> Vec<String> {
+    let mut v = vec![OUR_DOVECOT_CONF.to_owned()];
     v.extend(REPLACED.iter().map(|(u, _)| drop_in(u)));
     v
 }
@@ -148,36 +160,11 @@ impl Sys {
             .map(|s| s.trim_end().to_owned())
             .unwrap_or_default()
     }
-
-    fn postconf_set(&self, changes: &[(&str, String)]) -> Result<()> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        if !self.is_live() {
-            let path = self.path(MAIN_CF);
-            let mut text = std::fs::read_to_string(&path).unwrap_or_default();
-            for (k, v) in changes {
-                text.push_str(&format!("{k} = {v}\n"));
-            }
-            return std::fs::write(&path, text).with_context(|| path.display().to_string());
-        }
-        let args: Vec<String> = std::iter::once("-e".to_owned())
-            .chain(changes.iter().map(|(k, v)| format!("{k}={v}")))
-            .collect();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.run("postconf", &args).map(drop)
-    }
 }
 
-/// A value from a `main.cf` read by hand (scratch trees only): the last `name = value` line.
+/// A value from a `main.cf` read by hand (scratch trees only).
 fn main_cf_value(path: &Path, name: &str) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .filter(|(k, _)| k.trim() == name)
-        .map(|(_, v)| v.trim().to_owned())
-        .next_back()
-        .unwrap_or_default()
+    maincf::value(&std::fs::read_to_string(path).unwrap_or_default(), name)
 }
 
 /// Writes `text` to `path` through a temporary file and a rename, keeping an existing file's
@@ -284,11 +271,190 @@ fn neutralise(sys: &Sys) -> Result<Vec<String>> {
     Ok(done)
 }
 
-/// Dovecot's and Postfix's wiring; returns what was changed, in words. Never touches the
-/// backup.
+/// What `enable` and `repair` replaced in `main.cf`, per parameter: the text that was there
+/// (`None`: not set) and the value we set. Kept in `STATE_DIR/edits.json`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Edits {
+    main_cf: std::collections::BTreeMap<String, Edit>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Edit {
+    before: Option<String>,
+    ours: String,
+}
+
+impl Edits {
+    fn load(sys: &Sys) -> Result<Edits> {
+        match std::fs::read(sys.state("edits.json")) {
+            Ok(b) => serde_json::from_slice(&b).context("reading the record of our edits"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Edits::default()),
+            Err(e) => Err(e).context("reading the record of our edits"),
+        }
+    }
+
+    fn save(&self, sys: &Sys) -> Result<()> {
+        std::fs::create_dir_all(sys.path(STATE_DIR))?;
+        write_file(
+            &sys.state("edits.json"),
+            &serde_json::to_string_pretty(self)?,
+        )
+    }
+}
+
+/// The lock that keeps `enable`, `repair` and `disable` from running at once. Waits for the
+/// holder up to two minutes.
+fn lock(sys: &Sys) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    std::fs::create_dir_all(sys.path(STATE_DIR))?;
+    let path = sys.state("lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| path.display().to_string())?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(l),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err((_, e)) => bail!(
+                "another miabctl sidecars enable, repair or disable holds {} ({e})",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// `main.cf` as a writer left it: read until two reads a quarter second apart agree and the
+/// file looks whole (MIAB's `editconf.py` truncates and rewrites it in place, so a reader can
+/// catch it half-written). Gives up after 30 s.
+fn read_settled(path: &Path) -> Result<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut last = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let now = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+        if now == last && maincf::looks_whole(&now) {
+            return Ok(now);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "{} kept changing for 30 s (or is not whole); nothing written",
+                path.display()
+            );
+        }
+        last = now;
+    }
+}
+
+/// Replaces `path` with `new` only if it still holds `old`; `false` if it changed meanwhile.
+fn replace_if_unchanged(path: &Path, old: &str, new: &str) -> Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    let tmp = path.with_extension("miab-sidecars.tmp");
+    std::fs::write(&tmp, new).with_context(|| tmp.display().to_string())?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    if std::fs::read_to_string(path).ok().as_deref() != Some(old) {
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(false);
+    }
+    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
+    Ok(true)
+}
+
+/// Applies `edit` to `main.cf` read settled, writing only if nobody wrote meanwhile (tried
+/// again a few times). `edit` returns the new text, or `None` for no change.
+fn edit_main_cf<T>(
+    sys: &Sys,
+    mut edit: impl FnMut(&str) -> Result<Option<(String, T)>>,
+) -> Result<Option<T>> {
+    let path = sys.path(MAIN_CF);
+    for _ in 0..5 {
+        let old = read_settled(&path)?;
+        let Some((new, out)) = edit(&old)? else {
+            return Ok(None);
+        };
+        if replace_if_unchanged(&path, &old, &new)? {
+            return Ok(Some(out));
+        }
+    }
+    bail!("{MAIN_CF} kept changing while it was being edited; nothing written")
+}
+
+/// Sets `changes` in `main.cf`, recording what each replaced (the latest value that was not
+/// ours, so `disable` brings back what an upgrade wrote, not what the first `enable` saw).
+fn set_main_cf(
+    sys: &Sys,
+    want: impl Fn(&dyn Fn(&str) -> String) -> Vec<(&'static str, String)>,
+) -> Result<Vec<String>> {
+    let mut edits = Edits::load(sys)?;
+    let done = edit_main_cf(sys, |old| {
+        let changes = want(&|n: &str| maincf::value(old, n));
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let mut text = old.to_owned();
+        let mut words = Vec::new();
+        let mut record = Vec::new();
+        for (k, v) in &changes {
+            let (next, before) = maincf::set(&text, k, v);
+            text = next;
+            record.push((
+                k.to_string(),
+                Edit {
+                    before,
+                    ours: v.clone(),
+                },
+            ));
+            words.push(format!("main.cf: {k} = {v}"));
+        }
+        // Recorded before the file is written: a crash between leaves a record of an edit
+        // not made, which disable skips (the value is not ours).
+        for (k, e) in &record {
+            edits.main_cf.insert(k.clone(), e.clone());
+        }
+        edits.save(sys)?;
+        Ok(Some((text, words)))
+    })?;
+    let done = done.unwrap_or_default();
+    if !done.is_empty() {
+        sys.postfix_reload()?;
+    }
+    Ok(done)
+}
+
+/// Dovecot's, Postfix's and Z-Push's wiring; returns what was changed, in words. Each part is
+/// tried even when another fails; the first failure is returned.
 fn wire(sys: &Sys) -> Result<Vec<String>> {
     let mut done = Vec::new();
-    // Dovecot first: our passdb in front before the SQL one goes, so no login fails between.
+    let mut first_err = None;
+    for part in [wire_dovecot, wire_postfix, wire_zpush] {
+        match part(sys) {
+            Ok(lines) => done.extend(lines),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => {
+            for line in done {
+                println!("{line}");
+            }
+            Err(e)
+        }
+        None => Ok(done),
+    }
+}
+
+/// Our passdb in front first, and only then the SQL one out, so no login fails between (and
+/// none is left without a passdb when ours cannot be written).
+fn wire_dovecot(sys: &Sys) -> Result<Vec<String>> {
+    let mut done = Vec::new();
     let ours = sys.path(OUR_DOVECOT_CONF);
     if std::fs::read_to_string(&ours).ok().as_deref() != Some(DOVECOT_CONF) {
         write_file(&ours, DOVECOT_CONF)?;
@@ -307,15 +473,24 @@ fn wire(sys: &Sys) -> Result<Vec<String>> {
         // Only if it runs: a stopped Dovecot (MIAB's backup) reads the files when it starts.
         sys.systemctl(&["try-reload-or-restart", "dovecot"])?;
     }
-    let changes = wiring::main_cf_changes(|n| sys.postconf(n));
-    for (k, v) in &changes {
-        done.push(format!("main.cf: {k} = {v}"));
-    }
-    sys.postconf_set(&changes)?;
-    if !changes.is_empty() {
-        sys.postfix_reload()?;
-    }
     Ok(done)
+}
+
+fn wire_postfix(sys: &Sys) -> Result<Vec<String>> {
+    set_main_cf(sys, |current| wiring::main_cf_changes(current))
+}
+
+fn wire_zpush(sys: &Sys) -> Result<Vec<String>> {
+    let zpush = sys.path(ZPUSH_IMAP_CONF);
+    if let Ok(text) = std::fs::read_to_string(&zpush)
+        && let Some(new) = wiring::zpush_via_smtp(&text)
+    {
+        write_file(&zpush, &new)?;
+        return Ok(vec![format!(
+            "{ZPUSH_IMAP_CONF}: Z-Push sends through SMTP AUTH on 127.0.0.1:465, not sendmail"
+        )]);
+    }
+    Ok(Vec::new())
 }
 
 /// `enable`: the whole switch. Safe to run again.
@@ -323,14 +498,16 @@ pub fn enable(sys: &Sys) -> Result<()> {
     if sys.is_live() {
         preflight(sys)?;
     }
+    let _lock = lock(sys)?;
     record_before(sys)?;
     state_dirs(sys)?;
     // While OpenDKIM makes way for miab-milter, mail waits rather than leaving unsigned.
-    let brake = [("milter_default_action", "tempfail".to_owned())];
-    if sys.postconf("milter_default_action") != "tempfail" {
-        sys.postconf_set(&brake)?;
-        sys.postfix_reload()?;
-    }
+    set_main_cf(sys, |current| {
+        wiring::main_cf_changes(current)
+            .into_iter()
+            .filter(|(k, _)| *k == "milter_default_action")
+            .collect()
+    })?;
     for line in neutralise(sys)? {
         println!("{line}");
     }
@@ -354,7 +531,13 @@ pub fn enable(sys: &Sys) -> Result<()> {
 }
 
 /// `repair`: on a switched box, puts back whatever was rewritten; silent when nothing was.
+/// Waits while `enable` or `disable` runs.
 pub fn repair(sys: &Sys) -> Result<()> {
+    if !sys.enabled() {
+        return Ok(());
+    }
+    let _lock = lock(sys)?;
+    // disable may have finished while we waited.
     if !sys.enabled() {
         return Ok(());
     }
@@ -375,7 +558,9 @@ pub fn repair(sys: &Sys) -> Result<()> {
     Ok(())
 }
 
-/// `disable`: every managed file back as it was, the replaced daemons running again.
+/// `disable`: our edits undone on the files as they are now, our own files removed, the
+/// replaced daemons running again. The box stays switched (and whole) until every step has
+/// succeeded; a failed step is named, with what to do.
 pub fn disable(sys: &Sys) -> Result<()> {
     let record = sys.state("before.json");
     let before: Before = match std::fs::read(&record) {
@@ -385,35 +570,84 @@ pub fn disable(sys: &Sys) -> Result<()> {
             record.display()
         ),
     };
-    // First the repair units, so nothing puts the wiring back while it goes.
-    let _ = std::fs::remove_file(sys.state("enabled"));
+    let _lock = lock(sys)?;
+    let mut step = "";
+    let result = (|| -> Result<()> {
+        step = "undoing our edits of main.cf";
+        undo_main_cf(sys)?;
+        step = "undoing our edit of 10-auth.conf";
+        let auth = sys.path(AUTH_CONF);
+        if let Ok(text) = std::fs::read_to_string(&auth) {
+            // Boxes enabled before our lines were marked: their saved copy tells.
+            let legacy = std::fs::read_to_string(sys.backup_of(AUTH_CONF))
+                .is_ok_and(|t| wiring::auth_conf_has_sql(&t));
+            if let Some(new) = wiring::auth_conf_with_sql(&text, legacy) {
+                write_file(&auth, &new)?;
+                println!("{AUTH_CONF}: !include auth-sql.conf.ext active again");
+            }
+        }
+        step = "undoing our edit of Z-Push's configuration";
+        let zpush = sys.path(ZPUSH_IMAP_CONF);
+        if let Ok(text) = std::fs::read_to_string(&zpush)
+            && let Some(new) = wiring::zpush_via_sendmail(&text)
+        {
+            write_file(&zpush, &new)?;
+            println!("{ZPUSH_IMAP_CONF}: Z-Push sends through sendmail again");
+        }
+        step = "removing our own files";
+        for f in own_files() {
+            let path = sys.path(&f);
+            if std::fs::symlink_metadata(&path).is_ok() {
+                std::fs::remove_file(&path).with_context(|| f.clone())?;
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                println!("removed {f}");
+            }
+        }
+        if sys.is_live() {
+            step = "stopping the sidecars";
+            let mut args = vec!["stop"];
+            args.extend(DAEMONS);
+            sys.systemctl(&args)?;
+            step = "systemctl daemon-reload";
+            sys.systemctl(&["daemon-reload"])?;
+            for (unit, _) in REPLACED {
+                // The neutralised unit is still "active (exited)": restart runs the real one.
+                if before.running.iter().any(|r| r == unit) {
+                    step = unit;
+                    sys.systemctl(&["restart", unit])
+                        .with_context(|| format!("{unit} does not start again"))?;
+                } else {
+                    let _ = sys.systemctl(&["stop", unit]);
+                }
+            }
+            step = "reloading Dovecot";
+            sys.systemctl(&["try-reload-or-restart", "dovecot"])?;
+            step = "reloading Postfix";
+            sys.postfix_reload()?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        eprintln!("disable stopped while {step}: {e:#}");
+        // Back to a whole switched box rather than half of each.
+        let _ = neutralise(sys);
+        if sys.is_live() {
+            let mut args = vec!["start"];
+            args.extend(DAEMONS);
+            let _ = sys.systemctl(&args);
+            let _ = sys.systemctl(&["daemon-reload"]);
+        }
+        let rewired = wire(sys);
+        bail!(
+            "the box is still switched to the sidecars{} (miabctl sidecars status); fix the cause above and run `miabctl sidecars disable` again",
+            if rewired.is_ok() { "" } else { ", partly" }
+        );
+    }
     if sys.is_live() {
         let mut args = vec!["disable", "--now"];
         args.extend(REPAIR_UNITS);
-        sys.systemctl(&args)?;
-    }
-    for f in managed_files() {
-        let path = sys.path(&f);
-        if before.existed.contains(&f) {
-            let saved = sys.backup_of(&f);
-            let text = std::fs::read(&saved).with_context(|| format!("backup of {f}"))?;
-            if std::fs::read(&path).ok().as_deref() != Some(&text[..]) {
-                let tmp = path.with_extension("miab-sidecars.tmp");
-                std::fs::copy(&saved, &tmp)?;
-                std::fs::rename(&tmp, &path)?;
-                println!("restored {f}");
-            }
-        } else if path.exists() {
-            std::fs::remove_file(&path).with_context(|| f.clone())?;
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::remove_dir(dir);
-            }
-            println!("removed {f}");
-        }
-    }
-    if sys.is_live() {
-        let mut args = vec!["stop"];
-        args.extend(DAEMONS);
         sys.systemctl(&args)?;
         let off: Vec<&str> = DAEMONS
             .iter()
@@ -425,26 +659,54 @@ pub fn disable(sys: &Sys) -> Result<()> {
             args.extend(&off);
             sys.systemctl(&args)?;
         }
-        sys.systemctl(&["daemon-reload"])?;
-        for (unit, _) in REPLACED {
-            // The neutralised unit is still "active (exited)": restart runs the real one.
-            if before.running.iter().any(|r| r == unit) {
-                sys.systemctl(&["restart", unit])?;
-            } else {
-                let _ = sys.systemctl(&["stop", unit]);
-            }
-        }
-        sys.systemctl(&["try-reload-or-restart", "dovecot"])?;
-        sys.postfix_reload()?;
     }
     // The record goes, so a later enable records the box as it is then.
-    let old = sys
-        .path(STATE_DIR)
-        .join(format!("disabled-{}", userdb::clock::unix_now()));
-    let _ = std::fs::rename(sys.state("backup"), &old);
+    let stamp = userdb::clock::unix_now();
+    let _ = std::fs::rename(
+        sys.state("backup"),
+        sys.path(STATE_DIR).join(format!("disabled-{stamp}")),
+    );
+    let _ = std::fs::rename(
+        sys.state("edits.json"),
+        sys.path(STATE_DIR)
+            .join(format!("edits-disabled-{stamp}.json")),
+    );
     std::fs::remove_file(&record)?;
+    std::fs::remove_file(sys.state("enabled"))?;
     println!("back on Mail-in-a-Box's own daemons; the sidecars' state is kept for a later enable");
     Ok(())
+}
+
+/// Every parameter we set that still has our value gets back the text it replaced; one that
+/// was changed since keeps the change. Boxes enabled before edits were recorded use the copy
+/// of `main.cf` saved at the first `enable`.
+fn undo_main_cf(sys: &Sys) -> Result<()> {
+    let edits = Edits::load(sys)?;
+    let saved = std::fs::read_to_string(sys.backup_of(MAIN_CF)).ok();
+    let words = edit_main_cf(sys, |old| {
+        let mut text = old.to_owned();
+        let mut words = Vec::new();
+        for (k, ours) in wiring::main_cf_wanted(|n| maincf::value(old, n)) {
+            let (ours, before) = match edits.main_cf.get(k) {
+                Some(e) => (e.ours.clone(), e.before.clone()),
+                None => match &saved {
+                    Some(saved) if maincf::value(saved, k) != ours => {
+                        (ours, maincf::entry(saved, k))
+                    }
+                    _ => continue,
+                },
+            };
+            if let Some(next) = maincf::restore(&text, k, &ours, before.as_deref()) {
+                text = next;
+                words.push(format!("main.cf: {k} as before"));
+            }
+        }
+        Ok((text != old).then_some((text, words)))
+    })?;
+    for w in words.unwrap_or_default() {
+        println!("{w}");
+    }
+    sys.postfix_reload()
 }
 
 fn preflight(sys: &Sys) -> Result<()> {
@@ -512,17 +774,46 @@ fn wait_ready(sys: &Sys) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// MIAB's `main.cf` as its setup leaves it (the parameters we touch and some we do not),
+    /// padded with comments to the size of a real one.
+    fn miab_main_cf() -> String {
+        let mut t = String::from("# Postfix main.cf as written by Mail-in-a-Box's setup\n");
+        for i in 0..120 {
+            t.push_str(&format!(
+                "# comment line {i} to make the file as large as a real one\n"
+            ));
+        }
+        t.push_str("smtpd_banner = $myhostname ESMTP Hi, I'm a Mail-in-a-Box\n");
+        t.push_str("smtpd_sasl_type = dovecot\nsmtpd_sasl_path = private/auth\n");
+        t.push_str("virtual_mailbox_domains = sqlite:/etc/postfix/virtual-mailbox-domains.cf\n");
+        t.push_str("virtual_mailbox_maps = sqlite:/etc/postfix/virtual-mailbox-maps.cf\n");
+        t.push_str("virtual_alias_maps = sqlite:/etc/postfix/virtual-alias-maps.cf\n");
+        t.push_str("smtpd_sender_login_maps = sqlite:/etc/postfix/sender-login-maps.cf\n");
+        t.push_str("smtpd_milters = inet:127.0.0.1:8891 inet:127.0.0.1:8893\nnon_smtpd_milters = $smtpd_milters\nmilter_default_action = accept\n");
+        t.push_str("smtpd_sender_restrictions = reject_non_fqdn_sender,reject_unknown_sender_domain,reject_authenticated_sender_login_mismatch,reject_rhsbl_sender dbl.spamhaus.org=127.0.1.[2..99]\n");
+        t.push_str("smtpd_recipient_restrictions = permit_sasl_authenticated,permit_mynetworks,reject_rbl_client zen.spamhaus.org=127.0.0.[2..11],reject_unlisted_recipient,check_policy_service inet:127.0.0.1:10023,check_policy_service inet:127.0.0.1:12340\n");
+        for i in 0..40 {
+            t.push_str(&format!("miab_setting_{i} = value {i}\n"));
+        }
+        t
+    }
+
+    const ZPUSH: &str = "<?php\ndefine('IMAP_SMTP_METHOD', 'sendmail');\nglobal $imap_smtp_params;\n$imap_smtp_params = array('host' => 'ssl://127.0.0.1', 'port' => 465, 'auth' => true, 'username' => 'imap_username', 'password' => 'imap_password');\n?>\n";
+
     fn scratch() -> (tempfile::TempDir, Sys) {
         let dir = tempfile::tempdir().unwrap();
         let sys = Sys {
             root: dir.path().join("root"),
             storage_root: dir.path().join("user-data"),
         };
-        let main_cf = "smtpd_sasl_path = private/auth\nvirtual_alias_maps = sqlite:/etc/postfix/virtual-alias-maps.cf\n";
         for (f, text) in [
-            (MAIN_CF, main_cf),
+            (MAIN_CF, miab_main_cf().as_str()),
             (MASTER_CF, "smtp inet n - y - - smtpd\n"),
-            (AUTH_CONF, "!include auth-sql.conf.ext\n"),
+            (
+                AUTH_CONF,
+                "!include auth-system.conf.ext\n!include auth-sql.conf.ext\n",
+            ),
+            (ZPUSH_IMAP_CONF, ZPUSH),
         ] {
             write_file(&sys.path(f), text).unwrap();
         }
@@ -539,6 +830,10 @@ mod tests {
             .collect()
     }
 
+    fn read(sys: &Sys, f: &str) -> String {
+        std::fs::read_to_string(sys.path(f)).unwrap()
+    }
+
     #[test]
     fn disable_puts_back_every_file_byte_for_byte() {
         let (_dir, sys) = scratch();
@@ -546,19 +841,22 @@ mod tests {
         enable(&sys).unwrap();
         assert!(sys.enabled());
         assert_eq!(sys.postconf("smtpd_sasl_path"), "miab-authd/auth");
-        let auth = std::fs::read_to_string(sys.path(AUTH_CONF)).unwrap();
-        assert_eq!(auth, "#!include auth-sql.conf.ext\n");
+        let auth = read(&sys, AUTH_CONF);
+        assert!(!wiring::auth_conf_has_sql(&auth), "{auth}");
+        assert!(!wiring::zpush_uses_sendmail(&read(&sys, ZPUSH_IMAP_CONF)));
         for (unit, text) in REPLACED {
-            assert_eq!(
-                std::fs::read_to_string(sys.path(&drop_in(unit))).unwrap(),
-                text
-            );
+            assert_eq!(read(&sys, &drop_in(unit)), text);
         }
-        // An upgrade puts MIAB's wiring back; repair undoes that, and the backup stays the
-        // original.
-        write_file(&sys.path(AUTH_CONF), "!include auth-sql.conf.ext\n").unwrap();
+        // An upgrade puts MIAB's wiring back; repair undoes that.
+        write_file(
+            &sys.path(AUTH_CONF),
+            "!include auth-system.conf.ext\n!include auth-sql.conf.ext\n",
+        )
+        .unwrap();
+        write_file(&sys.path(ZPUSH_IMAP_CONF), ZPUSH).unwrap();
         repair(&sys).unwrap();
-        assert_eq!(std::fs::read_to_string(sys.path(AUTH_CONF)).unwrap(), auth);
+        assert_eq!(read(&sys, AUTH_CONF), auth);
+        assert!(!wiring::zpush_uses_sendmail(&read(&sys, ZPUSH_IMAP_CONF)));
         enable(&sys).unwrap();
         disable(&sys).unwrap();
         assert!(!sys.enabled());
@@ -567,5 +865,137 @@ mod tests {
         repair(&sys).unwrap();
         assert_eq!(snapshot(&sys), before);
         assert!(disable(&sys).is_err());
+    }
+
+    /// What MIAB's `editconf.py` does: read the file, change one parameter, write it back in
+    /// place (truncate, then write), here in pieces so a reader can catch it half-written.
+    fn editconf(sys: &Sys, name: &str, value: &str, pause: std::time::Duration) {
+        use std::io::Write;
+        let path = sys.path(MAIN_CF);
+        let old = std::fs::read_to_string(&path).unwrap();
+        let (new, _) = maincf::set(&old, name, value);
+        let mut f = std::fs::File::create(&path).unwrap();
+        for piece in new.as_bytes().chunks(new.len() / 4 + 1) {
+            f.write_all(piece).unwrap();
+            f.flush().unwrap();
+            std::thread::sleep(pause);
+        }
+    }
+
+    #[test]
+    fn an_upgrade_made_while_switched_stays_after_disable() {
+        let (_dir, sys) = scratch();
+        enable(&sys).unwrap();
+        // MIAB's next version: its own wiring again, a new recipient list, a new parameter.
+        let zero = std::time::Duration::ZERO;
+        editconf(&sys, "smtpd_sasl_path", "private/auth", zero);
+        let upgraded = "permit_sasl_authenticated,permit_mynetworks,reject_unlisted_recipient,check_policy_service inet:127.0.0.1:10023,check_policy_service inet:127.0.0.1:12340,reject_non_fqdn_recipient";
+        editconf(&sys, "smtpd_recipient_restrictions", upgraded, zero);
+        editconf(&sys, "smtpd_tls_ciphers", "high", zero);
+        editconf(&sys, "miab_setting_3", "changed by the upgrade", zero);
+        repair(&sys).unwrap();
+        assert_eq!(sys.postconf("smtpd_sasl_path"), "miab-authd/auth");
+        assert!(
+            sys.postconf("smtpd_recipient_restrictions")
+                .contains("reject_non_fqdn_recipient")
+        );
+        // The administrator changes one of our parameters after that: it stays theirs.
+        editconf(&sys, "milter_default_action", "accept", zero);
+        disable(&sys).unwrap();
+        let text = read(&sys, MAIN_CF);
+        assert_eq!(
+            maincf::value(&text, "smtpd_recipient_restrictions"),
+            upgraded
+        );
+        assert_eq!(maincf::value(&text, "smtpd_sasl_path"), "private/auth");
+        assert_eq!(maincf::value(&text, "smtpd_tls_ciphers"), "high");
+        assert_eq!(
+            maincf::value(&text, "miab_setting_3"),
+            "changed by the upgrade"
+        );
+        assert_eq!(maincf::value(&text, "milter_default_action"), "accept");
+        assert_eq!(
+            maincf::value(&text, "virtual_alias_maps"),
+            "sqlite:/etc/postfix/virtual-alias-maps.cf"
+        );
+        assert!(wiring::zpush_uses_sendmail(&read(&sys, ZPUSH_IMAP_CONF)));
+    }
+
+    #[test]
+    fn a_failing_step_leaves_the_box_switched_and_says_which() {
+        let (_dir, sys) = scratch();
+        enable(&sys).unwrap();
+        let enabled = snapshot(&sys);
+        // One of our own files cannot be removed.
+        let blocker = sys.path(OUR_DOVECOT_CONF);
+        std::fs::remove_file(&blocker).unwrap();
+        std::fs::create_dir_all(blocker.join("x")).unwrap();
+        let e = format!("{:#}", disable(&sys).unwrap_err());
+        assert!(e.contains("still switched"), "{e}");
+        assert!(sys.enabled());
+        assert_eq!(sys.postconf("smtpd_sasl_path"), "miab-authd/auth");
+        assert!(!wiring::zpush_uses_sendmail(&read(&sys, ZPUSH_IMAP_CONF)));
+        // Our passdb cannot be written, so Dovecot's own stays on: no login is lost.
+        assert!(wiring::auth_conf_has_sql(&read(&sys, AUTH_CONF)));
+        std::fs::remove_dir_all(&blocker).unwrap();
+        repair(&sys).unwrap();
+        assert_eq!(snapshot(&sys), enabled);
+        disable(&sys).unwrap();
+        assert!(!sys.enabled());
+        assert_eq!(
+            maincf::value(&read(&sys, MAIN_CF), "smtpd_sasl_path"),
+            "private/auth"
+        );
+    }
+
+    #[test]
+    fn repair_racing_editconf_never_writes_from_a_half_read() {
+        let (_dir, sys) = scratch();
+        enable(&sys).unwrap();
+        let writer = {
+            let sys = sys.clone();
+            std::thread::spawn(move || {
+                for burst in 0..8 {
+                    for i in 0..15 {
+                        // MIAB's setup sets our parameters back as it goes, among its own.
+                        let (k, v) = match i % 3 {
+                            0 => ("smtpd_sasl_path", "private/auth".to_owned()),
+                            1 => (
+                                "virtual_alias_maps",
+                                "sqlite:/etc/postfix/virtual-alias-maps.cf".to_owned(),
+                            ),
+                            _ => ("miab_counter", format!("{burst}-{i}")),
+                        };
+                        editconf(&sys, k, &v, std::time::Duration::from_millis(2));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(400));
+                }
+            })
+        };
+        let mut rounds = 0;
+        while !writer.is_finished() {
+            // A round may give up while the file keeps changing; it never writes half of it.
+            let _ = repair(&sys);
+            rounds += 1;
+        }
+        writer.join().unwrap();
+        repair(&sys).unwrap();
+        let text = read(&sys, MAIN_CF);
+        for i in 0..40 {
+            assert_eq!(
+                maincf::value(&text, &format!("miab_setting_{i}")),
+                format!("value {i}"),
+                "{text}"
+            );
+        }
+        assert!(text.starts_with("# Postfix main.cf as written by"));
+        assert!(text.contains("# comment line 119 "));
+        assert_eq!(maincf::value(&text, "smtpd_sasl_path"), "miab-authd/auth");
+        assert!(!maincf::value(&text, "miab_counter").is_empty());
+        assert!(rounds > 3, "{rounds} repair rounds");
+        disable(&sys).unwrap();
+        let text = read(&sys, MAIN_CF);
+        assert_eq!(maincf::value(&text, "smtpd_sasl_path"), "private/auth");
+        assert_eq!(maincf::value(&text, "miab_setting_39"), "value 39");
     }
 }

@@ -240,6 +240,18 @@ pub fn check(sys: &Sys) -> Vec<Finding> {
             REPAIR,
         )),
     }
+    if let Ok(text) = std::fs::read_to_string(sys.path(super::ZPUSH_IMAP_CONF)) {
+        if wiring::zpush_uses_sendmail(&text) {
+            out.push(bad(
+                "Z-Push (ActiveSync) sends through sendmail: no login, so no containment or From: check",
+                REPAIR,
+            ));
+        } else {
+            out.push(ok(
+                "Z-Push (ActiveSync) sends through SMTP AUTH on 127.0.0.1:465",
+            ));
+        }
+    }
     if let Some(first) = sys.first_passdb() {
         if first == "checkpassword" {
             out.push(ok("doveconf: the first passdb is checkpassword"));

@@ -20,6 +20,15 @@ pub const RECIPIENT_POLICY: &str = "check_policy_service { inet:127.0.0.1:10023,
 /// The `main.cf` parameters the sidecars set, given their current values (`current` answers
 /// `postconf -h NAME`). Only parameters that differ are returned.
 pub fn main_cf_changes(current: impl Fn(&str) -> String) -> Vec<(&'static str, String)> {
+    main_cf_wanted(&current)
+        .into_iter()
+        .filter(|(name, value)| current(name) != *value)
+        .collect()
+}
+
+/// Every `main.cf` parameter the sidecars set, with the value they want given the current
+/// values.
+pub fn main_cf_wanted(current: impl Fn(&str) -> String) -> Vec<(&'static str, String)> {
     let map = |name: &str| format!("socketmap:unix:{LOOKUP_SOCKET}:{name}");
     let want: Vec<(&'static str, String)> = vec![
         ("virtual_mailbox_domains", map("domains")),
@@ -43,9 +52,7 @@ pub fn main_cf_changes(current: impl Fn(&str) -> String) -> Vec<(&'static str, S
             recipient_restrictions(&current("smtpd_recipient_restrictions")),
         ),
     ];
-    want.into_iter()
-        .filter(|(name, value)| current(name) != *value)
-        .collect()
+    want
 }
 
 /// A restriction list's items: split at commas and white space outside `{ }`, with each
@@ -163,22 +170,134 @@ pub fn recipient_restrictions(current: &str) -> String {
 /// The line of MIAB's `10-auth.conf` that pulls in Dovecot's SQL passdb and userdb.
 const SQL_INCLUDE: &str = "!include auth-sql.conf.ext";
 
-/// `10-auth.conf` with the SQL include commented out; `None` if nothing needs to change.
+/// What ends a line we commented out, so that `disable` uncomments exactly those.
+const AUTH_MARK: &str = " # miab-sidecars: disable uncomments this line";
+
+/// `10-auth.conf` with the SQL include commented out (and marked as ours); `None` if nothing
+/// needs to change.
 pub fn auth_conf_without_sql(text: &str) -> Option<String> {
     let mut changed = false;
-    let mut out = String::with_capacity(text.len() + 1);
+    let mut out = String::with_capacity(text.len() + 64);
     for line in text.split_inclusive('\n') {
         if line.trim_start().starts_with(SQL_INCLUDE) {
             let indent = line.len() - line.trim_start().len();
-            out.push_str(&line[..indent]);
+            let (body, end) = split_end(line);
+            out.push_str(&body[..indent]);
             out.push('#');
-            out.push_str(&line[indent..]);
+            out.push_str(&body[indent..]);
+            out.push_str(AUTH_MARK);
+            out.push_str(end);
             changed = true;
         } else {
             out.push_str(line);
         }
     }
     changed.then_some(out)
+}
+
+/// Undoes [`auth_conf_without_sql`] on the file as it is now: every line we marked, and
+/// nothing else, is uncommented. `legacy` also uncomments a plain `#!include
+/// auth-sql.conf.ext` (what versions before the mark wrote) when no include is active.
+pub fn auth_conf_with_sql(text: &str, legacy: bool) -> Option<String> {
+    let legacy = legacy && !auth_conf_has_sql(text) && !text.contains(AUTH_MARK);
+    let mut changed = false;
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (body, end) = split_end(line);
+        let indent = body.len() - body.trim_start().len();
+        let rest = &body[indent..];
+        let ours = rest
+            .strip_prefix('#')
+            .filter(|r| r.starts_with(SQL_INCLUDE))
+            .and_then(|r| r.strip_suffix(AUTH_MARK).or(legacy.then_some(r)));
+        match ours {
+            Some(original) => {
+                out.push_str(&body[..indent]);
+                out.push_str(original);
+                out.push_str(end);
+                changed = true;
+            }
+            None => out.push_str(line),
+        }
+    }
+    changed.then_some(out)
+}
+
+/// A line without its line end, and the line end.
+fn split_end(line: &str) -> (&str, &str) {
+    let body = line.trim_end_matches(['\n', '\r']);
+    (body, &line[body.len()..])
+}
+
+/// Z-Push's IMAP backend configuration as MIAB installs it (`setup/zpush.sh`).
+pub const ZPUSH_IMAP_CONF: &str = "/usr/local/lib/z-push/backend/imap/config.php";
+/// What marks our lines in it.
+const ZPUSH_MARK: &str = "// miab-sidecars";
+
+/// Z-Push's configuration sending through SMTP AUTH on 127.0.0.1:465 with the user's own
+/// credentials (its `$imap_smtp_params` already say so) instead of `sendmail`, which no login
+/// and so no containment or From: check would ever see. The loopback TLS connection is not
+/// checked against the certificate's name (127.0.0.1 is not in it). `None` if nothing needs
+/// to change.
+pub fn zpush_via_smtp(text: &str) -> Option<String> {
+    let mut changed = false;
+    let mut out = String::with_capacity(text.len() + 256);
+    for line in text.split_inclusive('\n') {
+        let (body, end) = split_end(line);
+        if is_sendmail_method(body) {
+            out.push_str(&format!("{ZPUSH_MARK} was: {body}{end}"));
+            out.push_str(&format!(
+                "define('IMAP_SMTP_METHOD', 'smtp'); {ZPUSH_MARK}{end}"
+            ));
+            changed = true;
+        } else if body.trim_start().starts_with("$imap_smtp_params = ")
+            && !text.contains(&format!("{ZPUSH_MARK}: loopback TLS"))
+        {
+            out.push_str(line);
+            let end = if end.is_empty() { "\n" } else { end };
+            out.push_str(&format!(
+                "$imap_smtp_params['socket_options'] = array('ssl' => array('verify_peer' => false, 'verify_peer_name' => false)); {ZPUSH_MARK}: loopback TLS{end}"
+            ));
+            changed = true;
+        } else {
+            out.push_str(line);
+        }
+    }
+    changed.then_some(out)
+}
+
+/// Undoes [`zpush_via_smtp`]: our lines out, the original line back.
+pub fn zpush_via_sendmail(text: &str) -> Option<String> {
+    let was = format!("{ZPUSH_MARK} was: ");
+    let mut changed = false;
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (body, end) = split_end(line);
+        if let Some(original) = body.strip_prefix(&was) {
+            out.push_str(original);
+            out.push_str(end);
+            changed = true;
+        } else if body.ends_with(ZPUSH_MARK)
+            || body.ends_with(&format!("{ZPUSH_MARK}: loopback TLS"))
+        {
+            changed = true;
+        } else {
+            out.push_str(line);
+        }
+    }
+    changed.then_some(out)
+}
+
+/// Does Z-Push's configuration still send through `sendmail`?
+pub fn zpush_uses_sendmail(text: &str) -> bool {
+    text.lines().any(is_sendmail_method)
+}
+
+fn is_sendmail_method(line: &str) -> bool {
+    let squashed: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+    squashed.starts_with("define(")
+        && squashed.contains("IMAP_SMTP_METHOD")
+        && squashed.contains("sendmail")
 }
 
 /// Does `10-auth.conf` still pull in the SQL passdb?
@@ -287,12 +406,38 @@ mod tests {
         let ours = auth_conf_without_sql(miab).unwrap();
         assert_eq!(
             ours,
-            "auth_mechanisms = plain login\n#!include auth-system.conf.ext\n#!include auth-sql.conf.ext\n#!include auth-ldap.conf.ext\n"
+            "auth_mechanisms = plain login\n#!include auth-system.conf.ext\n#!include auth-sql.conf.ext # miab-sidecars: disable uncomments this line\n#!include auth-ldap.conf.ext\n"
         );
         assert!(!auth_conf_has_sql(&ours));
         assert_eq!(auth_conf_without_sql(&ours), None);
-        // What MIAB's mail-users.sh does to it on an upgrade: sed 's/#\(!include auth-sql...\)/\1/'.
-        let upgraded = ours.replace("#!include auth-sql.conf.ext", "!include auth-sql.conf.ext");
-        assert_eq!(upgraded, miab);
+        assert_eq!(auth_conf_with_sql(&ours, false).as_deref(), Some(miab));
+        // An upgrade's own change elsewhere stays; an include someone else commented stays.
+        let later = format!("{ours}#!include auth-sql.conf.ext\nauth_verbose = yes\n");
+        let back = auth_conf_with_sql(&later, true).unwrap();
+        assert_eq!(
+            back,
+            format!("{miab}#!include auth-sql.conf.ext\nauth_verbose = yes\n")
+        );
+        // What versions before the mark left: uncommented only when asked (legacy).
+        let old = miab.replace("\n!include auth-sql", "\n#!include auth-sql");
+        assert_eq!(auth_conf_with_sql(&old, false), None);
+        assert_eq!(auth_conf_with_sql(&old, true).as_deref(), Some(miab));
+    }
+
+    const ZPUSH: &str = "<?php\ndefine('IMAP_FOLDER_CONFIGURED', true);\n\ndefine('IMAP_SMTP_METHOD', 'sendmail');\n\nglobal $imap_smtp_params;\n$imap_smtp_params = array('host' => 'ssl://127.0.0.1', 'port' => 465, 'auth' => true, 'username' => 'imap_username', 'password' => 'imap_password');\n\n?>\n";
+
+    #[test]
+    fn zpush_is_switched_to_smtp_auth_and_back_byte_for_byte() {
+        assert!(zpush_uses_sendmail(ZPUSH));
+        let ours = zpush_via_smtp(ZPUSH).unwrap();
+        assert!(!zpush_uses_sendmail(&ours));
+        assert!(ours.contains("define('IMAP_SMTP_METHOD', 'smtp');"));
+        assert!(ours.contains("'verify_peer_name' => false"));
+        assert_eq!(zpush_via_smtp(&ours), None);
+        assert_eq!(zpush_via_sendmail(&ours).as_deref(), Some(ZPUSH));
+        assert_eq!(zpush_via_sendmail(ZPUSH), None);
+        // An upgrade copies MIAB's file again: switched again, once.
+        let again = zpush_via_smtp(ZPUSH).unwrap();
+        assert_eq!(again, ours);
     }
 }
