@@ -177,8 +177,14 @@ fn log_skipped(skipped: &[whitelist::Skipped]) {
 /// How often the whitelist files are checked for a change (MIAB's cron refreshes them).
 const WHITELIST_CHECK: Duration = Duration::from_secs(30);
 
-/// Serves `listener` until `shutdown` fires, then drains.
-pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<()> {
+/// Serves `listener`, and `greylist_only` (where no check about a login runs) if there is
+/// one, until `shutdown` fires, then drains.
+pub async fn run(
+    listener: Listener,
+    greylist_only: Option<Listener>,
+    state: Arc<State>,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let limits = state.limits.clone();
     let _sweeper = daemon::periodic(Duration::from_secs(60), {
         let state = Arc::clone(&state);
@@ -206,10 +212,19 @@ pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> s
     };
     let _whitelists = daemon::periodic(WHITELIST_CHECK, reread.clone());
     let _on_hup = daemon::on_reload(reread);
-    daemon::serve(listener, &limits, shutdown, move |conn| {
-        session::run(Arc::clone(&state), conn)
-    })
-    .await
+    let main = daemon::serve(listener, &limits, shutdown.clone(), {
+        let state = Arc::clone(&state);
+        move |conn| session::run(Arc::clone(&state), conn, false)
+    });
+    match greylist_only {
+        Some(l) => {
+            let second = daemon::serve(l, &limits, shutdown, move |conn| {
+                session::run(Arc::clone(&state), conn, true)
+            });
+            tokio::try_join!(main, second).map(drop)
+        }
+        None => main.await,
+    }
 }
 
 /// The fuzz target's body: decode requests from arbitrary bytes in arbitrary pieces and

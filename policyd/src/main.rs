@@ -33,6 +33,9 @@ fn main() -> ExitCode {
                 (state, summary)
             })
         },
-        |l, state, shutdown| policyd::run(l.main, state, shutdown),
+        |mut l, state, shutdown| {
+            let greylist_only = l.take("greylist_listen");
+            policyd::run(l.main, greylist_only, state, shutdown)
+        },
     )
 }

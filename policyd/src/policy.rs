@@ -104,6 +104,18 @@ pub struct ConnState {
     counted_instance: String,
     /// The message already counted by containment.
     contained_instance: String,
+    /// The connection came in on `greylist_listen`: no check about a login runs.
+    greylist_only: bool,
+}
+
+impl ConnState {
+    /// For a connection on `greylist_listen`.
+    pub fn greylist_only() -> ConnState {
+        ConnState {
+            greylist_only: true,
+            ..ConnState::default()
+        }
+    }
 }
 
 /// A check that could not decide.
@@ -117,6 +129,9 @@ impl Policy {
         let trusted = client_ip.is_some_and(|ip| any_contains(&self.trusted, ip));
         let mut verdicts = Vec::new();
         for check in handler::checks_for(&req.policy_context, &self.checks) {
+            if conn.greylist_only && check.is_login_check() {
+                continue;
+            }
             let v = match check {
                 Check::SenderLogin => self.sender_login(req).await,
                 Check::ForgedSender => self.forged_sender(req, client_ip, trusted).await,

@@ -10,10 +10,14 @@ use daemon::Conn;
 use daemon::session::{Decoder, Handler};
 use std::sync::Arc;
 
-pub(crate) async fn run(state: Arc<State>, conn: Conn) {
+pub(crate) async fn run(state: Arc<State>, conn: Conn, greylist_only: bool) {
     let answers = Answers {
         state: Arc::clone(&state),
-        conn_state: ConnState::default(),
+        conn_state: if greylist_only {
+            ConnState::greylist_only()
+        } else {
+            ConnState::default()
+        },
     };
     daemon::session::run(conn, &state.limits, proto::Decoder::new(), answers).await;
 }

@@ -41,6 +41,15 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     /// `[policyd.containment]`.
     pub containment: ContainmentSettings,
+    /// A second address, in Postfix notation, where only the checks that decide nothing
+    /// about a login run (`rhsbl`, `dnsbl`, `greylist`): any local process can reach a TCP
+    /// port and claim any `sasl_username`, so `sender_login`, `forged_sender`, `rate_limit`
+    /// and `containment` answer only on `listen`, which should be a socket only Postfix can
+    /// reach. On a Mail-in-a-Box box this is postgrey's `inet:127.0.0.1:10023` (MIAB's status
+    /// checks look for it, and a `main.cf` an upgrade put back still names it). `""`
+    /// (default) turns it off.
+    #[serde(deserialize_with = "empty_is_off")]
+    pub greylist_listen: Option<ListenAddr>,
 }
 
 impl Default for Settings {
@@ -64,6 +73,7 @@ impl Default for Settings {
             dnsbl: DnsblSettings::default(),
             rate_limit: RateLimitSettings::default(),
             containment: ContainmentSettings::default(),
+            greylist_listen: None,
         }
     }
 }
@@ -85,6 +95,18 @@ impl daemon::Section for Settings {
                 drain_timeout: Duration::from_secs(5),
             },
         }
+    }
+
+    fn more_endpoints(&self, server: &Server) -> Vec<daemon::Endpoint> {
+        self.greylist_listen
+            .iter()
+            .map(|addr| daemon::Endpoint {
+                setting: "greylist_listen",
+                addr: addr.clone(),
+                unix: server.unix.clone(),
+                create_parent: false,
+            })
+            .collect()
     }
 
     fn complete(&mut self, shared: &daemon::Config, _: &Server) -> Result<(), String> {
@@ -473,8 +495,14 @@ mod tests {
             .unwrap()
             .box_hostname();
         want.containment.notify = Some(format!("administrator@{host}"));
+        want.greylist_listen = Some("inet:127.0.0.1:10023".parse().unwrap());
         assert_eq!(s.settings, want);
-        assert_eq!(s.server, Settings::server_defaults());
+        // Apart from the box's socket, only Postfix's group may reach.
+        let mut server = Settings::server_defaults();
+        server.listen = "unix:/var/spool/postfix/miab-policyd/policy"
+            .parse()
+            .unwrap();
+        assert_eq!(s.server, server);
     }
 
     #[test]

@@ -61,8 +61,12 @@ pub fn endpoints() -> Vec<Endpoint> {
             greeting: Some("VERSION\t1\t"),
         },
         Endpoint::Policy {
-            addr: "127.0.0.1:10023",
+            addr: "/var/spool/postfix/miab-policyd/policy",
             who: "miab-policyd",
+        },
+        Endpoint::Policy {
+            addr: "127.0.0.1:10023",
+            who: "miab-policyd (greylisting only, postgrey's port)",
         },
         Endpoint::Tcp {
             addr: "127.0.0.1:8891",
@@ -94,7 +98,15 @@ impl Endpoint {
             }
             Endpoint::Tcp { addr, .. } => tcp(addr).is_some(),
             Endpoint::Policy { addr, .. } => {
-                let Some(mut s) = tcp(addr) else {
+                let stream: Option<Box<dyn ReadWrite>> = if addr.starts_with('/') {
+                    UnixStream::connect(sys.path(addr)).ok().map(|s| {
+                        let _ = s.set_read_timeout(Some(TIMEOUT));
+                        Box::new(s) as Box<dyn ReadWrite>
+                    })
+                } else {
+                    tcp(addr).map(|s| Box::new(s) as Box<dyn ReadWrite>)
+                };
+                let Some(mut s) = stream else {
                     return false;
                 };
                 // A request from a trusted client: nothing is written to any state.
@@ -115,6 +127,9 @@ impl Endpoint {
         }
     }
 }
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn tcp(addr: &str) -> Option<TcpStream> {
     let a: SocketAddr = addr.parse().ok()?;

@@ -6,16 +6,19 @@
 pub const LOOKUP_SOCKET: &str = "miab-lookup/socketmap";
 /// miab-authd's socket for Postfix, relative to the queue directory.
 pub const AUTHD_SOCKET: &str = "miab-authd/auth";
-/// The policy service, on postgrey's port.
-pub const POLICY: &str = "inet:127.0.0.1:10023";
+/// The policy service, on a socket in the queue directory that only Postfix can reach
+/// (group `postfix`, mode 0660): it acts on the `sasl_username` it is told.
+pub const POLICY: &str = "unix:miab-policyd/policy";
+/// postgrey's port, where MIAB's own line points and miab-policyd greylists only.
+const POSTGREY: &str = "inet:127.0.0.1:10023";
 
-/// `check_policy_service` for the sender list: sender login, rate limits and the sender's
-/// domain list. It fails closed: with miab-policyd down, mail is deferred, never sent as
-/// someone else.
-pub const SENDER_POLICY: &str = "check_policy_service { inet:127.0.0.1:10023, timeout=10s, default_action=DEFER_IF_PERMIT, policy_context=sender }";
+/// `check_policy_service` for the sender list: sender login, containment, rate limits and
+/// the sender's domain list. It fails closed: with miab-policyd down, mail is deferred, never
+/// sent as someone else.
+pub const SENDER_POLICY: &str = "check_policy_service { unix:miab-policyd/policy, timeout=10s, default_action=DEFER_IF_PERMIT, policy_context=sender }";
 /// `check_policy_service` for the recipient list: greylisting and the client list. It fails
 /// open, as postgrey's line does: a stopped daemon must not stop inbound mail.
-pub const RECIPIENT_POLICY: &str = "check_policy_service { inet:127.0.0.1:10023, timeout=10s, default_action=DUNNO, policy_context=recipient }";
+pub const RECIPIENT_POLICY: &str = "check_policy_service { unix:miab-policyd/policy, timeout=10s, default_action=DUNNO, policy_context=recipient }";
 
 /// The `main.cf` parameters the sidecars set, given their current values (`current` answers
 /// `postconf -h NAME`). Only parameters that differ are returned.
@@ -111,12 +114,14 @@ fn squash(item: &str) -> String {
     item.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Is this item a reference to the policy service on 10023, in any form?
+/// Is this item a reference to the policy service (ours, or postgrey's port), in any form?
 fn is_policy(item: &str) -> bool {
     let s = squash(item);
-    s == format!("check_policy_service {POLICY}")
-        || s.starts_with(&format!("check_policy_service {{ {POLICY},"))
-        || s.starts_with(&format!("check_policy_service {{{POLICY},"))
+    [POLICY, POSTGREY].iter().any(|p| {
+        s == format!("check_policy_service {p}")
+            || s.starts_with(&format!("check_policy_service {{ {p},"))
+            || s.starts_with(&format!("check_policy_service {{{p},"))
+    })
 }
 
 /// MIAB's Spamhaus lines, which miab-policyd's own lists replace.

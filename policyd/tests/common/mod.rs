@@ -62,7 +62,7 @@ pub fn start_in_process(dir: &Scratch, config: &str) -> Policyd {
     let inproc = InProcess::start(
         "info",
         move || policyd::State::open(&config, &section).unwrap().0,
-        policyd::run,
+        |l, s, sh| policyd::run(l, None, s, sh),
     );
     Policyd {
         port: inproc.port,
