@@ -75,17 +75,23 @@ impl Check {
 }
 
 /// The configured checks that apply to a request's `policy_context`: `sender` runs the
-/// sender checks, `recipient` the others, anything else (one reference only) runs all.
+/// sender checks, `recipient` the others, `data` (end of data) containment only, anything
+/// else (one reference only) runs all.
 pub fn checks_for<'a>(context: &str, configured: &'a [Check]) -> impl Iterator<Item = Check> + 'a {
     let pick = match context {
         "sender" => Some(true),
         "recipient" => Some(false),
         _ => None,
     };
-    configured
-        .iter()
-        .copied()
-        .filter(move |c| pick.is_none_or(|s| c.is_sender_check() == s))
+    // End of data: the message is complete and only containment counts it.
+    let data = context == "data";
+    configured.iter().copied().filter(move |c| {
+        if data {
+            *c == Check::Containment
+        } else {
+            pick.is_none_or(|s| c.is_sender_check() == s)
+        }
+    })
 }
 
 /// One check's answer.
@@ -216,6 +222,7 @@ mod tests {
             ]
         );
         assert_eq!(names("recipient"), ["dnsbl", "greylist"]);
+        assert_eq!(names("data"), ["containment"]);
         assert_eq!(names("").len(), 7);
         assert!(
             Check::parse("greylisting")

@@ -102,8 +102,6 @@ pub struct ConnState {
     header_instance: String,
     /// The message already counted by the message rate limit.
     counted_instance: String,
-    /// The message already counted by containment.
-    contained_instance: String,
     /// The connection came in on `greylist_listen`: no check about a login runs.
     greylist_only: bool,
 }
@@ -136,7 +134,7 @@ impl Policy {
                 Check::SenderLogin => self.sender_login(req).await,
                 Check::ForgedSender => self.forged_sender(req, client_ip, trusted).await,
                 Check::RateLimit => Ok(self.rate_limit(req, conn)),
-                Check::Containment => self.containment(req, conn).await,
+                Check::Containment => self.containment(req).await,
                 Check::Rhsbl => Ok(self.rhsbl(req).await),
                 Check::Dnsbl => Ok(self.dnsbl(req, client_ip, trusted).await),
                 Check::Greylist => self.greylist(req, client_ip, trusted, conn).await,
@@ -250,11 +248,11 @@ impl Policy {
         Verdict::Dunno
     }
 
-    async fn containment(&self, req: &Request, conn: &mut ConnState) -> Result<Verdict, Failed> {
+    async fn containment(&self, req: &Request) -> Result<Verdict, Failed> {
         let Some(c) = &self.containment else {
             return Ok(Verdict::Dunno);
         };
-        if !req.is_authenticated() || req.recipient.is_empty() {
+        if !req.is_authenticated() {
             return Ok(Verdict::Dunno);
         }
         let dir = self
@@ -262,13 +260,9 @@ impl Policy {
             .current()
             .await
             .map_err(|e| Failed(e.to_string()))?;
-        let new_message = conn.contained_instance != req.instance;
-        let v = c
-            .check(req, &dir, new_message)
+        c.check(req, &dir, &self.delims)
             .await
-            .map_err(|e| Failed(e.0))?;
-        conn.contained_instance.clone_from(&req.instance);
-        Ok(v)
+            .map_err(|e| Failed(e.0))
     }
 
     async fn rhsbl(&self, req: &Request) -> Verdict {

@@ -131,8 +131,10 @@ impl daemon::Section for Settings {
                 .join("greylist.sqlite")
         });
         let c = &mut self.containment;
-        if c.factor == 0 || c.history_days == 0 {
-            return Err("containment: factor and history_days must be at least 1".into());
+        if c.factor == 0 || c.history_days == 0 || c.max_daily_growth == 0 {
+            return Err(
+                "containment: factor, max_daily_growth and history_days must be at least 1".into(),
+            );
         }
         c.db.get_or_insert_with(|| {
             shared
@@ -403,11 +405,17 @@ pub struct ContainmentSettings {
     pub db: Option<PathBuf>,
     /// Messages in an hour that never hold a login. Default 100.
     pub floor_messages: u64,
+    /// Recipients (known or new, aliases counted by what they expand to) in an hour that
+    /// never hold a login. Default 500.
+    pub floor_recipients: u64,
     /// Recipients never written to before, in an hour, that never hold a login. Default 50.
     pub floor_new_recipients: u64,
-    /// How many times its busiest hour a login may send. Default 3.
+    /// How many times the busiest hour of a past day a login may send from the next day on.
+    /// Default 3.
     pub factor: u64,
-    /// Days the busiest hour is looked for in. Default 28.
+    /// How much a limit may grow from one day to the next at most. Default 2.
+    pub max_daily_growth: u64,
+    /// Days of history read. Default 28.
     pub history_days: u64,
     /// Logins counted but never held (a newsletter account). Default none.
     pub exempt_logins: Vec<String>,
@@ -450,8 +458,10 @@ impl ContainmentSettings {
     pub fn rule(&self) -> userdb::sending::Rule {
         userdb::sending::Rule {
             floor_messages: self.floor_messages,
+            floor_recipients: self.floor_recipients,
             floor_new_recipients: self.floor_new_recipients,
             factor: self.factor,
+            max_daily_growth: self.max_daily_growth,
             history_days: self.history_days,
         }
     }
@@ -463,8 +473,10 @@ impl Default for ContainmentSettings {
         ContainmentSettings {
             db: None,
             floor_messages: rule.floor_messages,
+            floor_recipients: rule.floor_recipients,
             floor_new_recipients: rule.floor_new_recipients,
             factor: rule.factor,
+            max_daily_growth: rule.max_daily_growth,
             history_days: rule.history_days,
             exempt_logins: Vec::new(),
             action: Action(

@@ -31,12 +31,13 @@ const DAY: i64 = 86_400;
 fn history(db: &Path, login: &str, per_hour: i64, new_per_hour: i64) {
     let mut s = Sending::open(db).unwrap();
     let rule = Rule::default();
-    let now = userdb::clock::unix_now();
+    // Whole days before today: today is never history.
+    let today = userdb::clock::unix_now().div_euclid(DAY) * DAY;
     for (n, day) in (1..=7).rev().enumerate() {
         let cap = 40i64 << n.min(10);
         let (per_hour, new_per_hour) = (per_hour.min(cap), new_per_hour.min(cap));
         for h in 0..8 {
-            let start = now - day * DAY + h * 3600;
+            let start = today - day * DAY + (9 + h) * 3600;
             for i in 0..per_hour {
                 let rcpt = if i < new_per_hour {
                     format!("d{day}-h{h}-{i}@elsewhere.example")
@@ -44,7 +45,7 @@ fn history(db: &Path, login: &str, per_hour: i64, new_per_hour: i64) {
                     format!("friend-{}@elsewhere.example", i % 5)
                 };
                 let t = start + i * 3600 / per_hour;
-                let d = s.record(&rule, login, &rcpt, true, true, t).unwrap();
+                let d = s.record(&rule, login, &[rcpt], true, t).unwrap();
                 assert_eq!(d, Decision::Send, "{login}'s history at {t}");
             }
         }
@@ -195,6 +196,10 @@ fn a_hijacked_login_is_held_told_released_and_suspended() {
             .set(
                 "smtpd_recipient_restrictions",
                 "permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination",
+            )
+            .set(
+                "smtpd_end_of_data_restrictions",
+                format!("check_policy_service {{ inet:127.0.0.1:{policy_port}, timeout=10s, default_action=DEFER_IF_PERMIT, policy_context=data }}"),
             ),
     );
     let config = format!(
@@ -251,7 +256,7 @@ fn a_hijacked_login_is_held_told_released_and_suspended() {
     );
     assert_eq!(delivered(&pf, "spam"), 50, "only the floor went out");
     assert!(
-        pf.log().contains("triggers HOLD action") || pf.log().contains(": hold: "),
+        pf.log().contains(": hold: END-OF-MESSAGE from "),
         "{}",
         pf.log()
     );
@@ -312,7 +317,7 @@ fn a_hijacked_login_is_held_told_released_and_suspended() {
                 .contains(": 51 new recipients in the last hour (limit 50)")
             && list
                 .stdout
-                .contains("limits: 100 messages, 50 new recipients"),
+                .contains("limits: 100 messages, 500 recipients, 50 new recipients"),
         "{}",
         list.stdout
     );

@@ -532,6 +532,39 @@ fn a_locked_user_db_gives_the_fail_action() {
     lock.execute_batch("COMMIT").unwrap();
 }
 
+/// One message through the policy protocol as Postfix sends it: an RCPT request per
+/// recipient (sender restrictions, `policy_context=sender`), then the end of data
+/// (`policy_context=data`). Returns the RCPT replies and the end-of-data reply.
+fn message(c: &mut Client, login: &str, inst: &str, rcpts: &[String]) -> (Vec<String>, String) {
+    let mut replies = Vec::new();
+    for r in rcpts {
+        replies.push(c.ask(&[
+            ("sasl_username", login),
+            ("sender", login),
+            ("instance", inst),
+            ("recipient", r),
+            ("policy_context", "sender"),
+        ]));
+    }
+    let n = rcpts.len().to_string();
+    let eod = c.ask(&[
+        ("protocol_state", "END-OF-MESSAGE"),
+        ("sasl_username", login),
+        ("sender", login),
+        ("instance", inst),
+        ("recipient", ""),
+        ("recipient_count", &n),
+        ("policy_context", "data"),
+    ]);
+    (replies, eod)
+}
+
+fn one(r: impl std::fmt::Display) -> Vec<String> {
+    vec![r.to_string()]
+}
+
+const HOLD: &str = "HOLD held: the login sends far past its own history (miabctl held)";
+
 #[test]
 fn containment_holds_past_the_floor_and_fails_closed_on_a_locked_db() {
     let dir = Scratch::new("pol");
@@ -543,22 +576,22 @@ fn containment_holds_past_the_floor_and_fails_closed_on_a_locked_db() {
         "[policyd.containment]\nfloor_messages = 5\nfloor_new_recipients = 3\nnotify = \"\"";
     let d = start_in_process(&dir, &config(&dir, dns.addr(), top, extra));
     let mut c = Client::connect(d.port);
-    let from = c_attrs;
-    let hold = "HOLD held: the login sends far past its own history (miabctl held)";
     for i in 0..3 {
-        let a = from("me@example.com", format!("m{i}"), format!("r{i}@x.example"));
-        assert_eq!(c.ask(&as_refs(&a)), "DUNNO", "{i}");
+        let (r, eod) = message(
+            &mut c,
+            "me@example.com",
+            &format!("m{i}"),
+            &one(format!("r{i}@x.example")),
+        );
+        assert_eq!((r[0].as_str(), eod.as_str()), ("DUNNO", "DUNNO"), "{i}");
     }
-    let fourth = from("me@example.com", "m3".into(), "r3@x.example".into());
-    assert_eq!(c.ask(&as_refs(&fourth)), hold);
-    let known = from("me@example.com", "m4".into(), "r0@x.example".into());
-    assert_eq!(c.ask(&as_refs(&known)), hold, "held until released");
-    let other = from("you@example.com", "y1".into(), "r0@x.example".into());
-    assert_eq!(
-        c.ask(&as_refs(&other)),
-        "DUNNO",
-        "other logins are not affected"
-    );
+    // The fourth new recipient: the message is held at its end of data.
+    let (r, eod) = message(&mut c, "me@example.com", "m3", &one("r3@x.example"));
+    assert_eq!((r[0].as_str(), eod.as_str()), ("DUNNO", HOLD));
+    let (_, eod) = message(&mut c, "me@example.com", "m4", &one("r0@x.example"));
+    assert_eq!(eod, HOLD, "held until released");
+    let (_, eod) = message(&mut c, "you@example.com", "y1", &one("r0@x.example"));
+    assert_eq!(eod, "DUNNO", "other logins are not affected");
     assert_eq!(
         c.ask(&[("sender", "me@example.com"), ("recipient", "z@x.example")]),
         "DUNNO",
@@ -567,16 +600,17 @@ fn containment_holds_past_the_floor_and_fails_closed_on_a_locked_db() {
     // A login that is no user (a request made up on the box) is never counted, held or
     // noticed, however much it "sends"; sender_login, after containment, refuses it.
     for i in 0..20 {
-        let a = from(
+        let (r, eod) = message(
+            &mut c,
             "nobody@example.com",
-            format!("n{i}"),
-            format!("n{i}@x.example"),
+            &format!("n{i}"),
+            &one(format!("n{i}@x.example")),
         );
         assert_eq!(
-            c.ask(&as_refs(&a)),
-            "553 5.7.1 not owned by user nobody@example.com",
+            r[0], "553 5.7.1 not owned by user nobody@example.com",
             "{i}"
         );
+        assert_eq!(eod, "DUNNO", "{i}");
     }
     // A login Postfix would never send, far over any limit, is bounded and answered.
     let long = format!("{}@example.com", "\u{e9}".repeat(4000));
@@ -596,10 +630,11 @@ fn containment_holds_past_the_floor_and_fails_closed_on_a_locked_db() {
     // A locked sending DB: the security fail action, and served again afterwards.
     let lock = rusqlite::Connection::open(dir.join("mail/policyd/sending.sqlite")).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let boss = from("boss@other.example", "b1".into(), "q@x.example".into());
-    assert_eq!(c.ask(&as_refs(&boss)), "451 4.3.0 Temporary lookup failure");
+    let (_, eod) = message(&mut c, "boss@other.example", "b1", &one("q@x.example"));
+    assert_eq!(eod, "451 4.3.0 Temporary lookup failure");
     lock.execute_batch("COMMIT").unwrap();
-    assert_eq!(c.ask(&as_refs(&boss)), "DUNNO");
+    let (_, eod) = message(&mut c, "boss@other.example", "b2", &one("q@x.example"));
+    assert_eq!(eod, "DUNNO");
 
     // Released (as `miabctl held release` does): it sends again.
     let mut s = userdb::sending::Sending::open(&dir.join("mail/policyd/sending.sqlite")).unwrap();
@@ -607,21 +642,144 @@ fn containment_holds_past_the_floor_and_fails_closed_on_a_locked_db() {
         s.release("me@example.com", userdb::clock::unix_now())
             .unwrap()
     );
-    let again = from("me@example.com", "m5".into(), "r9@x.example".into());
-    assert_eq!(c.ask(&as_refs(&again)), "DUNNO");
+    let (_, eod) = message(&mut c, "me@example.com", "m5", &one("r9@x.example"));
+    assert_eq!(eod, "DUNNO");
 }
 
-fn c_attrs(login: &'static str, inst: String, rcpt: String) -> Vec<(&'static str, String)> {
-    vec![
-        ("sasl_username", login.to_owned()),
-        ("sender", login.to_owned()),
-        ("instance", inst),
-        ("recipient", rcpt),
-    ]
-}
+/// The ways around the limit that the rule closes, replayed through the real protocol with
+/// the default rule: RCPT-only sessions, a thousand known correspondents, an alias to 200
+/// outside addresses, and a login that sent at its limit every other hour for days.
+#[test]
+fn containment_counts_what_is_sent_to_whom_it_goes() {
+    let dir = Scratch::new("pol");
+    let db_path = miab_box(dir.path());
+    let dns = TestDns::start();
+    let top = "checks = [\"sender_login\", \"containment\"]";
+    let extra = "[policyd.containment]\nnotify = \"\"";
+    // History before the daemon starts: me@ sent at its limit every other hour on each of
+    // the last five days (through the same code the daemon counts with).
+    let sending = dir.join("mail/policyd/sending.sqlite");
+    let mut s = userdb::sending::Sending::open(&sending).unwrap();
+    let rule = userdb::sending::Rule::default();
+    let today = userdb::clock::unix_now().div_euclid(86_400) * 86_400;
+    let mut limit = rule.floor_new_recipients;
+    for day in (1..=5).rev() {
+        for h in (0..24).step_by(2) {
+            let start = today - day * 86_400 + h * 3600;
+            for i in 0..limit {
+                let rcpt = format!("d{day}-h{h}-{i}@ramp.example");
+                let t = start + i64::try_from(i).unwrap();
+                let r = s.record(&rule, "me@example.com", &[rcpt], true, t).unwrap();
+                assert_eq!(r, userdb::sending::Decision::Send);
+            }
+        }
+        limit *= 2;
+    }
+    // A thousand correspondents you@ wrote to long ago.
+    let list: Vec<String> = (0..1000)
+        .map(|i| format!("member-{i}@list.example"))
+        .collect();
+    drop(s);
+    let known = rusqlite::Connection::open(&sending).unwrap();
+    for r in &list {
+        known
+            .execute(
+                "INSERT INTO known (login, recipient, last_seen) VALUES ('you@example.com', ?1, ?2)",
+                rusqlite::params![r, today - 20 * 86_400],
+            )
+            .unwrap();
+    }
+    drop(known);
+    // An alias that forwards to 200 outside addresses.
+    let outside: Vec<String> = (0..200)
+        .map(|i| format!("fan-{i}@outside.example"))
+        .collect();
+    let mut db = userdb::UserDb::open(&db_path, userdb::Access::ReadWrite).unwrap();
+    let env = userdb::BoxEnv {
+        primary_hostname: miab_e2e::fixture::HOSTNAME.into(),
+    };
+    db.add_alias("fans@other.example", &outside.join(","), "", false, &env)
+        .unwrap();
+    drop(db);
 
-fn as_refs<'a>(a: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    a.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    let d = start_in_process(&dir, &config(&dir, dns.addr(), top, extra));
+    let mut c = Client::connect(d.port);
+
+    // RCPT-only sessions: 300 new recipients named, no data ever sent: nothing counted.
+    for i in 0..300 {
+        let r = c.ask(&[
+            ("sasl_username", "boss@other.example"),
+            ("sender", "boss@other.example"),
+            ("instance", &format!("rcpt-only-{i}")),
+            ("recipient", &format!("probe-{i}@victims.example")),
+            ("policy_context", "sender"),
+        ]);
+        assert_eq!(r, "DUNNO");
+    }
+    let status = |login: &str| {
+        let s = userdb::sending::Sending::open(&sending).unwrap();
+        s.status(&s.rule().unwrap(), login, userdb::clock::unix_now())
+            .unwrap()
+    };
+    assert_eq!(status("boss@other.example").last_hour, Default::default());
+    // Then a real message is counted, once.
+    let (_, eod) = message(
+        &mut c,
+        "boss@other.example",
+        "real-1",
+        &one("friend@outside.example"),
+    );
+    assert_eq!(eod, "DUNNO");
+    let st = status("boss@other.example").last_hour;
+    assert_eq!((st.messages, st.recipients, st.new_recipients), (1, 1, 1));
+
+    // One RCPT to the alias: its 200 outside addresses, all new, are what counts.
+    let (r, eod) = message(
+        &mut c,
+        "boss@other.example",
+        "alias-1",
+        &one("fans@other.example"),
+    );
+    assert_eq!((r[0].as_str(), eod.as_str()), ("DUNNO", HOLD));
+    assert!(
+        d.process
+            .log()
+            .contains("201 new recipients in the last hour (limit 50)"),
+        "{}",
+        d.process.log()
+    );
+
+    // A thousand known correspondents in one message: past the total of 500.
+    let (_, eod) = message(&mut c, "you@example.com", "list-1", &list);
+    assert_eq!(eod, HOLD);
+    assert!(
+        d.process
+            .log()
+            .contains("1000 recipients in the last hour (limit 500)")
+    );
+    assert_eq!(status("you@example.com").last_hour.new_recipients, 0);
+
+    // The every-other-hour ramp: five days doubled the limit five times (50 -> 1600), not
+    // the threefold per burst the old rule allowed (which would stand at 2400 now).
+    let st = status("me@example.com");
+    assert_eq!(st.limits.new_recipients, 1600, "{st:?}");
+    let batch: Vec<String> = (0..1600)
+        .map(|i| format!("today-{i}@ramp.example"))
+        .collect();
+    let (_, eod) = message(&mut c, "me@example.com", "ramp-1", &batch);
+    assert_eq!(eod, "DUNNO");
+    let (_, eod) = message(
+        &mut c,
+        "me@example.com",
+        "ramp-2",
+        &one("one-more@ramp.example"),
+    );
+    assert_eq!(eod, HOLD);
+    assert!(
+        d.process
+            .log()
+            .contains("1601 new recipients in the last hour (limit 1600)")
+    );
 }
 
 /// SIGHUP reads postgrey's whitelist files again, and the daemon goes on serving, on the same
@@ -737,4 +895,100 @@ fn sender_login_follows_the_shared_table() {
         };
         assert_eq!(action, want, "{login} as {sender}");
     }
+}
+
+/// Asks the policy service on the UNIX socket `path` as the local user `user` with `attrs`;
+/// the action, or the error the connection got.
+fn ask_as(user: &str, path: &std::path::Path, attrs: &[(&str, &str)]) -> String {
+    const ASK: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print("refused:", e.strerror); sys.exit(0)
+s.sendall(sys.stdin.buffer.read())
+got = b""
+while not got.endswith(b"\n\n"):
+    b = s.recv(4096)
+    if not b: break
+    got += b
+print(got.decode().strip())
+"#;
+    let (uid, gid) = miab_e2e::system_user(user);
+    let req = String::from_utf8(request(attrs)).unwrap();
+    let r = miab_e2e::tools::run(
+        std::process::Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .args(["--clear-groups", "/usr/bin/python3", "-c", ASK])
+            .arg(path),
+        Some(&req),
+    );
+    r.stdout.trim().to_owned()
+}
+
+/// The service that acts on `sasl_username` is a socket only Postfix's group can reach; on
+/// the TCP port any local process can reach, no check about a login runs.
+#[test]
+fn only_postfix_reaches_the_login_checks() {
+    let dir = Scratch::new("pol");
+    miab_box(dir.path());
+    let dns = TestDns::start();
+    let sock_dir = dir.mkdir("spool");
+    let sock = sock_dir.join("policy");
+    let port = miab_e2e::free_port();
+    let top = format!(
+        "checks = [\"sender_login\", \"containment\", \"greylist\"]\nlisten = \"unix:{}\"\nsocket_mode = \"0660\"\nsocket_group = \"postfix\"\ngreylist_listen = \"inet:127.0.0.1:{port}\"",
+        sock.display()
+    );
+    let extra = "[policyd.containment]\nnotify = \"\"\nfloor_new_recipients = 3";
+    let path = dir.join("sidecars.toml");
+    std::fs::write(&path, config(&dir, dns.addr(), &top, extra)).unwrap();
+    let d = miab_e2e::process::DaemonProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_miab-policyd")),
+        &["--config", path.to_str().unwrap()],
+        dir.join("policyd.log"),
+    );
+    assert!(
+        miab_e2e::wait_until(Duration::from_secs(10), || sock.exists().then_some(())).is_some()
+            && miab_e2e::wait_for_port(port, Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    let forged = [
+        ("sasl_username", "me@example.com"),
+        ("sender", "you@example.com"),
+        ("recipient", "x@victims.example"),
+        ("policy_context", "sender"),
+    ];
+    // Any other local user cannot connect at all; Postfix's group gets the sender check.
+    let r = ask_as("nobody", &sock, &forged);
+    assert!(r.starts_with("refused: Permission denied"), "{r}");
+    assert_eq!(
+        ask_as("postfix", &sock, &forged),
+        "action=553 5.7.1 not owned by user me@example.com"
+    );
+    // The TCP port: no check about a login, whatever it is told.
+    let mut c = Client::connect(port);
+    assert_eq!(c.ask(&forged), "DUNNO");
+    let many: Vec<String> = (0..20).map(|i| format!("v{i}@victims.example")).collect();
+    let (_, eod) = message(&mut c, "me@example.com", "tcp-1", &many);
+    assert_eq!(eod, "DUNNO");
+    let s = userdb::sending::Sending::open(&dir.join("mail/policyd/sending.sqlite")).unwrap();
+    let st = s
+        .status(
+            &s.rule().unwrap(),
+            "me@example.com",
+            userdb::clock::unix_now(),
+        )
+        .unwrap();
+    assert_eq!(st.last_hour, Default::default(), "nothing counted");
+    assert!(st.held_since.is_none());
+    // Greylisting still answers there, as postgrey's port did.
+    let r = c.ask(&[
+        ("recipient", "me@example.com"),
+        ("policy_context", "recipient"),
+    ]);
+    assert!(r.starts_with("DEFER_IF_PERMIT"), "{r}");
 }

@@ -2,18 +2,22 @@
 //! containment of a hijacked account, kept in its own SQLite file (never the user DB), read
 //! and changed by `miabctl held` as well.
 //!
-//! - Per login and hour: messages, recipients, and recipients the login never wrote to before.
+//! - Per login and hour: messages, recipients, and recipients the login never wrote to before
+//!   ("new"), counted per message once Postfix has the whole message (end of data), so an
+//!   RCPT that is never followed by data counts for nothing.
 //! - Per login: the recipients it wrote to (forgotten after [`KNOWN_DAYS`] unused).
 //! - Per login: held since when and why, the figures while held, when the administrator was
 //!   last told, and the figures an administrator released it at.
 //!
-//! The rule ([`Rule::limits`]): a login is held when, in the last hour, it sends more messages,
-//! or writes to more new recipients, than `factor` times its busiest hour of the last
-//! `history_days` days, and more than the floor. Hours while held do not count as history
-//! until a release says they were fine. A release also counts as history: the login is held
-//! again only at `factor` times what it was released at.
+//! The rule ([`Rule::limits`]): a login is held when, in the last hour, it sends more
+//! messages, recipients or new recipients than its limit for that figure. A limit starts at
+//! the floor and grows only from whole past days (today never counts) in which the login was
+//! never held: to `factor` times that day's busiest hour, but at most `max_daily_growth` times
+//! the limit the day before. Sending at the limit all day therefore at most multiplies the
+//! next day's limit by `max_daily_growth`. A release counts too: the login is held again only
+//! past `factor` times what it was released at.
 //!
-//! A batch of requests is recorded in one transaction; callers pass the time, so a history
+//! A batch of messages is recorded in one transaction; callers pass the time, so a history
 //! can be written for tests with the same code.
 
 use crate::error::{Error, Result};
@@ -27,6 +31,8 @@ pub const KNOWN_DAYS: i64 = 400;
 const HOUR: i64 = 3600;
 /// Longest login and recipient kept (RFC 5321's path limit); longer ones are cut.
 const MAX_ADDRESS: usize = 256;
+/// Seconds in a day.
+const DAY: i64 = 86_400;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS hours (
@@ -62,7 +68,15 @@ CREATE TABLE IF NOT EXISTS rule (
     factor INTEGER NOT NULL,
     history_days INTEGER NOT NULL
 );
-PRAGMA user_version = 1;
+";
+
+/// Version 2: total recipients are a limit too, and limits grow at a stated rate.
+const MIGRATION_2: &str = "
+ALTER TABLE logins ADD COLUMN held_recipients INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE logins ADD COLUMN released_recipients INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rule ADD COLUMN floor_recipients INTEGER NOT NULL DEFAULT 500;
+ALTER TABLE rule ADD COLUMN max_daily_growth INTEGER NOT NULL DEFAULT 2;
+PRAGMA user_version = 2;
 ";
 
 /// When a login's sending is held.
@@ -70,11 +84,15 @@ PRAGMA user_version = 1;
 pub struct Rule {
     /// Messages in an hour that never hold a login, whatever its history.
     pub floor_messages: u64,
+    /// Recipients in an hour (new or known) that never hold a login.
+    pub floor_recipients: u64,
     /// New recipients in an hour that never hold a login, whatever its history.
     pub floor_new_recipients: u64,
-    /// How far past its busiest hour a login may go.
+    /// How far past its busiest hour of a day a login may go from the next day on.
     pub factor: u64,
-    /// How far back the busiest hour is looked for.
+    /// How much a limit may grow from one day to the next at most.
+    pub max_daily_growth: u64,
+    /// How far back the history is read, in days.
     pub history_days: u64,
 }
 
@@ -82,31 +100,62 @@ impl Default for Rule {
     fn default() -> Self {
         Rule {
             floor_messages: 100,
+            floor_recipients: 500,
             floor_new_recipients: 50,
             factor: 3,
+            max_daily_growth: 2,
             history_days: 28,
         }
     }
 }
 
-/// Messages and new recipients.
+/// Messages, recipients and new recipients.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Figures {
     pub messages: u64,
+    pub recipients: u64,
     pub new_recipients: u64,
 }
 
-impl Rule {
-    /// The limits for a login whose busiest hour (history and releases) was `busiest`.
-    pub fn limits(&self, busiest: Figures) -> Figures {
+impl Figures {
+    fn zip(self, o: Figures, f: impl Fn(u64, u64) -> u64) -> Figures {
         Figures {
-            messages: self
-                .floor_messages
-                .max(busiest.messages.saturating_mul(self.factor)),
-            new_recipients: self
-                .floor_new_recipients
-                .max(busiest.new_recipients.saturating_mul(self.factor)),
+            messages: f(self.messages, o.messages),
+            recipients: f(self.recipients, o.recipients),
+            new_recipients: f(self.new_recipients, o.new_recipients),
         }
+    }
+}
+
+/// One past day of a login: its busiest clock hour, figure by figure, and whether the login
+/// was held during it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Day {
+    pub busiest: Figures,
+    pub held: bool,
+}
+
+impl Rule {
+    fn floors(&self) -> Figures {
+        Figures {
+            messages: self.floor_messages,
+            recipients: self.floor_recipients,
+            new_recipients: self.floor_new_recipients,
+        }
+    }
+
+    /// The limits after `days` (oldest first, today not among them) and a release at
+    /// `released` (the figures it was released at; zero when none).
+    pub fn limits(&self, days: &[Day], released: Figures) -> Figures {
+        let mut limits = self.floors();
+        for d in days.iter().filter(|d| !d.held) {
+            let grown = d.busiest.zip(limits, |peak, limit| {
+                peak.saturating_mul(self.factor)
+                    .min(limit.saturating_mul(self.max_daily_growth.max(1)))
+            });
+            limits = limits.zip(grown, u64::max);
+        }
+        limits.zip(released, |l, r| l.max(r.saturating_mul(self.factor)))
     }
 
     /// Which figure is past its limit, as the words of the log line and the notice.
@@ -115,6 +164,11 @@ impl Rule {
             Some(format!(
                 "{} new recipients in the last hour (limit {})",
                 last_hour.new_recipients, limits.new_recipients
+            ))
+        } else if last_hour.recipients > limits.recipients {
+            Some(format!(
+                "{} recipients in the last hour (limit {})",
+                last_hour.recipients, limits.recipients
             ))
         } else if last_hour.messages > limits.messages {
             Some(format!(
@@ -127,12 +181,12 @@ impl Rule {
     }
 }
 
-/// What one recipient of one message comes to.
+/// What one message comes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Within the rule.
     Send,
-    /// Held: `newly` when this request started the hold.
+    /// Held: `newly` when this message started the hold.
     Hold { newly: Option<NewHold> },
 }
 
@@ -172,11 +226,11 @@ pub struct Sending {
     memo: Memo,
 }
 
-/// Per login, its history's busiest hour as read in a clock hour: the history (hours before
-/// the last two) only changes when the hour moves on, so it is read once an hour, not at
-/// every request. A release by another process (`miabctl`) may raise it meanwhile; until the
-/// next hour the memo is the stricter, and the released figures, read every time, cover it.
-type Memo = std::collections::HashMap<String, (i64, (i64, i64))>;
+/// Per login, its past days as read on a day: they only change when the day moves on, so they
+/// are read once a day, not for every message. A release by another process (`miabctl`) may
+/// clear a held day meanwhile; until the next day the memo is the stricter, and the released
+/// figures, read every time, cover the release.
+type Memo = std::collections::HashMap<String, (i64, Vec<Day>)>;
 /// Logins remembered at most; past this the memo starts over.
 const MEMO_MAX: usize = 50_000;
 
@@ -205,6 +259,18 @@ impl Sending {
         // longer means something is wrong, and the check fails closed rather than pile up.
         let conn = crate::state_db::open(path, Duration::from_secs(1)).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        if version < 2 {
+            conn.execute_batch(&format!("BEGIN IMMEDIATE;{MIGRATION_2}COMMIT;"))
+                .map_err(err)?;
+        } else if version > 2 {
+            return Err(Error::Internal(format!(
+                "{}: sending DB schema {version} is newer than this program (2)",
+                path.display()
+            )));
+        }
         Ok(Sending {
             conn,
             path: path.to_owned(),
@@ -216,13 +282,16 @@ impl Sending {
     pub fn set_rule(&self, rule: &Rule) -> Result<()> {
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO rule (id, floor_messages, floor_new_recipients, factor, history_days)
-                 VALUES (1, ?1, ?2, ?3, ?4)",
+                "INSERT OR REPLACE INTO rule (id, floor_messages, floor_new_recipients, factor,
+                   history_days, floor_recipients, max_daily_growth)
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     to_i64(rule.floor_messages),
                     to_i64(rule.floor_new_recipients),
                     to_i64(rule.factor),
-                    to_i64(rule.history_days)
+                    to_i64(rule.history_days),
+                    to_i64(rule.floor_recipients),
+                    to_i64(rule.max_daily_growth)
                 ],
             )
             .map(drop)
@@ -233,7 +302,8 @@ impl Sending {
     pub fn rule(&self) -> Result<Rule> {
         self.conn
             .query_row(
-                "SELECT floor_messages, floor_new_recipients, factor, history_days FROM rule",
+                "SELECT floor_messages, floor_new_recipients, factor, history_days,
+                   floor_recipients, max_daily_growth FROM rule",
                 [],
                 |r| {
                     Ok(Rule {
@@ -241,6 +311,8 @@ impl Sending {
                         floor_new_recipients: to_u64(r.get(1)?),
                         factor: to_u64(r.get(2)?),
                         history_days: to_u64(r.get(3)?),
+                        floor_recipients: to_u64(r.get(4)?),
+                        max_daily_growth: to_u64(r.get(5)?),
                     })
                 },
             )
@@ -261,33 +333,32 @@ impl Sending {
         Error::sqlite(&self.path, e)
     }
 
-    /// Counts one recipient of a message by `login` (`new_message` for its first recipient)
-    /// at `now`, and decides under `rule`. With `enforce` false the figures are kept but
-    /// nothing is held (a login on the administrator's list of exceptions).
+    /// Counts one message by `login` to `recipients` at `now` (its end of data), and decides
+    /// under `rule`. With `enforce` false the figures are kept but nothing is held (a login
+    /// on the administrator's list of exceptions).
     pub fn record(
         &mut self,
         rule: &Rule,
         login: &str,
-        recipient: &str,
-        new_message: bool,
+        recipients: &[String],
         enforce: bool,
         now: i64,
     ) -> Result<Decision> {
-        let one = Recipient {
+        let one = Message {
             login: login.to_owned(),
-            recipient: recipient.to_owned(),
-            new_message,
+            recipients: recipients.to_vec(),
+            unlisted: 0,
             enforce,
             now,
         };
         let mut d = self.record_all(rule, &[one])?;
         d.pop()
-            .ok_or_else(|| Error::Internal("no decision for a recipient".into()))
+            .ok_or_else(|| Error::Internal("no decision for a message".into()))
     }
 
     /// [`Sending::record`] for each of `all`, in order, in one transaction (one commit for a
-    /// whole batch of requests).
-    pub fn record_all(&mut self, rule: &Rule, all: &[Recipient]) -> Result<Vec<Decision>> {
+    /// whole batch of messages).
+    pub fn record_all(&mut self, rule: &Rule, all: &[Message]) -> Result<Vec<Decision>> {
         let path = self.path.clone();
         let err = |e| Error::sqlite(&path, e);
         if self.memo.len() > MEMO_MAX {
@@ -300,11 +371,23 @@ impl Sending {
             .map_err(err)?;
         let decisions = all
             .iter()
-            .map(|r| record_one(&tx, rule, r, memo))
+            .map(|m| record_one(&tx, rule, m, memo))
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(decisions)
+    }
+
+    /// Is `login` held? (Read for every recipient before its message is counted.)
+    pub fn is_held(&self, login: &str) -> Result<bool> {
+        row(
+            &self.conn,
+            "SELECT held_since FROM logins WHERE login=?1",
+            [bounded(login)],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .map(|v| v.flatten().is_some())
+        .map_err(|e| self.err(e))
     }
 
     /// Ends a hold at `now`: the held hours count as history again, and what the login was
@@ -321,7 +404,8 @@ impl Sending {
         let n = tx
             .execute(
                 "UPDATE logins SET held_since=NULL, held_reason=NULL, released_at=?2,
-                   released_messages=held_messages, released_new_recipients=held_new_recipients
+                   released_messages=held_messages, released_new_recipients=held_new_recipients,
+                   released_recipients=held_recipients
                  WHERE login=?1 AND held_since IS NOT NULL",
                 params![login, now],
             )
@@ -357,8 +441,8 @@ impl Sending {
         let row = self
             .conn
             .query_row(
-                "SELECT held_since, coalesce(held_reason, ''), held_messages, held_new_recipients
-                 FROM logins WHERE login=?1",
+                "SELECT held_since, coalesce(held_reason, ''), held_messages, held_recipients,
+                   held_new_recipients FROM logins WHERE login=?1",
                 [&login],
                 |r| {
                     Ok((
@@ -366,13 +450,14 @@ impl Sending {
                         r.get::<_, String>(1)?,
                         r.get::<_, i64>(2)?,
                         r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
                     ))
                 },
             )
             .optional()
             .map_err(err)?;
-        let (held_since, held_reason, peak_m, peak_n) = row.unwrap_or_default();
-        let busiest = busiest(&self.conn, rule, &login, now, None).map_err(err)?;
+        let (held_since, held_reason, peak_m, peak_r, peak_n) = row.unwrap_or_default();
+        let (busiest, limits) = history(&self.conn, rule, &login, now, None).map_err(err)?;
         let since = now.div_euclid(HOUR) - to_i64(rule.history_days.saturating_mul(24));
         let (total_messages, total_recipients) = self
             .conn
@@ -392,11 +477,12 @@ impl Sending {
             },
             held_peak: Figures {
                 messages: to_u64(peak_m),
+                recipients: to_u64(peak_r),
                 new_recipients: to_u64(peak_n),
             },
             last_hour: last_hour(&self.conn, &login, now).map_err(err)?,
             busiest,
-            limits: rule.limits(busiest),
+            limits,
             total_messages: to_u64(total_messages),
             total_recipients: to_u64(total_recipients),
             login,
@@ -423,13 +509,14 @@ impl Sending {
     }
 }
 
-/// One recipient of one message, for [`Sending::record_all`].
+/// One message, for [`Sending::record_all`].
 #[derive(Debug, Clone)]
-pub struct Recipient {
+pub struct Message {
     pub login: String,
-    pub recipient: String,
-    /// The message's first recipient.
-    pub new_message: bool,
+    /// Its recipients as delivered (aliases expanded), at most a bounded number.
+    pub recipients: Vec<String>,
+    /// Recipients beyond the list, counted as new.
+    pub unlisted: u64,
     /// False for a login that is counted but never held.
     pub enforce: bool,
     pub now: i64,
@@ -439,12 +526,14 @@ pub struct Recipient {
 fn record_one(
     tx: &Connection,
     rule: &Rule,
-    r: &Recipient,
+    m: &Message,
     memo: &mut Memo,
 ) -> rusqlite::Result<Decision> {
-    let login = bounded(&r.login);
-    let recipient = bounded(&r.recipient);
-    let (new_message, enforce, now) = (r.new_message, r.enforce, r.now);
+    let login = bounded(&m.login);
+    let (enforce, now) = (m.enforce, m.now);
+    let mut recipients: Vec<String> = m.recipients.iter().map(|r| bounded(r)).collect();
+    recipients.sort_unstable();
+    recipients.dedup();
     let held_since: Option<i64> = row(
         tx,
         "SELECT held_since FROM logins WHERE login=?1",
@@ -452,56 +541,61 @@ fn record_one(
         |r| r.get(0),
     )?
     .flatten();
-    let known: Option<i64> = row(
-        tx,
-        "SELECT last_seen FROM known WHERE login=?1 AND recipient=?2",
-        [&login, &recipient],
-        |r| r.get(0),
-    )?;
-    let is_new = known.is_none_or(|seen| now - seen > KNOWN_DAYS * 86_400);
+    let mut to_learn = Vec::new();
+    for rcpt in &recipients {
+        let known: Option<i64> = row(
+            tx,
+            "SELECT last_seen FROM known WHERE login=?1 AND recipient=?2",
+            [&login, rcpt],
+            |r| r.get(0),
+        )?;
+        let is_new = known.is_none_or(|seen| now - seen > KNOWN_DAYS * DAY);
+        // last_seen moves at most daily.
+        if is_new || known.is_some_and(|seen| now - seen > DAY) {
+            to_learn.push((rcpt, is_new));
+        }
+    }
+    let new = to_learn.iter().filter(|(_, n)| *n).count() as u64 + m.unlisted;
+    let count = recipients.len() as u64 + m.unlisted;
     let held = held_since.is_some();
     let hour = now.div_euclid(HOUR);
     exec(
         tx,
         "INSERT INTO hours (login, hour, messages, recipients, new_recipients, held)
-         VALUES (?1, ?2, ?3, 1, ?4, ?5)
-         ON CONFLICT (login, hour) DO UPDATE SET messages=messages+excluded.messages,
-           recipients=recipients+1, new_recipients=new_recipients+excluded.new_recipients,
+         VALUES (?1, ?2, 1, ?3, ?4, ?5)
+         ON CONFLICT (login, hour) DO UPDATE SET messages=messages+1,
+           recipients=recipients+excluded.recipients,
+           new_recipients=new_recipients+excluded.new_recipients,
            held=max(held, excluded.held)",
-        params![
-            login,
-            hour,
-            i64::from(new_message),
-            i64::from(is_new),
-            i64::from(held)
-        ],
+        params![login, hour, to_i64(count), to_i64(new), i64::from(held)],
     )?;
     let last_hour = last_hour(tx, &login, now)?;
     if held {
         exec(
             tx,
             "UPDATE logins SET held_messages=max(held_messages, ?2),
-               held_new_recipients=max(held_new_recipients, ?3) WHERE login=?1",
+               held_recipients=max(held_recipients, ?3),
+               held_new_recipients=max(held_new_recipients, ?4) WHERE login=?1",
             params![
                 login,
                 to_i64(last_hour.messages),
+                to_i64(last_hour.recipients),
                 to_i64(last_hour.new_recipients)
             ],
         )?;
         return Ok(Decision::Hold { newly: None });
     }
-    let busiest = busiest(tx, rule, &login, now, Some(memo))?;
-    let limits = rule.limits(busiest);
+    let (busiest, limits) = history(tx, rule, &login, now, Some(memo))?;
     let reason = rule.exceeded(last_hour, limits).filter(|_| enforce);
     let Some(reason) = reason else {
         // Only recipients of mail that is sent are learnt: a spammer's list must not
-        // become the login's correspondents. last_seen moves at most daily.
-        if is_new || known.is_some_and(|seen| now - seen > 86_400) {
+        // become the login's correspondents.
+        for (rcpt, _) in to_learn {
             exec(
                 tx,
                 "INSERT INTO known (login, recipient, last_seen) VALUES (?1, ?2, ?3)
                  ON CONFLICT (login, recipient) DO UPDATE SET last_seen=excluded.last_seen",
-                params![login, recipient, now],
+                params![login, rcpt, now],
             )?;
         }
         return Ok(Decision::Send);
@@ -516,10 +610,12 @@ fn record_one(
     let notify = notified_at.is_none_or(|t| now - t >= HOUR);
     exec(
         tx,
-        "INSERT INTO logins (login, held_since, held_reason, held_messages, held_new_recipients, notified_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO logins (login, held_since, held_reason, held_messages, held_recipients,
+           held_new_recipients, notified_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (login) DO UPDATE SET held_since=excluded.held_since,
            held_reason=excluded.held_reason, held_messages=excluded.held_messages,
+           held_recipients=excluded.held_recipients,
            held_new_recipients=excluded.held_new_recipients,
            notified_at=coalesce(excluded.notified_at, notified_at)",
         params![
@@ -527,16 +623,18 @@ fn record_one(
             now,
             reason,
             to_i64(last_hour.messages),
+            to_i64(last_hour.recipients),
             to_i64(last_hour.new_recipients),
             notify.then_some(now)
         ],
     )?;
-    // The hour that tripped the rule is not history the next time round.
+    // The hours that tripped the rule are no history: their days do not grow a limit.
     exec(
         tx,
         "UPDATE hours SET held=1 WHERE login=?1 AND hour>=?2",
         params![login, hour - 1],
     )?;
+    memo.remove(&login);
     Ok(Decision::Hold {
         newly: Some(NewHold {
             reason,
@@ -568,77 +666,94 @@ fn exec<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> rusqlit
 fn last_hour(conn: &Connection, login: &str, now: i64) -> rusqlite::Result<Figures> {
     let hour = now.div_euclid(HOUR);
     let mut stmt = conn.prepare_cached(
-        "SELECT hour, messages, new_recipients FROM hours WHERE login=?1 AND hour IN (?2, ?3)",
+        "SELECT hour, messages, recipients, new_recipients FROM hours
+         WHERE login=?1 AND hour IN (?2, ?3)",
     )?;
     let rows = stmt.query_map(params![login, hour, hour - 1], |r| {
         Ok((
             r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
+            Figures {
+                messages: to_u64(r.get(1)?),
+                recipients: to_u64(r.get(2)?),
+                new_recipients: to_u64(r.get(3)?),
+            },
         ))
     })?;
-    let left = HOUR - now.rem_euclid(HOUR);
+    let left = to_u64(HOUR - now.rem_euclid(HOUR));
     let mut f = Figures::default();
     for row in rows {
-        let (h, m, n) = row?;
-        let (m, n) = (to_u64(m), to_u64(n));
-        if h == hour {
-            f.messages += m;
-            f.new_recipients += n;
+        let (h, v) = row?;
+        let v = if h == hour {
+            v
         } else {
-            let part = |v: u64| v.saturating_mul(to_u64(left)) / to_u64(HOUR);
-            f.messages += part(m);
-            f.new_recipients += part(n);
-        }
+            v.zip(v, |x, _| x.saturating_mul(left) / to_u64(HOUR))
+        };
+        f = f.zip(v, u64::saturating_add);
     }
     Ok(f)
 }
 
-/// The busiest hour of the history (hours older than the window, not held), and what the
-/// login was last released at, figure by figure.
-/// With `memo`, the history part is read at most once per login and clock hour.
-fn busiest(
+/// The busiest hour of the clean past days (display) and the limits, from the days before
+/// today within `history_days` and the last release. With `memo`, the days are read at most
+/// once per login and day.
+fn history(
     conn: &Connection,
     rule: &Rule,
     login: &str,
     now: i64,
     memo: Option<&mut Memo>,
-) -> rusqlite::Result<Figures> {
-    let hour = now.div_euclid(HOUR);
-    let since = hour - to_i64(rule.history_days.saturating_mul(24));
-    let read = || {
-        row(
-            conn,
-            "SELECT coalesce(max(messages), 0), coalesce(max(new_recipients), 0) FROM hours
-             WHERE login=?1 AND hour>=?2 AND hour<?3 AND held=0",
-            params![login, since, hour - 1],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .map(Option::unwrap_or_default)
+) -> rusqlite::Result<(Figures, Figures)> {
+    let today = now.div_euclid(DAY);
+    let since = today - to_i64(rule.history_days);
+    let read = || -> rusqlite::Result<Vec<Day>> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT hour / 24, max(messages), max(recipients), max(new_recipients), max(held)
+             FROM hours WHERE login=?1 AND hour>=?2 AND hour<?3 GROUP BY 1 ORDER BY 1",
+        )?;
+        let days = stmt
+            .query_map(params![login, since * 24, today * 24], |r| {
+                Ok(Day {
+                    busiest: Figures {
+                        messages: to_u64(r.get(1)?),
+                        recipients: to_u64(r.get(2)?),
+                        new_recipients: to_u64(r.get(3)?),
+                    },
+                    held: r.get::<_, i64>(4)? != 0,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(days)
     };
-    let (m, n): (i64, i64) = match memo {
+    let days = match memo {
         None => read()?,
         Some(memo) => match memo.get(login) {
-            Some(&(h, figures)) if h == hour => figures,
+            Some((d, days)) if *d == today => days.clone(),
             _ => {
-                let figures = read()?;
-                memo.insert(login.to_owned(), (hour, figures));
-                figures
+                let days = read()?;
+                memo.insert(login.to_owned(), (today, days.clone()));
+                days
             }
         },
     };
-    let released: Option<(i64, i64)> = row(
+    let released: Option<Figures> = row(
         conn,
-        "SELECT released_messages, released_new_recipients FROM logins
+        "SELECT released_messages, released_recipients, released_new_recipients FROM logins
          WHERE login=?1 AND released_at>=?2",
-        params![login, since * HOUR],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        params![login, since * DAY],
+        |r| {
+            Ok(Figures {
+                messages: to_u64(r.get(0)?),
+                recipients: to_u64(r.get(1)?),
+                new_recipients: to_u64(r.get(2)?),
+            })
+        },
     )?;
-    let (rm, rn) = released.unwrap_or_default();
-    Ok(Figures {
-        messages: to_u64(m.max(rm)),
-        new_recipients: to_u64(n.max(rn)),
-    })
+    let released = released.unwrap_or_default();
+    let busiest = days
+        .iter()
+        .filter(|d| !d.held)
+        .fold(released, |b, d| b.zip(d.busiest, u64::max));
+    Ok((busiest, rule.limits(&days, released)))
 }
 
 #[cfg(test)]

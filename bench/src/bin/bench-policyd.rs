@@ -12,7 +12,7 @@
 //! `cargo build --release -p policyd -p miab-bench && target/release/bench-policyd [--quick]`
 //!
 //! `--outbound` measures the authenticated path instead: the same stream of authenticated
-//! RCPT requests (each a new message to a recipient never seen before, the containment
+//! RCPT and END-OF-MESSAGE requests (each a new message to a recipient never seen before, the containment
 //! check's most expensive case, with floors so high that nothing is held) to three
 //! miab-policyd instances: `sender_login` alone (what MIAB's Postfix map does), with the
 //! fixed `rate_limit`, and with `containment`, whose sending DB holds four weeks of hourly
@@ -201,7 +201,7 @@ fn outbound(per_conn: usize, rounds: usize) {
         for h in 2..28 * 24 {
             let rcpt = format!("history-{h}@elsewhere.example");
             sending
-                .record(&rule, login, &rcpt, true, true, now - h * 3600)
+                .record(&rule, login, &[rcpt], true, now - h * 3600)
                 .unwrap();
         }
     }
@@ -260,8 +260,9 @@ fn outbound(per_conn: usize, rounds: usize) {
     );
 }
 
-/// Authenticated RCPT requests: each a new message (its own `instance`) to a recipient that
-/// was never written to, from one of the box's three users as itself.
+/// Authenticated messages, as two requests each (RCPT, then END-OF-MESSAGE): each a new
+/// message (its own `instance`) to a recipient that was never written to, from one of the
+/// box's three users as itself.
 fn outbound_streams(round: usize, conns: usize, per_conn: usize) -> Vec<Vec<Vec<u8>>> {
     let logins = ["me@example.com", "you@example.com", "boss@other.example"];
     (0..conns)
@@ -269,15 +270,22 @@ fn outbound_streams(round: usize, conns: usize, per_conn: usize) -> Vec<Vec<Vec<
             (0..per_conn)
                 .map(|i| {
                     let login = logins[(c + i) % logins.len()];
+                    // Every other request is the end of data of the message before it.
+                    let (state, context, i) = if i % 2 == 1 {
+                        ("END-OF-MESSAGE", "data", i - 1)
+                    } else {
+                        ("RCPT", "sender", i)
+                    };
+                    let login = if state == "RCPT" { login } else { logins[(c + i) % logins.len()] };
                     format!(
-                        "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
+                        "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
                          client_address=192.0.2.{c}\nclient_name=client{c}.example\n\
                          reverse_client_name=client{c}.example\nhelo_name=laptop{c}\n\
                          sender={login}\nrecipient=r{round}-{c}-{i}@elsewhere.example\n\
                          recipient_count=0\nqueue_id=\ninstance={round}.{c}.{i}\nsize=0\netrn_domain=\n\
                          stress=\nsasl_method=PLAIN\nsasl_username={login}\nsasl_sender=\nccert_subject=\n\
                          ccert_issuer=\nccert_fingerprint=\nccert_pubkey_fingerprint=\n\
-                         encryption_protocol=TLSv1.3\nencryption_cipher=TLS_AES_256_GCM_SHA384\nencryption_keysize=256\npolicy_context=sender\n\n"
+                         encryption_protocol=TLSv1.3\nencryption_cipher=TLS_AES_256_GCM_SHA384\nencryption_keysize=256\npolicy_context={context}\n\n"
                     )
                     .into_bytes()
                 })

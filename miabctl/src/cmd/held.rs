@@ -83,8 +83,8 @@ pub fn run(cli: &Cli, args: &HeldArgs) -> Result<()> {
 
 fn figures(f: Figures) -> String {
     format!(
-        "{} messages, {} new recipients",
-        f.messages, f.new_recipients
+        "{} messages, {} recipients, {} new recipients",
+        f.messages, f.recipients, f.new_recipients
     )
 }
 

@@ -16,6 +16,9 @@ const POSTGREY: &str = "inet:127.0.0.1:10023";
 /// the sender's domain list. It fails closed: with miab-policyd down, mail is deferred, never
 /// sent as someone else.
 pub const SENDER_POLICY: &str = "check_policy_service { unix:miab-policyd/policy, timeout=10s, default_action=DEFER_IF_PERMIT, policy_context=sender }";
+/// `check_policy_service` at the end of data: containment counts the message Postfix now has
+/// whole. Fails closed, as the sender reference does.
+pub const DATA_POLICY: &str = "check_policy_service { unix:miab-policyd/policy, timeout=10s, default_action=DEFER_IF_PERMIT, policy_context=data }";
 /// `check_policy_service` for the recipient list: greylisting and the client list. It fails
 /// open, as postgrey's line does: a stopped daemon must not stop inbound mail.
 pub const RECIPIENT_POLICY: &str = "check_policy_service { unix:miab-policyd/policy, timeout=10s, default_action=DUNNO, policy_context=recipient }";
@@ -53,6 +56,10 @@ pub fn main_cf_wanted(current: impl Fn(&str) -> String) -> Vec<(&'static str, St
         (
             "smtpd_recipient_restrictions",
             recipient_restrictions(&current("smtpd_recipient_restrictions")),
+        ),
+        (
+            "smtpd_end_of_data_restrictions",
+            end_of_data_restrictions(&current("smtpd_end_of_data_restrictions")),
         ),
     ];
     want
@@ -139,6 +146,16 @@ pub fn sender_restrictions(current: &str) -> String {
         .filter(|i| !is_spamhaus(i) && !is_policy(i))
         .collect();
     out.push(SENDER_POLICY.into());
+    out.join(",")
+}
+
+/// `smtpd_end_of_data_restrictions`: what is there (MIAB sets nothing), then ours.
+pub fn end_of_data_restrictions(current: &str) -> String {
+    let mut out: Vec<String> = items(current)
+        .into_iter()
+        .filter(|i| !is_policy(i))
+        .collect();
+    out.push(DATA_POLICY.into());
     out.join(",")
 }
 
@@ -348,9 +365,10 @@ mod tests {
         let mut conf = stock();
         assert_eq!(
             apply(&mut conf),
-            9,
+            10,
             "smtpd_sasl_type and non_smtpd_milters stay"
         );
+        assert_eq!(conf["smtpd_end_of_data_restrictions"], DATA_POLICY);
         assert_eq!(
             conf["smtpd_sender_restrictions"],
             format!(

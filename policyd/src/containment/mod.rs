@@ -1,10 +1,13 @@
-//! The `containment` check: every recipient of every message from an authenticated login is
-//! counted in the sending DB (`userdb::sending`), and a login that sends far past its own
-//! history has its mail held (Postfix's `HOLD`: kept in the hold queue, neither sent nor
-//! lost) until an administrator releases or suspends it. The start of a hold is one log line
-//! and one notice to the administrator, at most one per login per hour.
+//! The `containment` check: every message from an authenticated login is counted in the
+//! sending DB (`userdb::sending`) once Postfix has all of it (end of data), with the
+//! recipients its RCPTs named, each alias counted by what it expands to; a login that sends
+//! far past its own history has its mail held (Postfix's `HOLD`: kept in the hold queue,
+//! neither sent nor lost) until an administrator releases or suspends it. The start of a hold
+//! is one log line and one notice to the administrator, at most one per login per hour.
 //!
-//! Mail from a login suspended while its SMTP session was open is refused outright.
+//! At RCPT, a recipient is only noted for its message (in memory, bounded); a message that
+//! never reaches end of data counts for nothing. Mail from a login suspended while its SMTP
+//! session was open is refused at RCPT.
 //!
 //! The DB has a thread of its own: requests queue up, and it takes every waiting request into
 //! one transaction (group commit), answering each after the commit.
@@ -15,24 +18,48 @@ use crate::handler::Verdict;
 use crate::proto::Request;
 use crate::settings::ContainmentSettings;
 use notice::Notice;
-use std::sync::mpsc;
+use std::collections::HashMap;
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use userdb::sending::{Decision, NewHold, Recipient, Rule, Sending};
-use userdb::{Directory, Snapshot};
+use userdb::sending::{Decision, Message, NewHold, Rule, Sending};
+use userdb::{Delimiters, Directory, Snapshot};
+
+/// Messages whose recipients are noted at once at most; past this the oldest note goes (its
+/// message then counts its recipients as new, by Postfix's `recipient_count`).
+const MAX_PENDING: usize = 10_000;
+/// Recipients noted per message at most; the rest count as new.
+const MAX_LISTED: usize = 1_000;
+/// A note older than this is forgotten (Postfix's own data timeout is far shorter).
+const PENDING_TTL: Duration = Duration::from_secs(3600);
+/// Addresses one recipient may expand to, and alias levels followed (Postfix's own
+/// `virtual_alias_expansion_limit` and a tenth of its recursion limit).
+const EXPANSION_LIMIT: usize = 1000;
+const RECURSION_LIMIT: usize = 100;
 
 /// Requests answered per transaction at most.
 const BATCH: usize = 256;
 
 /// What the DB thread is asked to do.
 enum Job {
-    Record(Recipient, oneshot::Sender<Result<Decision, String>>),
+    Record(Message, oneshot::Sender<Result<Decision, String>>),
     Expire,
+}
+
+/// The recipients noted for one message (by Postfix's `instance`) until its end of data.
+#[derive(Debug)]
+struct Pending {
+    login: String,
+    recipients: Vec<String>,
+    unlisted: u64,
+    since: Instant,
 }
 
 /// The check's settings and its DB.
 #[derive(Debug)]
 pub struct Containment {
     jobs: mpsc::Sender<Job>,
+    pending: Mutex<HashMap<String, Pending>>,
     exempt: Vec<String>,
     action: String,
     notice: Option<Notice>,
@@ -56,6 +83,7 @@ impl Containment {
             .map_err(|e| userdb::Error::Internal(format!("sending DB thread: {e}")))?;
         Ok(Containment {
             jobs,
+            pending: Mutex::new(HashMap::new()),
             exempt: s.exempt_logins.iter().map(|l| l.to_lowercase()).collect(),
             action: s.action.as_str().to_owned(),
             notice: s.notify_to().map(|to| Notice {
@@ -66,13 +94,13 @@ impl Containment {
         })
     }
 
-    /// The verdict for one authenticated request with a recipient (the caller skips the
-    /// rest); `new_message` for the first recipient of a message.
+    /// The verdict for one authenticated request: at RCPT (with a recipient) the recipient is
+    /// noted for its message; at END-OF-MESSAGE the message is counted and decided.
     pub async fn check(
         &self,
         req: &Request,
         dir: &Snapshot,
-        new_message: bool,
+        delims: &Delimiters,
     ) -> Result<Verdict, Failed> {
         let login = req.sasl_username.to_lowercase();
         let Some(user) = dir.user(&login) else {
@@ -90,13 +118,79 @@ impl Containment {
                 printable(&login)
             )));
         }
+        if req.protocol_state.eq_ignore_ascii_case("END-OF-MESSAGE") {
+            return self.end_of_data(req, login).await;
+        }
+        if !req.recipient.is_empty() {
+            self.note(req, &login, expand(dir, delims, &req.recipient));
+        }
+        Ok(Verdict::Dunno)
+    }
+
+    /// Notes `recipients` for the request's message.
+    fn note(&self, req: &Request, login: &str, recipients: Vec<String>) {
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if pending.len() >= MAX_PENDING && !pending.contains_key(&req.instance) {
+            pending.retain(|_, p| now.duration_since(p.since) < PENDING_TTL);
+            if pending.len() >= MAX_PENDING
+                && let Some(oldest) = pending
+                    .iter()
+                    .min_by_key(|(_, p)| p.since)
+                    .map(|(k, _)| k.clone())
+            {
+                pending.remove(&oldest);
+            }
+        }
+        let p = pending
+            .entry(req.instance.clone())
+            .or_insert_with(|| Pending {
+                login: login.to_owned(),
+                recipients: Vec::new(),
+                unlisted: 0,
+                since: now,
+            });
+        if p.login != login {
+            // One message, one login: a made-up request must not add to another's message.
+            return;
+        }
+        for r in recipients {
+            if p.recipients.len() < MAX_LISTED {
+                p.recipients.push(r);
+            } else {
+                p.unlisted = p.unlisted.saturating_add(1);
+            }
+        }
+    }
+
+    /// Counts the message whose data Postfix has now, and decides.
+    async fn end_of_data(&self, req: &Request, login: String) -> Result<Verdict, Failed> {
+        let noted = {
+            let mut pending = self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            pending.remove(&req.instance).filter(|p| p.login == login)
+        };
+        let (recipients, unlisted) = match noted {
+            Some(p) => (p.recipients, p.unlisted),
+            // Nothing noted (a restart, or a note pushed out): the count Postfix gives, each
+            // one new, so that forgetting never lets mail through unmeasured.
+            None => (
+                Vec::new(),
+                req.recipient_count.parse::<u64>().unwrap_or(1).max(1),
+            ),
+        };
         let enforce = !self.exempt.contains(&login);
         let (reply, answer) = oneshot::channel();
         let job = Job::Record(
-            Recipient {
+            Message {
                 login: login.clone(),
-                recipient: req.recipient.clone(),
-                new_message,
+                recipients,
+                unlisted,
                 enforce,
                 now: userdb::clock::unix_now(),
             },
@@ -199,6 +293,35 @@ fn serve_db(mut db: Sending, rule: Rule, queue: &mpsc::Receiver<Job>) {
             }
         }
     }
+}
+
+/// Where mail to `recipient` goes: Postfix's virtual alias expansion over the same directory
+/// (aliases of aliases followed, catch-alls and domain aliases included), lowercased and
+/// without repeats, at most [`EXPANSION_LIMIT`] addresses. An address that is no alias is
+/// itself.
+fn expand(dir: &Snapshot, delims: &Delimiters, recipient: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut todo = vec![(recipient.to_lowercase(), 0usize)];
+    let mut seen = std::collections::HashSet::new();
+    while let Some((addr, depth)) = todo.pop() {
+        if out.len() >= EXPANSION_LIMIT {
+            break;
+        }
+        if !seen.insert(addr.clone()) {
+            continue;
+        }
+        let next = (depth < RECURSION_LIMIT)
+            .then(|| dir.resolve_alias(&addr, delims))
+            .flatten()
+            .filter(|d| d.as_slice() != [addr.clone()]);
+        match next {
+            Some(dests) if !dests.is_empty() => {
+                todo.extend(dests.into_iter().map(|d| (d.to_lowercase(), depth + 1)));
+            }
+            _ => out.push(addr),
+        }
+    }
+    out
 }
 
 /// `s` with anything but printable ASCII replaced by `?`, at most 200 characters: logins and

@@ -103,7 +103,7 @@ pub fn text(n: &Notice, login: &str, req: &Request, h: &NewHold) -> String {
         "From: \"{host}\" <{to}>\r\nTo: {to}\r\nSubject: [{host}] Outgoing mail from {login} is held\r\n\
          MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\nAuto-Submitted: auto-generated\r\n\r\n\
          miab-policyd put the outgoing mail of {login} on hold: {reason}.\r\n\
-         Its busiest hour of the last weeks: {bm} messages, {bn} new recipients.\r\n\
+         Its busiest hour of the last weeks: {bm} messages, {br} recipients, {bn} new recipients.\r\n\
          Last client: {client}. Sender: {sender}.\r\n\r\n\
          Nothing is sent or lost while the login is held; its mail waits in Postfix's hold queue.\r\n\r\n\
          If the mail is the user's own:   miabctl held release {login}\r\n\
@@ -113,6 +113,7 @@ pub fn text(n: &Notice, login: &str, req: &Request, h: &NewHold) -> String {
         to = printable(&n.to),
         reason = printable(&h.reason),
         bm = h.busiest.messages,
+        br = h.busiest.recipients,
         bn = h.busiest.new_recipients,
         client = printable(&req.client_address),
         sender = printable(&req.sender),
@@ -141,6 +142,7 @@ mod tests {
             last_hour: Figures::default(),
             busiest: Figures {
                 messages: 5,
+                recipients: 5,
                 new_recipients: 2,
             },
             limits: Figures::default(),

@@ -4,6 +4,12 @@ use super::*;
 const WEEK_START: i64 = 1_795_392_000;
 const DAY: i64 = 86_400;
 
+const FLOORS: Figures = Figures {
+    messages: 100,
+    recipients: 500,
+    new_recipients: 50,
+};
+
 fn db() -> (tempfile::TempDir, Sending) {
     let dir = tempfile::tempdir().unwrap();
     let s = Sending::open(&dir.path().join("policyd/sending.sqlite")).unwrap();
@@ -27,7 +33,7 @@ fn office_week(s: &mut Sending, login: &str, per_hour: u64, new_per_hour: u64) {
                     format!("friend-{}@elsewhere.example", i % 5)
                 };
                 let t = start + to_i64(i) * 3600 / to_i64(per_hour);
-                let d = s.record(&rule, login, &rcpt, true, true, t).unwrap();
+                let d = s.record(&rule, login, &[rcpt], true, t).unwrap();
                 assert_eq!(d, Decision::Send, "history at {t}");
             }
         }
@@ -50,15 +56,8 @@ fn burst_every(
     (0..n)
         .map(|i| {
             let rcpt = format!("{tag}-{i}@victims.example");
-            s.record(
-                &Rule::default(),
-                login,
-                &rcpt,
-                true,
-                true,
-                t + to_i64(i) * step,
-            )
-            .unwrap()
+            s.record(&Rule::default(), login, &[rcpt], true, t + to_i64(i) * step)
+                .unwrap()
         })
         .collect()
 }
@@ -84,16 +83,11 @@ fn a_quiet_login_that_bursts_is_held_at_the_floor_and_told_once() {
         hold.busiest,
         Figures {
             messages: 5,
+            recipients: 5,
             new_recipients: 5
         }
     );
-    assert_eq!(
-        hold.limits,
-        Figures {
-            messages: 100,
-            new_recipients: 50
-        }
-    );
+    assert_eq!(hold.limits, FLOORS);
     assert_eq!(hold.reason, "51 new recipients in the last hour (limit 50)");
     assert!(ds[..50].iter().all(|d| *d == Decision::Send));
     assert!(
@@ -158,8 +152,7 @@ fn a_login_within_its_own_history_is_never_held() {
             .record(
                 &rule,
                 "news@example.com",
-                &format!("friend-{}@elsewhere.example", i % 5),
-                true,
+                &[format!("friend-{}@elsewhere.example", i % 5)],
                 true,
                 monday + 900 + i,
             )
@@ -174,7 +167,7 @@ fn the_last_hour_slides_and_held_hours_are_not_history() {
     let rule = Rule::default();
     let t = WEEK_START + 10 * HOUR + 1800;
     for i in 0..40 {
-        s.record(&rule, "a@x", &format!("r{i}@y"), true, true, t + i)
+        s.record(&rule, "a@x", &[format!("r{i}@y")], true, t + i)
             .unwrap();
     }
     // Half an hour into the next hour, half of the previous hour's 40 counts.
@@ -183,6 +176,7 @@ fn the_last_hour_slides_and_held_hours_are_not_history() {
         st.last_hour,
         Figures {
             messages: 20,
+            recipients: 20,
             new_recipients: 20
         }
     );
@@ -197,13 +191,7 @@ fn the_last_hour_slides_and_held_hours_are_not_history() {
     assert!(first_hold(&ds).is_some());
     let st = s.status(&rule, "b@x", t + 3 * HOUR).unwrap();
     assert_eq!(st.busiest, Figures::default());
-    assert_eq!(
-        st.limits,
-        Figures {
-            messages: 100,
-            new_recipients: 50
-        }
-    );
+    assert_eq!(st.limits, FLOORS);
     // Recipients of held mail were not learnt.
     let n: i64 = s
         .conn
@@ -221,7 +209,7 @@ fn exceptions_are_counted_but_never_held_and_old_rows_expire() {
     let t = WEEK_START;
     for i in 0..500 {
         let d = s
-            .record(&rule, "bulk@x", &format!("r{i}@y"), true, false, t + i)
+            .record(&rule, "bulk@x", &[format!("r{i}@y")], false, t + i)
             .unwrap();
         assert_eq!(d, Decision::Send);
     }
@@ -243,8 +231,10 @@ fn the_rule_is_recorded_for_miabctl() {
     assert_eq!(s.rule().unwrap(), Rule::default());
     let r = Rule {
         floor_messages: 7,
+        floor_recipients: 9,
         floor_new_recipients: 3,
         factor: 5,
+        max_daily_growth: 4,
         history_days: 14,
     };
     s.set_rule(&r).unwrap();
@@ -257,9 +247,126 @@ fn hostile_logins_and_recipients_are_bounded() {
     let (_d, mut s) = db();
     let rule = Rule::default();
     let long = format!("{}é@x", "a".repeat(255));
-    s.record(&rule, &long, &"b".repeat(10_000), true, true, WEEK_START)
+    s.record(&rule, &long, &["b".repeat(10_000)], true, WEEK_START)
         .unwrap();
     let all = s.statuses(&rule, true, WEEK_START).unwrap();
     assert_eq!(all.len(), 1);
     assert!(all[0].login.len() <= MAX_ADDRESS, "{}", all[0].login.len());
+}
+
+/// What the login sent at its limit every other hour of a day does to the next day's limit:
+/// at most `max_daily_growth` times, and nothing at all the same day.
+#[test]
+fn sending_at_the_limit_every_other_hour_grows_it_no_faster_than_the_stated_rate() {
+    let (_d, mut s) = db();
+    let rule = Rule::default();
+    let mut limit = rule.floor_new_recipients;
+    for day in 0..5 {
+        let start = WEEK_START + day * DAY;
+        for h in (0..24).step_by(2) {
+            for i in 0..limit {
+                let t = start + h * HOUR + to_i64(i);
+                let rcpt = format!("d{day}-h{h}-{i}@victims.example");
+                let d = s.record(&rule, "ramp@x", &[rcpt], true, t).unwrap();
+                assert_eq!(d, Decision::Send, "day {day} hour {h} message {i}");
+            }
+            let st = s.status(&rule, "ramp@x", start + h * HOUR + 3000).unwrap();
+            assert_eq!(
+                st.limits.new_recipients, limit,
+                "unchanged within day {day}"
+            );
+        }
+        let next = s.status(&rule, "ramp@x", start + DAY + 60).unwrap();
+        assert_eq!(next.limits.new_recipients, limit * 2, "after day {day}");
+        limit *= 2;
+    }
+    // One more than the day's limit in an hour: held.
+    let t = WEEK_START + 5 * DAY + HOUR;
+    let over: Vec<String> = (0..=limit)
+        .map(|i| format!("over-{i}@victims.example"))
+        .collect();
+    let d = s.record(&rule, "ramp@x", &over, true, t).unwrap();
+    assert!(matches!(d, Decision::Hold { newly: Some(_) }), "{d:?}");
+    // A day with a hold is no history: the limit stays where it was.
+    let st = s.status(&rule, "ramp@x", t + DAY).unwrap();
+    assert_eq!(st.limits.new_recipients, limit);
+}
+
+/// Known correspondents have a cap too: total recipients.
+#[test]
+fn mail_to_known_recipients_is_capped_in_total() {
+    let (_d, mut s) = db();
+    let rule = Rule::default();
+    let list: Vec<String> = (0..1000)
+        .map(|i| format!("member-{i}@list.example"))
+        .collect();
+    // A thousand correspondents, known from long ago (written straight into the table).
+    for r in &list {
+        s.conn
+            .execute(
+                "INSERT INTO known (login, recipient, last_seen) VALUES ('lister@x', ?1, ?2)",
+                params![r, WEEK_START - 30 * DAY],
+            )
+            .unwrap();
+    }
+    let t = WEEK_START + 10 * HOUR;
+    let d = s.record(&rule, "lister@x", &list, true, t).unwrap();
+    match d {
+        Decision::Hold { newly: Some(h) } => {
+            assert_eq!(h.reason, "1000 recipients in the last hour (limit 500)");
+            assert_eq!(h.last_hour.new_recipients, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Ten known correspondents, fifty messages each: within the floor of 500.
+    for i in 0..50 {
+        let d = s
+            .record(&rule, "friendly@x", &list[..10], true, t + i)
+            .unwrap();
+        assert_eq!(d, Decision::Send, "{i}");
+    }
+    // The same recipient twice in one message counts once.
+    let twice = vec![list[0].clone(), list[0].to_uppercase()];
+    s.record(&rule, "dup@x", &twice, true, t).unwrap();
+    assert_eq!(s.status(&rule, "dup@x", t).unwrap().last_hour.recipients, 1);
+}
+
+/// Recipients beyond the listed ones count, as new.
+#[test]
+fn unlisted_recipients_count_as_new() {
+    let (_d, mut s) = db();
+    let rule = Rule::default();
+    let m = Message {
+        login: "a@x".into(),
+        recipients: vec!["one@y".into()],
+        unlisted: 60,
+        enforce: true,
+        now: WEEK_START,
+    };
+    let d = s.record_all(&rule, &[m]).unwrap();
+    assert!(matches!(d[0], Decision::Hold { newly: Some(_) }), "{d:?}");
+    assert!(s.is_held("A@x").unwrap());
+    assert!(!s.is_held("b@x").unwrap());
+}
+
+/// A file written by the first version (no recipient limit, no growth rate) is migrated.
+#[test]
+fn a_version_1_file_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sending.sqlite");
+    let c = Connection::open(&path).unwrap();
+    c.execute_batch(SCHEMA).unwrap();
+    c.execute_batch(
+        "PRAGMA user_version = 1; INSERT INTO logins (login, held_since) VALUES ('a@x', 5);",
+    )
+    .unwrap();
+    drop(c);
+    let s = Sending::open(&path).unwrap();
+    assert!(s.is_held("a@x").unwrap());
+    assert_eq!(s.rule().unwrap(), Rule::default());
+    drop(s);
+    let c = Connection::open(&path).unwrap();
+    c.execute_batch("PRAGMA user_version = 3").unwrap();
+    drop(c);
+    assert!(Sending::open(&path).is_err(), "a newer schema is refused");
 }
