@@ -5,11 +5,18 @@
 //!
 //! The brake must not become a way to lock out the innocent:
 //! - a login braked by strangers' failures still logs in from a client network that logged
-//!   in as it before (a known device, as Mailu does it); strangers, from however many
-//!   addresses, get no password check at all until the cooling-off ends;
+//!   in as it in the last 30 days (a known device, as Mailu does it), and so does a known
+//!   device on a network braked for strangers' failures there; a known device is braked only
+//!   by its own failures. Strangers, from however many addresses, get no password check at
+//!   all until the cooling-off ends;
+//! - known devices are kept in a file (`userdb::known_devices`), so a restart forgets none;
+//!   at most [`MAX_PER_LOGIN`] per login (its oldest goes) and [`MAX_KNOWN`] in all (the
+//!   oldest hundredth goes), never all at once;
 //! - clients on a trusted proxy's address (Roundcube, Z-Push and Nextcloud on 127.0.0.1) are
 //!   counted per login only, in a bucket of their own: one user's failures behind webmail
-//!   refuse neither the next user there nor the same user's own devices.
+//!   refuse neither the next user there nor the same user's own devices. A proxy that passes
+//!   the real client address (Dovecot's `login_trusted_networks` and an IMAP `ID` with
+//!   `x-originating-ip`) puts its clients on the direct path, known devices included.
 //!
 //! The cache is keyed by an HMAC of the login and the password under a key made at start-up,
 //! so neither is kept; an entry holds the stored hash it was verified against and is only used
@@ -22,8 +29,10 @@ use sha2::Sha256;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
+use userdb::known_devices::KnownDevices;
 
 type Tag = [u8; 32];
 
@@ -111,10 +120,112 @@ impl SuccessCache {
     }
 }
 
-/// How long a successful login keeps its client network known.
-const KNOWN_FOR: Duration = Duration::from_secs(30 * 86_400);
+/// How long a successful login keeps its client network known, in seconds.
+const KNOWN_FOR: i64 = 30 * 86_400;
 /// At most this many known (login, network) pairs are kept.
-const MAX_KNOWN: usize = 200_000;
+pub const MAX_KNOWN: usize = 200_000;
+/// At most this many networks per login.
+pub const MAX_PER_LOGIN: usize = 32;
+/// A sighting already on file is written again only this much later, in seconds.
+const REWRITE_AFTER: i64 = 3600;
+
+/// The known devices: per login, its networks with when each last logged in (Unix seconds).
+#[derive(Default)]
+struct Known {
+    by_login: HashMap<String, Vec<(IpAddr, i64)>>,
+    count: usize,
+}
+
+/// What the file is told, on a thread of its own.
+enum StoreJob {
+    Apply(Vec<(String, String, i64)>, Vec<(String, String)>),
+    Expire(i64),
+}
+
+impl Known {
+    fn seen_at(&self, login: &str, net: IpAddr) -> Option<i64> {
+        self.by_login
+            .get(login)?
+            .iter()
+            .find(|(n, _)| *n == net)
+            .map(|(_, at)| *at)
+    }
+
+    /// Records a sighting; returns what to write (if anything) and what was pushed out.
+    fn insert(&mut self, login: &str, net: IpAddr, now: i64) -> (bool, Vec<(String, IpAddr)>) {
+        let mut gone = Vec::new();
+        if let Some(nets) = self.by_login.get_mut(login) {
+            if let Some(e) = nets.iter_mut().find(|(n, _)| *n == net) {
+                let write = now - e.1 >= REWRITE_AFTER;
+                e.1 = now;
+                return (write, gone);
+            }
+            if nets.len() >= MAX_PER_LOGIN
+                && let Some(oldest) = nets
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(i, _)| i)
+            {
+                let (n, _) = nets.swap_remove(oldest);
+                self.count -= 1;
+                gone.push((login.to_owned(), n));
+            }
+        }
+        if self.count >= MAX_KNOWN {
+            gone.extend(self.evict_oldest(MAX_KNOWN / 100));
+        }
+        self.by_login
+            .entry(login.to_owned())
+            .or_default()
+            .push((net, now));
+        self.count += 1;
+        (true, gone)
+    }
+
+    /// Drops the `n` pairs seen longest ago, whoever's they are.
+    fn evict_oldest(&mut self, n: usize) -> Vec<(String, IpAddr)> {
+        let mut all: Vec<(i64, &String, IpAddr)> = self
+            .by_login
+            .iter()
+            .flat_map(|(l, nets)| nets.iter().map(move |(net, at)| (*at, l, *net)))
+            .collect();
+        let n = n.clamp(1, all.len().max(1));
+        if all.len() > n {
+            all.select_nth_unstable_by_key(n, |(at, _, _)| *at);
+        }
+        let gone: Vec<(String, IpAddr)> = all
+            .into_iter()
+            .take(n)
+            .map(|(_, l, net)| (l.clone(), net))
+            .collect();
+        for (l, net) in &gone {
+            self.remove(l, *net);
+        }
+        gone
+    }
+
+    fn remove(&mut self, login: &str, net: IpAddr) {
+        if let Some(nets) = self.by_login.get_mut(login) {
+            let before = nets.len();
+            nets.retain(|(n, _)| *n != net);
+            self.count -= before - nets.len();
+            if nets.is_empty() {
+                self.by_login.remove(login);
+            }
+        }
+    }
+
+    fn expire(&mut self, before: i64) {
+        let mut count = 0;
+        self.by_login.retain(|_, nets| {
+            nets.retain(|(_, at)| *at >= before);
+            count += nets.len();
+            !nets.is_empty()
+        });
+        self.count = count;
+    }
+}
 
 /// Failures per client network (IPv4 address, IPv6 /64) and per login; past a limit, the
 /// key is refused for `cooloff`.
@@ -125,7 +236,24 @@ pub struct Brake {
     blocked: Mutex<HashMap<String, Instant>>,
     proxies: Vec<Cidr>,
     /// (login, client network) pairs that logged in, with when they last did.
-    known: Mutex<HashMap<(String, IpAddr), Instant>>,
+    known: Mutex<Known>,
+    /// The file they are kept in, if any.
+    store: Option<Store>,
+}
+
+/// The writer thread; dropping it writes what is queued and waits for the thread.
+struct Store {
+    tx: Mutex<Option<mpsc::Sender<StoreJob>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        lock(&self.tx).take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Brake {
@@ -145,6 +273,8 @@ pub enum Blocked {
     Login(String),
     /// A login, for clients on a trusted proxy's address.
     ProxiedLogin(String),
+    /// A known device (login, client network), by its own failures.
+    Device(String, IpAddr),
 }
 
 /// The key failures from `ip` are counted under: the address, or its /64.
@@ -171,7 +301,60 @@ impl Brake {
             cooloff,
             blocked: Mutex::new(HashMap::new()),
             proxies,
-            known: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known::default()),
+            store: None,
+        }
+    }
+
+    /// Keeps the known devices in the file at `path`: those seen in the last 30 days are
+    /// read now, and every change is written on a thread of its own. Returns how many were
+    /// read.
+    pub fn keep_known_in(&mut self, path: &Path) -> userdb::Result<usize> {
+        let mut file = KnownDevices::open(path)?;
+        let now = userdb::clock::unix_now();
+        let rows = file.load(now - KNOWN_FOR, MAX_KNOWN)?;
+        let n = rows.len();
+        {
+            let mut known = lock(&self.known);
+            // Oldest first, so the per-login bound keeps each login's newest.
+            for (login, net, at) in rows.into_iter().rev() {
+                if let Ok(net) = net.parse::<IpAddr>() {
+                    let (_, gone) = known.insert(&login, ip_key(net), at);
+                    let forget: Vec<(String, String)> =
+                        gone.into_iter().map(|(l, n)| (l, n.to_string())).collect();
+                    if !forget.is_empty() {
+                        file.apply(&[], &forget)?;
+                    }
+                }
+            }
+        }
+        let (tx, rx) = mpsc::channel::<StoreJob>();
+        let thread = std::thread::Builder::new()
+            .name("known-devices".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let done = match job {
+                        StoreJob::Apply(seen, forget) => file.apply(&seen, &forget).map(drop),
+                        StoreJob::Expire(before) => file.expire(before).map(drop),
+                    };
+                    if let Err(e) = done {
+                        tracing::warn!(error = %e, "known devices could not be written");
+                    }
+                }
+            })
+            .map_err(|e| userdb::Error::Internal(format!("known-devices thread: {e}")))?;
+        self.store = Some(Store {
+            tx: Mutex::new(Some(tx)),
+            thread: Some(thread),
+        });
+        Ok(n)
+    }
+
+    fn write(&self, job: StoreJob) {
+        if let Some(s) = &self.store
+            && let Some(tx) = lock(&s.tx).as_ref()
+        {
+            let _ = tx.send(job);
         }
     }
 
@@ -180,6 +363,7 @@ impl Brake {
             Blocked::Ip(ip) => format!("ip {ip}"),
             Blocked::Login(l) => format!("login {l}"),
             Blocked::ProxiedLogin(l) => format!("proxied {l}"),
+            Blocked::Device(l, ip) => format!("device {ip} {l}"),
         }
     }
 
@@ -187,14 +371,14 @@ impl Brake {
         ip.is_some_and(|ip| any_contains(&self.proxies, ip))
     }
 
-    fn is_known(&self, ip: Option<IpAddr>, login: &str) -> bool {
-        let Some(ip) = ip else {
-            return false;
-        };
-        let now = Instant::now();
+    /// Is `ip`'s network a known device of `login` (not on a proxy's address)?
+    fn known_net(&self, ip: Option<IpAddr>, login: &str) -> Option<IpAddr> {
+        let net = ip.filter(|_| !self.is_proxy(ip)).map(ip_key)?;
+        let now = userdb::clock::unix_now();
         lock(&self.known)
-            .get(&(login.to_owned(), ip_key(ip)))
-            .is_some_and(|at| now.duration_since(*at) < KNOWN_FOR)
+            .seen_at(login, net)
+            .filter(|at| now - at < KNOWN_FOR)
+            .map(|_| net)
     }
 
     /// Is this client or login cooling off, for this client?
@@ -209,6 +393,11 @@ impl Brake {
             let b = Blocked::ProxiedLogin(login.to_owned());
             return is_blocked(&b).then_some(b);
         }
+        if let Some(net) = self.known_net(ip, login) {
+            // A known device answers only for its own failures.
+            let b = Blocked::Device(login.to_owned(), net);
+            return is_blocked(&b).then_some(b);
+        }
         if let Some(ip) = ip {
             let b = Blocked::Ip(ip_key(ip));
             if is_blocked(&b) {
@@ -216,7 +405,7 @@ impl Brake {
             }
         }
         let b = Blocked::Login(login.to_owned());
-        (is_blocked(&b) && !self.is_known(ip, login)).then_some(b)
+        is_blocked(&b).then_some(b)
     }
 
     /// Remembers that `login` logged in from `ip`'s network, so strangers' failures never
@@ -225,39 +414,45 @@ impl Brake {
         let Some(ip) = ip.filter(|_| !self.is_proxy(ip)) else {
             return;
         };
-        let now = Instant::now();
-        let mut known = lock(&self.known);
-        if known.len() >= MAX_KNOWN {
-            known.retain(|_, at| now.duration_since(*at) < KNOWN_FOR);
-            if known.len() >= MAX_KNOWN {
-                known.clear();
-            }
+        let net = ip_key(ip);
+        let now = userdb::clock::unix_now();
+        let (write, gone) = lock(&self.known).insert(login, net, now);
+        if write || !gone.is_empty() {
+            self.write(StoreJob::Apply(
+                if write {
+                    vec![(login.to_owned(), net.to_string(), now)]
+                } else {
+                    Vec::new()
+                },
+                gone.into_iter().map(|(l, n)| (l, n.to_string())).collect(),
+            ));
         }
-        known.insert((login.to_owned(), ip_key(ip)), now);
     }
 
     /// Counts a failure; returns what it pushed over the limit, if anything (to log once).
     pub fn failed(&self, ip: Option<IpAddr>, login: &str) -> Vec<Blocked> {
         let mut newly = Vec::new();
-        let proxied = self.is_proxy(ip);
-        if let (Some(l), Some(ip)) = (&self.by_ip, ip)
-            && !proxied
-            && l.check_key(&ip_key(ip)).is_err()
-        {
-            newly.push(Blocked::Ip(ip_key(ip)));
-        }
-        let (bucket, block) = if proxied {
-            (
-                format!("p {login}"),
-                Blocked::ProxiedLogin(login.to_owned()),
-            )
-        } else {
-            (format!("d {login}"), Blocked::Login(login.to_owned()))
+        let over = |limiter: &Option<DefaultKeyedRateLimiter<String>>, key: String| {
+            limiter.as_ref().is_some_and(|l| l.check_key(&key).is_err())
         };
-        if let Some(l) = &self.by_login
-            && l.check_key(&bucket).is_err()
-        {
-            newly.push(block);
+        if let Some(net) = self.known_net(ip, login) {
+            // The owner's own device mistyping, or someone on its network: only that pair.
+            if over(&self.by_login, format!("k {net} {login}")) {
+                newly.push(Blocked::Device(login.to_owned(), net));
+            }
+        } else if self.is_proxy(ip) {
+            if over(&self.by_login, format!("p {login}")) {
+                newly.push(Blocked::ProxiedLogin(login.to_owned()));
+            }
+        } else {
+            if let (Some(l), Some(ip)) = (&self.by_ip, ip)
+                && l.check_key(&ip_key(ip)).is_err()
+            {
+                newly.push(Blocked::Ip(ip_key(ip)));
+            }
+            if over(&self.by_login, format!("d {login}")) {
+                newly.push(Blocked::Login(login.to_owned()));
+            }
         }
         if !newly.is_empty() {
             let until = Instant::now() + self.cooloff;
@@ -284,7 +479,9 @@ impl Brake {
         }
         let now = Instant::now();
         lock(&self.blocked).retain(|_, until| *until > now);
-        lock(&self.known).retain(|_, at| now.duration_since(*at) < KNOWN_FOR);
+        let before = userdb::clock::unix_now() - KNOWN_FOR;
+        lock(&self.known).expire(before);
+        self.write(StoreJob::Expire(before));
     }
 }
 
@@ -400,5 +597,87 @@ mod tests {
             b.failed(ip("127.0.0.1"), &format!("u{i}"));
         }
         assert_eq!(b.check(ip("127.0.0.1"), "dave"), None);
+    }
+
+    #[test]
+    fn known_devices_survive_a_restart_and_answer_only_for_their_own_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authd/known-devices.sqlite");
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let mut b = Brake::new(3, 5, Duration::from_secs(60), Vec::new());
+        assert_eq!(b.keep_known_in(&path).unwrap(), 0);
+        b.succeeded(ip("198.51.100.20"), "alice");
+        b.succeeded(ip("2001:db8:1:2::7"), "alice");
+        drop(b);
+        // After a restart: strangers brake alice and her devices' networks; both devices
+        // still get in.
+        let mut b = Brake::new(3, 5, Duration::from_secs(60), Vec::new());
+        assert_eq!(b.keep_known_in(&path).unwrap(), 2);
+        for i in 0..6 {
+            b.failed(ip(&format!("203.0.113.{i}")), "alice");
+        }
+        for _ in 0..4 {
+            b.failed(ip("198.51.100.20"), "mallory");
+        }
+        assert_eq!(
+            b.check(ip("203.0.113.99"), "alice"),
+            Some(Blocked::Login("alice".into()))
+        );
+        assert_eq!(
+            b.check(ip("198.51.100.20"), "bob"),
+            Some(Blocked::Ip(ip("198.51.100.20").unwrap()))
+        );
+        assert_eq!(b.check(ip("198.51.100.20"), "alice"), None, "her laptop");
+        assert_eq!(
+            b.check(ip("2001:db8:1:2::99"), "alice"),
+            None,
+            "her phone's /64"
+        );
+        // A known device's own failures brake that device only.
+        for _ in 0..6 {
+            b.failed(ip("2001:db8:1:2::7"), "alice");
+        }
+        assert!(matches!(
+            b.check(ip("2001:db8:1:2::7"), "alice"),
+            Some(Blocked::Device(..))
+        ));
+        assert_eq!(b.check(ip("198.51.100.20"), "alice"), None);
+    }
+
+    #[test]
+    fn a_full_table_drops_its_oldest_hundredth_and_a_login_its_oldest_network() {
+        let mut k = Known::default();
+        let net = |i: u32| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        // The owner's phone first, seen again at the very end.
+        k.insert("owner@x", net(0), 1);
+        for i in 1..=MAX_KNOWN {
+            let i = u32::try_from(i).unwrap();
+            k.insert(&format!("u{i}@x"), net(i), 1 + i64::from(i));
+            if i == 100 {
+                k.insert("owner@x", net(0), 10_000_000);
+            }
+        }
+        assert!(
+            k.count <= MAX_KNOWN && k.count > MAX_KNOWN - MAX_KNOWN / 100 - 2,
+            "{}",
+            k.count
+        );
+        assert_eq!(
+            k.seen_at("owner@x", net(0)),
+            Some(10_000_000),
+            "never all at once"
+        );
+        assert_eq!(k.seen_at("u1@x", net(1)), None, "the oldest went");
+        let last = u32::try_from(MAX_KNOWN).unwrap();
+        assert!(k.seen_at(&format!("u{last}@x"), net(last)).is_some());
+        // One login with more networks than it may keep: its oldest goes.
+        let mut k = Known::default();
+        for i in 0..40u32 {
+            let (_, gone) = k.insert("busy@x", net(i), i64::from(i));
+            assert_eq!(gone.len(), usize::from(i >= 32), "{i}");
+        }
+        assert_eq!(k.by_login["busy@x"].len(), MAX_PER_LOGIN);
+        assert_eq!(k.seen_at("busy@x", net(7)), None);
+        assert_eq!(k.seen_at("busy@x", net(39)), Some(39));
     }
 }

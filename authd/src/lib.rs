@@ -94,6 +94,21 @@ impl State {
         let mut salt = [0u8; 12];
         getrandom::fill(&mut salt).map_err(|e| StartError::Random(e.to_string()))?;
         let decoy = userdb::password::hash_password(&Password::new(hex(&salt)))?;
+        let mut brake = guard::Brake::new(
+            a.ip_failures_per_minute,
+            a.login_failures_per_minute,
+            Duration::from_secs(a.cooloff_secs),
+            a.proxy_networks.clone(),
+        );
+        let known = userdb::known_devices::path(&config.db_path());
+        match brake.keep_known_in(&known) {
+            Ok(n) => {
+                tracing::info!(known_devices = n, file = %known.display(), "known devices read");
+            }
+            // A convenience for the innocent, not a check: without the file they live in
+            // memory until the next restart.
+            Err(e) => tracing::warn!(error = %e, "known devices are kept in memory only"),
+        }
         Ok(State {
             dir,
             hashers,
@@ -106,12 +121,7 @@ impl State {
             decoy_hash: decoy,
             cache: guard::SuccessCache::new(Duration::from_secs(a.cache_ttl_secs), a.cache_entries)
                 .map_err(|e| StartError::Random(e.to_string()))?,
-            brake: guard::Brake::new(
-                a.ip_failures_per_minute,
-                a.login_failures_per_minute,
-                Duration::from_secs(a.cooloff_secs),
-                a.proxy_networks.clone(),
-            ),
+            brake,
             mailboxes: config.storage_root.join("mail").join("mailboxes"),
             mail_uid: a.mail_uid.clone(),
             mail_gid: a.mail_gid.clone(),

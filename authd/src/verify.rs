@@ -141,6 +141,10 @@ impl State {
                     "authentication brake: too many failures for login={l:?} through a trusted proxy (rip={rip:?}), refused there for {} s",
                     self.brake.cooloff().as_secs()
                 ),
+                guard::Blocked::Device(l, net) => tracing::warn!(
+                    "authentication brake: too many failures for login={l:?} from its known device rip={net}, refused there for {} s",
+                    self.brake.cooloff().as_secs()
+                ),
             }
         }
         Verified::No(key, why)

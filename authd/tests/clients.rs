@@ -314,3 +314,149 @@ fn dovecot_logins_through_miab_checkpassword() {
     let u = dove(&["user", "me@example.com"]);
     assert!(!u.ok() && !u.stdout.contains("doesn't exist"), "{u:?}");
 }
+
+/// An IMAP login from 127.0.0.1 as webmail makes it: with `forwarded`, an `ID` command
+/// carrying the browser's address first (Dovecot's parameter forwarding), as a proxy that
+/// passes the real client address does.
+fn webmail_login(port: u16, forwarded: Option<&str>, user: &str, password: &str) -> Run {
+    const LOGIN: &str = r#"
+import imaplib, sys
+port, fwd, user, pw = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+imaplib.Commands["ID"] = ("NONAUTH", "AUTH", "SELECTED")
+m = imaplib.IMAP4("127.0.0.1", port)
+if fwd:
+    typ, data = m._simple_command("ID", '("x-originating-ip" "%s")' % fwd)
+    m._untagged_response(typ, data, "ID")
+try:
+    m.login(user, pw)
+    print("OK")
+except imaplib.IMAP4.error as e:
+    print("NO", e)
+    sys.exit(3)
+"#;
+    let python = require_program("/usr/bin/python3", "python3");
+    run(
+        Command::new(python)
+            .arg("-c")
+            .arg(LOGIN)
+            .arg(port.to_string())
+            .arg(forwarded.unwrap_or(""))
+            .arg(user)
+            .arg(password),
+        None,
+    )
+}
+
+/// Webmail on 127.0.0.1 that passes each browser's address (Dovecot's
+/// `login_trusted_networks`): strangers' failures through it brake the login for strangers,
+/// while the owner's own browser, a known device, still logs in there, and so does the
+/// webmail bucket without a forwarded address; the known device survives a restart.
+#[test]
+fn strangers_through_a_forwarding_proxy_do_not_lock_out_the_owners_webmail() {
+    let dir = Scratch::new("afw");
+    miab_box(dir.path());
+    let socket = dir.join("auth.sock");
+    let config = format!(
+        "storage_root = \"{}\"\n[authd]\nfailure_delay_ms = 0\nsocket_mode = \"0666\"\ncheckpassword_socket_group = \"dovecot\"\nip_failures_per_minute = 3\nlogin_failures_per_minute = 5\n",
+        dir.path().display()
+    );
+    let listen = format!("unix:{}", socket.display());
+    let cp = format!("unix:{}", dir.join("checkpassword.sock").display());
+    let start = || {
+        DaemonProcess::with_config(
+            Path::new(env!("CARGO_BIN_EXE_miab-authd")),
+            &dir,
+            "authd",
+            &config,
+            &["--listen", &listen, "--checkpassword-listen", &cp],
+        )
+    };
+    let mut d = start();
+    let helper = format!(
+        "{} --socket {}",
+        env!("CARGO_BIN_EXE_miab-checkpassword"),
+        dir.join("checkpassword.sock").display()
+    );
+    let dv = Dovecot::start_full(
+        dir.path(),
+        &Auth::Checkpassword(helper),
+        "login_trusted_networks = 127.0.0.0/8\n",
+    );
+    let port = dv.imap_port();
+    let owner = Some("198.51.100.20");
+    let ok = |r: Run| assert!(r.ok() && r.stdout.starts_with("OK"), "{r:?}\n{}", dv.log());
+    let no = |r: Run| assert!(!r.ok(), "{r:?}");
+    ok(webmail_login(
+        port,
+        owner,
+        "me@example.com",
+        "a-long-password",
+    ));
+    // Strangers through the same webmail, each from its own address.
+    for i in 0..12 {
+        let stranger = format!("203.0.113.{i}");
+        no(webmail_login(
+            port,
+            Some(&stranger),
+            "me@example.com",
+            "guess",
+        ));
+    }
+    assert!(
+        d.log()
+            .contains("too many failures for login=\"me@example.com\""),
+        "{}",
+        d.log()
+    );
+    // A stranger with the right password from a new address is refused without a check...
+    no(webmail_login(
+        port,
+        Some("192.0.2.77"),
+        "me@example.com",
+        "a-long-password",
+    ));
+    // ...the owner's browser is not, nor webmail without a forwarded address.
+    ok(webmail_login(
+        port,
+        owner,
+        "me@example.com",
+        "a-long-password",
+    ));
+    ok(webmail_login(
+        port,
+        None,
+        "me@example.com",
+        "a-long-password",
+    ));
+
+    // After a restart (a package upgrade), strangers brake the login again; the owner's
+    // browser is still known.
+    d.terminate();
+    let d = start();
+    for i in 20..32 {
+        let stranger = format!("203.0.113.{i}");
+        no(webmail_login(
+            port,
+            Some(&stranger),
+            "me@example.com",
+            "guess",
+        ));
+    }
+    no(webmail_login(
+        port,
+        Some("192.0.2.78"),
+        "me@example.com",
+        "a-long-password",
+    ));
+    ok(webmail_login(
+        port,
+        owner,
+        "me@example.com",
+        "a-long-password",
+    ));
+    assert!(
+        d.log().contains("known devices read known_devices=1"),
+        "{}",
+        d.log()
+    );
+}

@@ -31,6 +31,7 @@ pub mod directory;
 mod error;
 #[cfg(feature = "async")]
 pub mod handle;
+pub mod known_devices;
 mod maps;
 pub mod password;
 pub mod schema;

@@ -146,6 +146,7 @@ pub fn state_dbs(storage_root: &Path) -> Vec<PathBuf> {
         mail.join("policyd").join("greylist.sqlite"),
         mail.join("policyd").join("sending.sqlite"),
         mail.join("authd").join("app-password-use.sqlite"),
+        mail.join("authd").join("known-devices.sqlite"),
     ]
 }
 
