@@ -568,12 +568,13 @@ fn dkim_keys_and_dns_records() {
     assert!(lines[1].starts_with("mail._domainkey.example.com.\tIN\tTXT\t\"v=DKIM1; k=rsa; p="));
 }
 
-/// As root, `miabctl held` works on miab-policyd's DB as the owner of its directory: links a
-/// compromised daemon account planted there (`-wal` to a root-only file, `-shm` to a file yet
-/// to be made in a root-only place, the DB's directory replaced by a link) never make root
-/// write, chown or create anything outside.
+/// As root, every miabctl command that reaches into a daemon's own directory
+/// (`STORAGE_ROOT/mail/policyd`, `mail/authd`) works there as that directory's owner: links a
+/// compromised daemon account planted (each state DB's `-wal` to a root-only file, its `-shm`
+/// to a file yet to be made in a root-only place, a DB itself a link, the directory replaced
+/// by a link) never make root write, chown or create anything outside.
 #[test]
-fn held_follows_no_link_planted_in_the_daemons_directory() {
+fn root_commands_follow_no_link_planted_in_the_daemons_directories() {
     use std::os::unix::fs::{MetadataExt, symlink};
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root");
@@ -581,6 +582,19 @@ fn held_follows_no_link_planted_in_the_daemons_directory() {
     }
     let root = Scratch::new("ctl");
     ok(root.path(), &["init"], None);
+    ok(
+        root.path(),
+        &["user", "add", "me@example.com", "a-long-password"],
+        None,
+    );
+    ok(
+        root.path(),
+        &["user", "app-password", "add", "me@example.com", "--label", "phone"],
+        None,
+    );
+    // As on a box: the daemons can reach their directories.
+    set_mode(root.path(), 0o755);
+    set_mode(&root.join("mail"), 0o755);
     let outside = root.join("outside");
     std::fs::create_dir(&outside).unwrap();
     let (wal_victim, shm_victim) = (outside.join("shadow"), outside.join("crontab"));
@@ -591,17 +605,30 @@ fn held_follows_no_link_planted_in_the_daemons_directory() {
     set_mode(&outside, 0o700);
     let planted_new = outside.join("cron.d-evil");
     let policyd = root.join("mail/policyd");
-    std::fs::create_dir_all(&policyd).unwrap();
+    let authd = root.join("mail/authd");
     let db = policyd.join("sending.sqlite");
+    std::fs::create_dir_all(&policyd).unwrap();
+    std::fs::create_dir_all(&authd).unwrap();
     drop(userdb::sending::Sending::open(&db).unwrap());
-    for p in [&policyd, &db] {
+    let usage = authd.join("app-password-use.sqlite");
+    userdb::app_password::UsageLog::open(&usage)
+        .unwrap()
+        .record(1, 5)
+        .unwrap();
+    let known = authd.join("known-devices.sqlite");
+    drop(userdb::known_devices::KnownDevices::open(&known).unwrap());
+    for p in [&policyd, &authd, &db, &usage, &known] {
         std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
     }
-    for side in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{side}", db.display()));
+    for d in [&db, &usage, &known] {
+        for side in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{side}", d.display()));
+        }
+        symlink(&wal_victim, format!("{}-wal", d.display())).unwrap();
+        symlink(&planted_new, format!("{}-shm", d.display())).unwrap();
     }
-    symlink(&wal_victim, format!("{}-wal", db.display())).unwrap();
-    symlink(&planted_new, format!("{}-shm", db.display())).unwrap();
+    // The greylist DB itself a link to a root-only file.
+    symlink(&wal_victim, policyd.join("greylist.sqlite")).unwrap();
     let before = |p: &Path| {
         let m = std::fs::metadata(p).unwrap();
         (std::fs::read(p).unwrap(), m.uid(), m.gid(), m.mode())
@@ -611,6 +638,11 @@ fn held_follows_no_link_planted_in_the_daemons_directory() {
         &["held"][..],
         &["held", "--all"],
         &["held", "release", "me@example.com"],
+        &["user", "app-password", "list", "me@example.com"],
+        &["sidecars", "backup-hold"],
+        &["sidecars", "backup-release"],
+        &["sidecars", "status"],
+        &["sidecars", "repair"],
     ] {
         let r = miabctl(root.path(), args, None);
         assert_eq!(before(&wal_victim), w, "miabctl {args:?}: {}", r.stderr);

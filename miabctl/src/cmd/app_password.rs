@@ -3,6 +3,7 @@
 
 use super::{open, print_json, print_outcome};
 use crate::cli::Cli;
+use crate::owner::AsOwner;
 use anyhow::Result;
 use clap::Subcommand;
 use serde::Serialize;
@@ -85,7 +86,15 @@ pub fn run(cli: &Cli, cmd: &AppPasswordCmd) -> Result<()> {
 
 fn list(cli: &Cli, email: &str) -> Result<()> {
     let db = open(cli, Access::ReadOnly)?;
+    // The last-use times are in miab-authd's directory: read as its owner, so a link its
+    // account planted there (a `-shm` to a root-only place) leads nowhere root could go.
+    let usage = userdb::app_password::usage_path(&userdb::db_path(&cli.storage_root));
+    let owner = match usage.parent() {
+        Some(dir) if std::fs::symlink_metadata(dir).is_ok() => Some(AsOwner::of(dir)?),
+        _ => None,
+    };
     let passwords = db.app_passwords(email)?;
+    drop(owner);
     if cli.json {
         let rows: Vec<ListRow<'_>> = passwords
             .iter()
