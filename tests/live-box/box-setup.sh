@@ -105,6 +105,29 @@ cmd_miab() {
 	done
 }
 
+# The configuration step of setup/zpush.sh (Z-Push itself is downloaded from the network,
+# which the box has none of): its IMAP backend's config.php, from MIAB's own file.
+cmd_zpush() {
+	miab_env
+	mkdir -p /usr/local/lib/z-push/backend/imap
+	rm -f /usr/local/lib/z-push/backend/imap/config.php
+	cp "$MIAB/conf/zpush/backend_imap.php" /usr/local/lib/z-push/backend/imap/config.php
+	sed -i "s%STORAGE_ROOT%$STORAGE_ROOT%" /usr/local/lib/z-push/backend/imap/config.php
+	grep -n IMAP_SMTP_METHOD /usr/local/lib/z-push/backend/imap/config.php
+}
+
+# MIAB's next version, as far as this test needs one: its mail-postfix.sh changes a value of
+# its own (message_size_limit) and one of the lists the sidecars edit (a new recipient
+# restriction).
+cmd_next_version() {
+	miab_env
+	sed -i -e 's/message_size_limit=134217728/message_size_limit=157286400/' \
+		-e 's/reject_unlisted_recipient,check_policy_service inet:127.0.0.1:10023/reject_unlisted_recipient,reject_non_fqdn_recipient,check_policy_service inet:127.0.0.1:10023/' \
+		"$MIAB/setup/mail-postfix.sh"
+	grep -c 'message_size_limit=157286400' "$MIAB/setup/mail-postfix.sh"
+	grep -c 'reject_non_fqdn_recipient,check_policy_service' "$MIAB/setup/mail-postfix.sh"
+}
+
 cmd_venv() {
 	miab_env
 	# setup/management.sh's venv, its packages from the host's wheelhouse (no network here).

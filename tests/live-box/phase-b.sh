@@ -4,22 +4,27 @@
 # own maintenance events, a restore from the backup taken meanwhile, `disable`.
 
 # --- what enable must leave alone (and disable must put back byte for byte) -------------
+ZPUSH_CONF=/usr/local/lib/z-push/backend/imap/config.php
+# The files enable edits or must leave alone; with "nomain", all but main.cf (which a MIAB
+# upgrade made while switched changes, and disable must keep that change).
 record_stock() {
 	box_exec bash -c '
-		sha256sum /etc/postfix/main.cf /etc/postfix/master.cf
+		[ "${1:-}" = nomain ] || sha256sum /etc/postfix/main.cf
+		sha256sum /etc/postfix/master.cf '"$ZPUSH_CONF"'
 		find /etc/dovecot/conf.d -type f -print0 | sort -z | xargs -0 sha256sum
-		echo "systemctl cat postgrey opendkim opendmarc: $(systemctl cat postgrey opendkim opendmarc 2>&1 | sha256sum)"'
+		echo "systemctl cat postgrey opendkim opendmarc: $(systemctl cat postgrey opendkim opendmarc 2>&1 | sha256sum)"' _ "${2:-}"
 }
 compare_record() {
 	local now
-	now=$(record_stock)
+	now=$(record_stock "" "${2:-}")
 	if [ "$now" != "$(cat "$1")" ]; then
 		diff -u "$1" <(echo "$now") || true
 		echo "differs from the record taken before enable ($1)"
 		return 1
 	fi
-	echo "main.cf, master.cf, dovecot conf.d and the postgrey/opendkim/opendmarc units match the record"
+	echo "master.cf, Z-Push's config.php, dovecot conf.d, the postgrey/opendkim/opendmarc units${2:+ (not main.cf)}$([ -n "${2:-}" ] || echo " and main.cf") match the record"
 }
+step "box: Z-Push's IMAP backend configuration, as setup/zpush.sh writes it" inbox zpush
 
 install_deb() {
 	local debs
@@ -47,13 +52,18 @@ install_deb() {
 	# The box's stand-in for a foreign client is 127.0.0.9 (Postfix's mynetworks is
 	# 127.0.0.1/32 here): trust only what Postfix trusts, as an operator would.
 	box_exec sed -i 's|^trusted_clients = .*|trusted_clients = ["127.0.0.1/32", "::1/128"]|' /etc/miab/sidecars.toml
-	box_exec grep -n '^trusted_clients' /etc/miab/sidecars.toml
+	# Likewise the webmail proxy is 127.0.0.1 only: other loopback addresses are the
+	# devices and strangers of the brake's checks.
+	box_exec sed -i 's|^proxy_networks = .*|proxy_networks = ["127.0.0.1/32", "::1/128"]|' /etc/miab/sidecars.toml
+	box_exec grep -n '^trusted_clients\|^proxy_networks' /etc/miab/sidecars.toml
 	# Installing switches nothing.
 	compare_record "$LB_STATE/record-before-install"
 	box_exec systemctl is-active postgrey opendkim opendmarc postfix dovecot
 }
 step "sidecars: dpkg -i the package (installing switches nothing)" install_deb
 record_stock >"$LB_STATE/record-before-enable"
+record_stock "" nomain >"$LB_STATE/record-before-enable-nomain"
+box_exec cp /etc/postfix/main.cf /root/main.cf.before-enable
 step "sidecars: miabctl sidecars enable" box_exec miabctl sidecars enable
 
 # --- checks after enable ----------------------------------------------------------------
@@ -168,6 +178,28 @@ check_all() {
 }
 check_all "enabled"
 
+# --- Z-Push: its mail goes through SMTP AUTH, so containment counts it -------------------
+last_hour_messages() {
+	box_exec miabctl --json held --all | python3 -c '
+import json, sys
+rows = [r for r in json.load(sys.stdin) if r["login"] == sys.argv[1]]
+print(rows[0]["last_hour"]["messages"] if rows else 0)' "$1"
+}
+check_zpush() {
+	local before after
+	box_exec grep -n "IMAP_SMTP_METHOD\|miab-sidecars" "$ZPUSH_CONF"
+	box_exec grep -qx "define('IMAP_SMTP_METHOD', 'smtp'); // miab-sidecars" "$ZPUSH_CONF"
+	box_exec miabctl sidecars status | grep -F "Z-Push (ActiveSync) sends through SMTP AUTH on 127.0.0.1:465"
+	before=$(last_hour_messages "$ME")
+	# What Z-Push's imap backend now does: PEAR Mail's smtp driver to ssl://127.0.0.1:465
+	# with the user's own login and password.
+	box_exec python3 /opt/miab-livebox/probe.py send "$ME" "$PW_ME" "$ME" "activesync-style" 465
+	after=$(last_hour_messages "$ME")
+	echo "containment's count for $ME in the last hour: $before -> $after"
+	[ "$after" = $((before + 1)) ]
+}
+step "Z-Push: enable switched it to SMTP AUTH on 465; a message sent that way is counted" check_zpush
+
 # --- containment under systemd: a hijacked login --------------------------------------
 # alice has no history: 60 messages to new recipients in one session put all past the floor
 # of 50 on hold; the administrator (administrator@ -> me@) gets the notice over SMTP from the
@@ -215,6 +247,26 @@ check_containment() {
 	box_exec python3 /opt/miab-livebox/probe.py imap-login "$ALICE" "$PW_ALICE"
 }
 step "containment: a hijacked login is held, the administrator told, released, suspended" check_containment
+
+# --- the brake: a known device outlives a restart of miab-authd --------------------------
+# alice's phone (127.0.0.20) logs in; thirty strangers (127.0.0.30-59) fail at once and brake
+# the login; a stranger with the right password is refused; miab-authd restarts (as every
+# package upgrade restarts it); thirty more strangers brake it again; the phone still gets in.
+check_brake() {
+	local n
+	box_exec python3 /opt/miab-livebox/probe.py imap-from 127.0.0.20 "$ALICE" "$PW_ALICE"
+	box_exec python3 /opt/miab-livebox/probe.py strangers "$ALICE" 30 30
+	n=$(box_exec journalctl -a -o cat --no-pager -u miab-authd | grep -c "too many failures for login=\"$ALICE\"" || true)
+	[ "$n" -ge 1 ] || { echo "miab-authd logged no brake for $ALICE"; return 1; }
+	expect_refused "a stranger with alice's password" imap-from 127.0.0.99 "$ALICE" "$PW_ALICE"
+	box_exec systemctl restart miab-authd
+	box_exec bash -c 'for i in $(seq 1 100); do test -S /run/miab-authd/checkpassword && exit 0; sleep 0.1; done; exit 1'
+	box_exec python3 /opt/miab-livebox/probe.py strangers "$ALICE" 30 60
+	expect_refused "a stranger with alice's password after the restart" imap-from 127.0.0.98 "$ALICE" "$PW_ALICE"
+	box_exec python3 /opt/miab-livebox/probe.py imap-from 127.0.0.20 "$ALICE" "$PW_ALICE"
+	box_exec sqlite3 "$ST/mail/authd/known-devices.sqlite" "SELECT login, network FROM known_devices"
+}
+step "brake: alice's phone still logs in after a restart of miab-authd while strangers keep failing" check_brake
 
 # --- MIAB's own maintenance, each followed by every check -------------------------------
 # The nightly backup, as management/daily_tasks.sh runs it (in MIAB's venv, en_US.UTF-8).
@@ -284,8 +336,38 @@ step "event: a new domain (mailconfig.py add_mail_user + kick: opendkim restart)
 check_all "after domain change"
 step "after domain change: mail from the new domain is DKIM-signed" check_dkim_signed "$BOB" "$PW_BOB" 587
 
-step "event: upgrade (MIAB's mail setup scripts again)" inbox miab "${MIAB_MAIL_SCRIPTS[@]}"
+upgrade() {
+	# MIAB's next version changes main.cf values of its own and one list the sidecars edit;
+	# its setup runs all over again, Z-Push's configuration included.
+	inbox next_version
+	inbox miab "${MIAB_MAIL_SCRIPTS[@]}"
+	inbox zpush
+}
+step "event: upgrade to MIAB's next version (its mail setup scripts and Z-Push's config again)" upgrade
 check_all "after upgrade"
+step "after upgrade: Z-Push sends through SMTP AUTH again" box_exec grep -qx "define('IMAP_SMTP_METHOD', 'smtp'); // miab-sidecars" "$ZPUSH_CONF"
+
+# MIAB's editconf.py rewrites main.cf in place (truncate, then write): sixty rewrites in a row
+# while the path unit runs repair after each; afterwards every parameter of the stock file
+# is still there and the wiring is whole.
+editconf_race() {
+	box_exec bash -c '
+		cd /root/mailinabox
+		for i in $(seq 1 60); do
+			tools/editconf.py /etc/postfix/main.cf smtpd_sasl_path=private/auth message_size_limit=157286400
+		done'
+	poll_status
+	box_exec python3 - /root/main.cf.before-enable /etc/postfix/main.cf <<-'EOF'
+	import sys
+	def keys(p):
+	    return {l.split("=", 1)[0].strip() for l in open(p) if l.strip() and not l[0].isspace() and not l.startswith("#") and "=" in l}
+	missing = keys(sys.argv[1]) - keys(sys.argv[2])
+	if missing:
+	    sys.exit("parameters lost from main.cf: %s" % sorted(missing))
+	print("all %d parameters of the stock main.cf are still there" % len(keys(sys.argv[1])))
+	EOF
+}
+step "event: editconf.py rewriting main.cf sixty times while repair runs" editconf_race
 
 step "event: apt-get install --reinstall postfix" box_exec apt-get install --reinstall -y -q postfix
 check_all "after postfix reinstall"
@@ -305,8 +387,43 @@ step "event: reboot of the box" reboot_box
 check_all "after reboot"
 
 # --- disable: back to the stock box -----------------------------------------------------
+# First a disable that cannot finish: postgrey does not start again. The box must stay
+# switched, whole, and say so.
+failing_disable() {
+	local out rc
+	box_exec bash -c 'printf "[Service]\nExecStartPre=/bin/false\n" >/etc/systemd/system/postgrey.service.d/zz-livebox-broken.conf && systemctl daemon-reload'
+	set +e
+	out=$(box_exec miabctl sidecars disable 2>&1)
+	rc=$?
+	set -e
+	echo "$out"
+	[ "$rc" != 0 ] || { echo "disable succeeded with postgrey broken"; return 1; }
+	echo "$out" | grep -q "disable stopped while postgrey" || return 1
+	echo "$out" | grep -q "still switched to the sidecars" || return 1
+	box_exec test -e /var/lib/miab-sidecars/enabled
+	box_exec bash -c 'rm /etc/systemd/system/postgrey.service.d/zz-livebox-broken.conf && systemctl daemon-reload'
+}
+step "sidecars: a disable that fails (postgrey does not start) leaves the box switched and says so" failing_disable
+check_all "after a failed disable"
 step "sidecars: miabctl sidecars disable" box_exec miabctl sidecars disable
-step "disabled: main.cf, master.cf, dovecot conf.d, units match the record" compare_record "$LB_STATE/record-before-enable"
+step "disabled: master.cf, Z-Push, dovecot conf.d, units match the record" compare_record "$LB_STATE/record-before-enable-nomain" nomain
+# main.cf: the stock file with exactly the upgrade's two changes (the sidecars' edits gone,
+# the new version's values kept).
+main_cf_is_upgraded_stock() {
+	box_exec python3 - /root/main.cf.before-enable /etc/postfix/main.cf <<-'EOF'
+	import sys
+	want = open(sys.argv[1]).read()
+	want = want.replace("message_size_limit=134217728", "message_size_limit=157286400")
+	want = want.replace("reject_unlisted_recipient,check_policy_service inet:127.0.0.1:10023", "reject_unlisted_recipient,reject_non_fqdn_recipient,check_policy_service inet:127.0.0.1:10023")
+	got = open(sys.argv[2]).read()
+	if got != want:
+	    import difflib
+	    sys.stdout.writelines(difflib.unified_diff(want.splitlines(True), got.splitlines(True), "expected", "main.cf"))
+	    sys.exit("main.cf is not the stock file with the upgrade's changes")
+	print("main.cf: the stock file with the upgrade's message_size_limit and recipient list, nothing of ours")
+	EOF
+}
+step "disabled: main.cf keeps the upgrade's values and has none of ours" main_cf_is_upgraded_stock
 stock_running() {
 	local i
 	for i in $(seq 1 30); do

@@ -10,11 +10,18 @@
                                               raw to OUT and deletes it
   probe.py burst USER PASSWORD N TO SUBJECT   N messages in one session on 587, each to its own
                                               recipient TO with +SUBJECT-i before the @
+  probe.py imap-from SOURCE USER PASSWORD     IMAPS 993 login from the local address SOURCE
+                                              (a client that is not the webmail proxy): exit
+                                              0 ok, 3 refused, 1 other
+  probe.py strangers USER N FIRST             N wrong-password IMAPS logins for USER at once,
+                                              from 127.0.0.FIRST, FIRST+1, ...
 """
 import imaplib
 import smtplib
+import socket
 import ssl
 import sys
+import threading
 import time
 import uuid
 from email.utils import formatdate, make_msgid
@@ -63,6 +70,46 @@ def imap_login(user, pw):
     m.logout()
     print("IMAP login %s accepted" % user)
     return 0
+
+
+class IMAP4_SSL_From(imaplib.IMAP4_SSL):
+    """IMAPS from a given local address."""
+
+    def __init__(self, source, *a, **k):
+        self.source = source
+        super().__init__(*a, **k)
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout, source_address=(self.source, 0))
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+
+def imap_from(source, user, pw):
+    m = IMAP4_SSL_From(source, HOST, 993, ssl_context=ctx(), timeout=60)
+    try:
+        m.login(user, pw)
+    except imaplib.IMAP4.error as e:
+        print("IMAP login %s from %s refused: %s" % (user, source, e))
+        return 3
+    m.logout()
+    print("IMAP login %s from %s accepted" % (user, source))
+    return 0
+
+
+def strangers(user, n, first):
+    codes = []
+
+    def one(i):
+        codes.append(imap_from("127.0.0.%d" % (first + i), user, "wrong-%d" % i))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refused = sum(1 for c in codes if c == 3)
+    print("%d of %d strangers refused" % (refused, n))
+    return 0 if refused == n else 1
 
 
 def send(user, pw, to, subject, port=465):
@@ -130,6 +177,10 @@ def main():
         return burst(a[0], a[1], int(a[2]), a[3], a[4])
     if cmd == "fetch":
         return fetch(a[0], a[1], a[2], a[3])
+    if cmd == "imap-from":
+        return imap_from(a[0], a[1], a[2])
+    if cmd == "strangers":
+        return strangers(a[0], int(a[1]), int(a[2]))
     print("unknown command " + cmd, file=sys.stderr)
     return 2
 
