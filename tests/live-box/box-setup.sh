@@ -109,6 +109,8 @@ cmd_miab() {
 # which the box has none of): its IMAP backend's config.php, from MIAB's own file.
 cmd_zpush() {
 	miab_env
+	# shellcheck source=/dev/null
+	source /etc/mailinabox.conf
 	mkdir -p /usr/local/lib/z-push/backend/imap
 	rm -f /usr/local/lib/z-push/backend/imap/config.php
 	cp "$MIAB/conf/zpush/backend_imap.php" /usr/local/lib/z-push/backend/imap/config.php

@@ -143,12 +143,12 @@ impl Sys {
         self.run("systemctl", args)
     }
 
-    /// `postfix reload` if Postfix runs; a stopped one reads `main.cf` when it starts.
+    /// Postfix reloaded if it runs (a stopped one reads `main.cf` when it starts), through
+    /// systemd, so the reload waits its turn behind a restart MIAB's setup has under way.
+    /// `postfix status` and `postfix reload` run beside such a restart can make its
+    /// `postfix start` find the pid file locked and give up, leaving Postfix down.
     fn postfix_reload(&self) -> Result<()> {
-        if self.run("postfix", &["status"]).is_ok() {
-            self.run("postfix", &["reload"])?;
-        }
-        Ok(())
+        self.systemctl(&["try-reload-or-restart", "postfix"]).map(drop)
     }
 
     /// `postconf -h NAME`, or "" where it cannot be asked.
