@@ -384,24 +384,17 @@ fn strangers_through_a_forwarding_proxy_do_not_lock_out_the_owners_webmail() {
     );
     let port = dv.imap_port();
     let owner = Some("198.51.100.20");
+    let me = |from: Option<&str>, pw: &str| webmail_login(port, from, "me@example.com", pw);
     let ok = |r: Run| assert!(r.ok() && r.stdout.starts_with("OK"), "{r:?}\n{}", dv.log());
     let no = |r: Run| assert!(!r.ok(), "{r:?}");
-    ok(webmail_login(
-        port,
-        owner,
-        "me@example.com",
-        "a-long-password",
-    ));
     // Strangers through the same webmail, each from its own address.
-    for i in 0..12 {
-        let stranger = format!("203.0.113.{i}");
-        no(webmail_login(
-            port,
-            Some(&stranger),
-            "me@example.com",
-            "guess",
-        ));
-    }
+    let strangers = |from: std::ops::Range<u8>| {
+        for i in from {
+            no(me(Some(&format!("203.0.113.{i}")), "guess"));
+        }
+    };
+    ok(me(owner, "a-long-password"));
+    strangers(0..12);
     assert!(
         d.log()
             .contains("too many failures for login=\"me@example.com\""),
@@ -409,51 +402,18 @@ fn strangers_through_a_forwarding_proxy_do_not_lock_out_the_owners_webmail() {
         d.log()
     );
     // A stranger with the right password from a new address is refused without a check...
-    no(webmail_login(
-        port,
-        Some("192.0.2.77"),
-        "me@example.com",
-        "a-long-password",
-    ));
+    no(me(Some("192.0.2.77"), "a-long-password"));
     // ...the owner's browser is not, nor webmail without a forwarded address.
-    ok(webmail_login(
-        port,
-        owner,
-        "me@example.com",
-        "a-long-password",
-    ));
-    ok(webmail_login(
-        port,
-        None,
-        "me@example.com",
-        "a-long-password",
-    ));
+    ok(me(owner, "a-long-password"));
+    ok(me(None, "a-long-password"));
 
     // After a restart (a package upgrade), strangers brake the login again; the owner's
     // browser is still known.
     d.terminate();
     let d = start();
-    for i in 20..32 {
-        let stranger = format!("203.0.113.{i}");
-        no(webmail_login(
-            port,
-            Some(&stranger),
-            "me@example.com",
-            "guess",
-        ));
-    }
-    no(webmail_login(
-        port,
-        Some("192.0.2.78"),
-        "me@example.com",
-        "a-long-password",
-    ));
-    ok(webmail_login(
-        port,
-        owner,
-        "me@example.com",
-        "a-long-password",
-    ));
+    strangers(20..32);
+    no(me(Some("192.0.2.78"), "a-long-password"));
+    ok(me(owner, "a-long-password"));
     assert!(
         d.log().contains("known devices read known_devices=1"),
         "{}",

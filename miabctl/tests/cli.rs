@@ -589,7 +589,14 @@ fn root_commands_follow_no_link_planted_in_the_daemons_directories() {
     );
     ok(
         root.path(),
-        &["user", "app-password", "add", "me@example.com", "--label", "phone"],
+        &[
+            "user",
+            "app-password",
+            "add",
+            "me@example.com",
+            "--label",
+            "phone",
+        ],
         None,
     );
     // As on a box: the daemons can reach their directories.

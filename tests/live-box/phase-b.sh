@@ -407,20 +407,29 @@ step "sidecars: a disable that fails (postgrey does not start) leaves the box sw
 check_all "after a failed disable"
 step "sidecars: miabctl sidecars disable" box_exec miabctl sidecars disable
 step "disabled: master.cf, Z-Push, dovecot conf.d, units match the record" compare_record "$LB_STATE/record-before-enable-nomain" nomain
-# main.cf: the stock file with exactly the upgrade's two changes (the sidecars' edits gone,
-# the new version's values kept).
+# main.cf: the stock file's settings with exactly the upgrade's two changes, and no line of
+# ours left, not even one MIAB's editconf.py commented out (its own "#old" lines are the
+# upgrade's and stay).
 main_cf_is_upgraded_stock() {
 	box_exec python3 - /root/main.cf.before-enable /etc/postfix/main.cf <<-'EOF'
 	import sys
+	def settings(text):
+	    return [l for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#")]
 	want = open(sys.argv[1]).read()
 	want = want.replace("message_size_limit=134217728", "message_size_limit=157286400")
 	want = want.replace("reject_unlisted_recipient,check_policy_service inet:127.0.0.1:10023", "reject_unlisted_recipient,reject_non_fqdn_recipient,check_policy_service inet:127.0.0.1:10023")
 	got = open(sys.argv[2]).read()
-	if got != want:
+	if settings(got) != settings(want):
 	    import difflib
-	    sys.stdout.writelines(difflib.unified_diff(want.splitlines(True), got.splitlines(True), "expected", "main.cf"))
-	    sys.exit("main.cf is not the stock file with the upgrade's changes")
-	print("main.cf: the stock file with the upgrade's message_size_limit and recipient list, nothing of ours")
+	    sys.stdout.write("\n".join(difflib.unified_diff(settings(want), settings(got), "expected", "main.cf", lineterm="")))
+	    sys.exit("main.cf's settings are not the stock ones with the upgrade's changes")
+	keys = ("virtual_mailbox_domains", "virtual_mailbox_maps", "virtual_alias_maps",
+	        "smtpd_sender_login_maps", "smtpd_sasl_path", "smtpd_milters", "milter_default_action",
+	        "smtpd_sender_restrictions", "smtpd_recipient_restrictions", "smtpd_end_of_data_restrictions")
+	ours = [l for l in got.splitlines() if "miab-" in l or l.lstrip("#").startswith(tuple(k + " = " for k in keys))]
+	if ours:
+	    sys.exit("lines of ours left in main.cf: %s" % ours)
+	print("main.cf: the stock settings with the upgrade's message_size_limit and recipient list, no line of ours")
 	EOF
 }
 step "disabled: main.cf keeps the upgrade's values and has none of ours" main_cf_is_upgraded_stock

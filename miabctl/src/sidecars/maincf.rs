@@ -102,6 +102,22 @@ pub fn restore(text: &str, name: &str, ours: &str, before: Option<&str>) -> Opti
     Some(out)
 }
 
+/// Removes every line that is `#` followed by exactly `line`; returns how many.
+pub fn drop_comment(text: &mut String, line: &str) -> usize {
+    let want = format!("#{line}");
+    let mut n = 0;
+    let kept: String = text
+        .split_inclusive('\n')
+        .filter(|l| {
+            let drop = l.trim_end_matches(['\n', '\r']) == want;
+            n += usize::from(drop);
+            !drop
+        })
+        .collect();
+    *text = kept;
+    n
+}
+
 /// Is this a whole `main.cf` as a writer leaves it, not one caught half-written? It ends with
 /// a newline (every writer ends its last line) and is not empty.
 pub fn looks_whole(text: &str) -> bool {
@@ -167,6 +183,14 @@ mod tests {
         let (b, _) = set(&a, "smtpd_banner", "an upgrade's");
         assert_eq!(restore(&b, "smtpd_banner", "ours", before.as_deref()), None);
         assert_eq!(restore(MAIN, "absent", "ours", None), None);
+    }
+
+    #[test]
+    fn our_lines_commented_by_an_upgrade_go() {
+        let mut t = "a=1\n#x = ours\n#x=theirs\nx=theirs\n#x = ours\n#x = ours2\n".to_owned();
+        assert_eq!(drop_comment(&mut t, "x = ours"), 2);
+        assert_eq!(t, "a=1\n#x=theirs\nx=theirs\n#x = ours2\n");
+        assert_eq!(drop_comment(&mut t, "x = none"), 0);
     }
 
     #[test]

@@ -148,7 +148,8 @@ impl Sys {
     /// `postfix status` and `postfix reload` run beside such a restart can make its
     /// `postfix start` find the pid file locked and give up, leaving Postfix down.
     fn postfix_reload(&self) -> Result<()> {
-        self.systemctl(&["try-reload-or-restart", "postfix"]).map(drop)
+        self.systemctl(&["try-reload-or-restart", "postfix"])
+            .map(drop)
     }
 
     /// `postconf -h NAME`, or "" where it cannot be asked.
@@ -276,6 +277,10 @@ fn neutralise(sys: &Sys) -> Result<Vec<String>> {
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Edits {
     main_cf: std::collections::BTreeMap<String, Edit>,
+    /// Every line we ever wrote: MIAB's `editconf.py` comments a value out before it writes
+    /// its own, so an upgrade while switched leaves `#` and our line behind.
+    #[serde(default)]
+    written: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -410,6 +415,7 @@ fn set_main_cf(
                     ours: v.clone(),
                 },
             ));
+            edits.written.insert(format!("{k} = {v}"));
             words.push(format!("main.cf: {k} = {v}"));
         }
         // Recorded before the file is written: a crash between leaves a record of an edit
@@ -701,6 +707,16 @@ fn undo_main_cf(sys: &Sys) -> Result<()> {
                 words.push(format!("main.cf: {k} as before"));
             }
         }
+        let commented: usize = edits
+            .written
+            .iter()
+            .map(|line| maincf::drop_comment(&mut text, line))
+            .sum();
+        if commented > 0 {
+            words.push(format!(
+                "main.cf: {commented} of our lines that an upgrade had commented out removed"
+            ));
+        }
         Ok((text != old).then_some((text, words)))
     })?;
     for w in words.unwrap_or_default() {
@@ -847,12 +863,10 @@ mod tests {
         for (unit, text) in REPLACED {
             assert_eq!(read(&sys, &drop_in(unit)), text);
         }
-        // An upgrade puts MIAB's wiring back; repair undoes that.
-        write_file(
-            &sys.path(AUTH_CONF),
-            "!include auth-system.conf.ext\n!include auth-sql.conf.ext\n",
-        )
-        .unwrap();
+        // An upgrade puts MIAB's wiring back (mail-users.sh's sed uncomments our line, mark and
+        // all); repair undoes that.
+        let upgraded = auth.replace("#!include auth-sql", "!include auth-sql");
+        write_file(&sys.path(AUTH_CONF), &upgraded).unwrap();
         write_file(&sys.path(ZPUSH_IMAP_CONF), ZPUSH).unwrap();
         repair(&sys).unwrap();
         assert_eq!(read(&sys, AUTH_CONF), auth);
@@ -873,7 +887,13 @@ mod tests {
         use std::io::Write;
         let path = sys.path(MAIN_CF);
         let old = std::fs::read_to_string(&path).unwrap();
-        let (new, _) = maincf::set(&old, name, value);
+        // As editconf.py: a different value is commented out, the new one goes below it.
+        let line = format!("{name}={value}\n");
+        let new = match maincf::entry(&old, name) {
+            Some(e) if maincf::value(&old, name) == value => old.replacen(&e, &line, 1),
+            Some(e) => old.replacen(&e, &format!("#{e}{line}"), 1),
+            None => format!("{old}{line}"),
+        };
         let mut f = std::fs::File::create(&path).unwrap();
         for piece in new.as_bytes().chunks(new.len() / 4 + 1) {
             f.write_all(piece).unwrap();
@@ -903,6 +923,8 @@ mod tests {
         editconf(&sys, "milter_default_action", "accept", zero);
         disable(&sys).unwrap();
         let text = read(&sys, MAIN_CF);
+        // The lines editconf commented out were ours: gone too.
+        assert!(!text.contains("miab-"), "{text}");
         assert_eq!(
             maincf::value(&text, "smtpd_recipient_restrictions"),
             upgraded

@@ -206,7 +206,8 @@ pub fn auth_conf_without_sql(text: &str) -> Option<String> {
             let (body, end) = split_end(line);
             out.push_str(&body[..indent]);
             out.push('#');
-            out.push_str(&body[indent..]);
+            // MIAB's upgrade uncomments our line and leaves the mark: one mark only.
+            out.push_str(unmarked(&body[indent..]));
             out.push_str(AUTH_MARK);
             out.push_str(end);
             changed = true;
@@ -228,10 +229,16 @@ pub fn auth_conf_with_sql(text: &str, legacy: bool) -> Option<String> {
         let (body, end) = split_end(line);
         let indent = body.len() - body.trim_start().len();
         let rest = &body[indent..];
-        let ours = rest
-            .strip_prefix('#')
+        let uncommented = rest.strip_prefix('#').unwrap_or(rest);
+        let ours = Some(uncommented)
             .filter(|r| r.starts_with(SQL_INCLUDE))
-            .and_then(|r| r.strip_suffix(AUTH_MARK).or(legacy.then_some(r)));
+            .and_then(|r| {
+                if r.ends_with(AUTH_MARK) {
+                    Some(unmarked(r))
+                } else {
+                    (legacy && rest.starts_with('#')).then_some(r)
+                }
+            });
         match ours {
             Some(original) => {
                 out.push_str(&body[..indent]);
@@ -243,6 +250,14 @@ pub fn auth_conf_with_sql(text: &str, legacy: bool) -> Option<String> {
         }
     }
     changed.then_some(out)
+}
+
+/// `s` without our marks at its end.
+fn unmarked(mut s: &str) -> &str {
+    while let Some(r) = s.strip_suffix(AUTH_MARK) {
+        s = r;
+    }
+    s
 }
 
 /// A line without its line end, and the line end.
@@ -441,6 +456,13 @@ mod tests {
             back,
             format!("{miab}#!include auth-sql.conf.ext\nauth_verbose = yes\n")
         );
+        // MIAB's upgrade (mail-users.sh: sed 's/#*\(!include auth-sql.conf.ext\)/\1/')
+        // uncomments our line and leaves the mark; repair comments it with one mark, and
+        // disable gives back MIAB's line either way.
+        let sed = ours.replace("#!include auth-sql", "!include auth-sql");
+        assert!(auth_conf_has_sql(&sed));
+        assert_eq!(auth_conf_without_sql(&sed).as_deref(), Some(ours.as_str()));
+        assert_eq!(auth_conf_with_sql(&sed, false).as_deref(), Some(miab));
         // What versions before the mark left: uncommented only when asked (legacy).
         let old = miab.replace("\n!include auth-sql", "\n#!include auth-sql");
         assert_eq!(auth_conf_with_sql(&old, false), None);
