@@ -397,6 +397,9 @@ fn set_main_cf(
     want: impl Fn(&dyn Fn(&str) -> String) -> Vec<(&'static str, String)>,
 ) -> Result<Vec<String>> {
     let mut edits = Edits::load(sys)?;
+    // What the first enable saw, for a parameter not yet recorded (a box enabled by a version
+    // that kept no record).
+    let saved = std::fs::read_to_string(sys.backup_of(MAIN_CF)).ok();
     let done = edit_main_cf(sys, |old| {
         let changes = want(&|n: &str| maincf::value(old, n));
         if changes.is_empty() {
@@ -406,8 +409,22 @@ fn set_main_cf(
         let mut words = Vec::new();
         let mut record = Vec::new();
         for (k, v) in &changes {
-            let (next, before) = maincf::set(&text, k, v);
+            let current = format!("{k} = {}", maincf::value(&text, k));
+            let (next, replaced) = maincf::set(&text, k, v);
             text = next;
+            // Replacing a value of ours (a newer version's wiring) keeps what was there
+            // before us; replacing anyone else's records it.
+            let before = match (edits.main_cf.get(*k), &saved) {
+                (Some(e), _)
+                    if edits.written.contains(&current)
+                        || current == format!("{k} = {}", e.ours) =>
+                {
+                    e.before.clone()
+                }
+                (Some(_), _) => replaced,
+                (None, Some(saved)) => maincf::entry(saved, k),
+                (None, None) => replaced,
+            };
             record.push((
                 k.to_string(),
                 Edit {
@@ -941,6 +958,40 @@ mod tests {
             "sqlite:/etc/postfix/virtual-alias-maps.cf"
         );
         assert!(wiring::zpush_uses_sendmail(&read(&sys, ZPUSH_IMAP_CONF)));
+    }
+
+    /// A box switched by a version that kept no record of its edits, wired the old way (the
+    /// policy service on 10023): repair rewires it, and disable still gives back MIAB's own
+    /// values, never the old version's.
+    #[test]
+    fn an_older_enable_is_rewired_and_disabled_to_miabs_values() {
+        let (_dir, sys) = scratch();
+        let stock = read(&sys, MAIN_CF);
+        enable(&sys).unwrap();
+        std::fs::remove_file(sys.state("edits.json")).unwrap();
+        let old_ours = "permit_sasl_authenticated,permit_mynetworks,reject_unlisted_recipient,check_policy_service { inet:127.0.0.1:10023, timeout=10s, default_action=DUNNO, policy_context=recipient },check_policy_service inet:127.0.0.1:12340";
+        let text = read(&sys, MAIN_CF);
+        let (text, _) = maincf::set(&text, "smtpd_recipient_restrictions", old_ours);
+        write_file(&sys.path(MAIN_CF), &text).unwrap();
+        repair(&sys).unwrap();
+        let now = sys.postconf("smtpd_recipient_restrictions");
+        assert!(now.contains("unix:miab-policyd/policy"), "{now}");
+        // The same wiring as a version that kept records left it: the value it wrote is
+        // recorded as its own, and replacing it keeps MIAB's value as the one to restore.
+        let (text, _) = maincf::set(
+            &read(&sys, MAIN_CF),
+            "smtpd_recipient_restrictions",
+            old_ours,
+        );
+        write_file(&sys.path(MAIN_CF), &text).unwrap();
+        let mut edits = Edits::load(&sys).unwrap();
+        edits
+            .written
+            .insert(format!("smtpd_recipient_restrictions = {old_ours}"));
+        edits.save(&sys).unwrap();
+        repair(&sys).unwrap();
+        disable(&sys).unwrap();
+        assert_eq!(read(&sys, MAIN_CF), stock);
     }
 
     #[test]
