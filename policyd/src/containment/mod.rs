@@ -28,8 +28,10 @@ use userdb::{Delimiters, Directory, Snapshot};
 /// Messages whose recipients are noted at once at most; past this the oldest note goes (its
 /// message then counts its recipients as new, by Postfix's `recipient_count`).
 const MAX_PENDING: usize = 10_000;
-/// Recipients noted per message at most; the rest count as new.
+/// Recipients noted per message at most, and for all messages together (memory stays a few
+/// megabytes whatever a stolen login names); the rest count as new.
 const MAX_LISTED: usize = 1_000;
+const MAX_LISTED_ALL: usize = 100_000;
 /// A note older than this is forgotten (Postfix's own data timeout is far shorter).
 const PENDING_TTL: Duration = Duration::from_secs(3600);
 /// Addresses one recipient may expand to, and alias levels followed (Postfix's own
@@ -46,6 +48,21 @@ enum Job {
     Expire,
 }
 
+/// The messages under way, by Postfix's `instance`, and how many addresses they list.
+#[derive(Debug, Default)]
+struct Notes {
+    by_instance: HashMap<String, Pending>,
+    listed: usize,
+}
+
+impl Notes {
+    fn remove(&mut self, instance: &str) -> Option<Pending> {
+        let p = self.by_instance.remove(instance)?;
+        self.listed -= p.recipients.len();
+        Some(p)
+    }
+}
+
 /// The recipients noted for one message (by Postfix's `instance`) until its end of data.
 #[derive(Debug)]
 struct Pending {
@@ -59,7 +76,7 @@ struct Pending {
 #[derive(Debug)]
 pub struct Containment {
     jobs: mpsc::Sender<Job>,
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: Mutex<Notes>,
     exempt: Vec<String>,
     action: String,
     notice: Option<Notice>,
@@ -83,7 +100,7 @@ impl Containment {
             .map_err(|e| userdb::Error::Internal(format!("sending DB thread: {e}")))?;
         Ok(Containment {
             jobs,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Notes::default()),
             exempt: s.exempt_logins.iter().map(|l| l.to_lowercase()).collect(),
             action: s.action.as_str().to_owned(),
             notice: s.notify_to().map(|to| Notice {
@@ -134,10 +151,21 @@ impl Containment {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        if pending.len() >= MAX_PENDING && !pending.contains_key(&req.instance) {
-            pending.retain(|_, p| now.duration_since(p.since) < PENDING_TTL);
-            if pending.len() >= MAX_PENDING
+        if pending.by_instance.len() >= MAX_PENDING
+            && !pending.by_instance.contains_key(&req.instance)
+        {
+            let stale: Vec<String> = pending
+                .by_instance
+                .iter()
+                .filter(|(_, p)| now.duration_since(p.since) >= PENDING_TTL)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in stale {
+                pending.remove(&k);
+            }
+            if pending.by_instance.len() >= MAX_PENDING
                 && let Some(oldest) = pending
+                    .by_instance
                     .iter()
                     .min_by_key(|(_, p)| p.since)
                     .map(|(k, _)| k.clone())
@@ -145,7 +173,11 @@ impl Containment {
                 pending.remove(&oldest);
             }
         }
-        let p = pending
+        let Notes {
+            by_instance,
+            listed,
+        } = &mut *pending;
+        let p = by_instance
             .entry(req.instance.clone())
             .or_insert_with(|| Pending {
                 login: login.to_owned(),
@@ -158,8 +190,9 @@ impl Containment {
             return;
         }
         for r in recipients {
-            if p.recipients.len() < MAX_LISTED {
+            if p.recipients.len() < MAX_LISTED && *listed < MAX_LISTED_ALL {
                 p.recipients.push(r);
+                *listed += 1;
             } else {
                 p.unlisted = p.unlisted.saturating_add(1);
             }
@@ -337,4 +370,43 @@ fn printable(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_are_bounded_per_message_and_in_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ContainmentSettings {
+            db: Some(dir.path().join("sending.sqlite")),
+            ..ContainmentSettings::default()
+        };
+        let c = Containment::open(&settings, "box.example.com").unwrap();
+        let rcpts = |n: usize, tag: &str| -> Vec<String> {
+            (0..n).map(|i| format!("{tag}-{i}@x.example")).collect()
+        };
+        for m in 0..150 {
+            let req = Request {
+                instance: format!("i{m}"),
+                ..Request::default()
+            };
+            c.note(&req, "me@example.com", rcpts(1_200, &format!("m{m}")));
+        }
+        let notes = c.pending.lock().unwrap();
+        assert_eq!(notes.listed, MAX_LISTED_ALL);
+        let first = &notes.by_instance["i0"];
+        assert_eq!((first.recipients.len(), first.unlisted), (MAX_LISTED, 200));
+        let last = &notes.by_instance["i149"];
+        assert_eq!((last.recipients.len(), last.unlisted), (0, 1_200));
+        drop(notes);
+        // Another login's request for the same message adds nothing to it.
+        let req = Request {
+            instance: "i0".into(),
+            ..Request::default()
+        };
+        c.note(&req, "you@example.com", rcpts(5, "other"));
+        assert_eq!(c.pending.lock().unwrap().by_instance["i0"].unlisted, 200);
+    }
 }
