@@ -189,7 +189,7 @@ fn outbound(per_conn: usize, rounds: usize) {
         ),
         (
             "+ containment",
-            "checks = [\"sender_login\", \"containment\"]\n[policyd.containment]\nfloor_messages = 1000000000\nfloor_new_recipients = 1000000000\nnotify = \"\"",
+            "checks = [\"sender_login\", \"containment\"]\n[policyd.containment]\nfloor_messages = 1000000000\nfloor_recipients = 1000000000\nfloor_new_recipients = 1000000000\nnotify = \"\"",
         ),
     ];
     // Four weeks of history, an hour at a time, as a box that ran for a month has.
