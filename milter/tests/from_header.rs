@@ -126,3 +126,16 @@ fn warn_delivers_and_logs() {
         "{log}"
     );
 }
+
+/// With the check off, an authenticated submission is still signed: the rule for mail
+/// without a login goes by the session's login, not by the From: check.
+#[test]
+fn off_still_signs_authenticated_mail() {
+    require_program("/usr/bin/swaks", "swaks");
+    let s = setup_full(true, "from_header = \"off\"\nsign_local_domains = []");
+    let own = delivered(&s, &["From: Me <me@example.com>"], "off-own", true);
+    assert!(header_block(&own).starts_with("DKIM-Signature:"), "{own}");
+    // Without a login the same From: is not signed (not the box's own name).
+    let local = delivered(&s, &["From: Me <me@example.com>"], "off-local", false);
+    assert!(!header_block(&local).contains("DKIM-Signature:"), "{local}");
+}

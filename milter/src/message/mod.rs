@@ -296,7 +296,8 @@ impl Session {
                     return stop;
                 }
             }
-            if login.is_none()
+            // Without a login (whatever `from_header` says about the check above).
+            if self.login.is_none()
                 && let Some(domain) = domain.as_deref().filter(|d| dir.is_mail_domain(d))
             {
                 let local = origin::Local {
