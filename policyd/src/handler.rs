@@ -52,8 +52,6 @@ impl Check {
         }
     }
 
-    /// Checks about the sender, which belong in `smtpd_sender_restrictions` so Postfix words
-    /// their rejections `Sender address rejected`.
     /// Does it decide about a login (and so trust the `sasl_username` it is told)?
     pub fn is_login_check(self) -> bool {
         matches!(
@@ -62,6 +60,8 @@ impl Check {
         )
     }
 
+    /// Checks about the sender, which belong in `smtpd_sender_restrictions` so Postfix words
+    /// their rejections `Sender address rejected`.
     fn is_sender_check(self) -> bool {
         matches!(
             self,
