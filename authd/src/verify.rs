@@ -142,7 +142,7 @@ impl State {
                     self.brake.cooloff().as_secs()
                 ),
                 guard::Blocked::Device(l, net) => tracing::warn!(
-                    "authentication brake: too many failures for login={l:?} from its known device rip={net}, refused there for {} s",
+                    "authentication brake: too many failures for login={l:?} on its known device network {net}, refused there for {} s",
                     self.brake.cooloff().as_secs()
                 ),
             }
