@@ -27,8 +27,8 @@ pub struct Settings {
     /// Clients whose mail is signed without SMTP AUTH: IP addresses or CIDR networks.
     /// Default `["127.0.0.1", "::1"]` (OpenDKIM's TrustedHosts on MIAB). Their mail, like
     /// `sendmail`'s, is signed only for the box's hostname, `sign_local_domains` and automatic
-    /// replies (Sieve vacation), and never when it came in from outside with a From: that did
-    /// not pass DMARC here (a Sieve redirect).
+    /// replies (Sieve vacation), and never when it came in from outside (a Sieve redirect: it
+    /// carries our Authentication-Results).
     pub trusted_hosts: Vec<Cidr>,
     /// Domains besides the box's hostname whose mail from `sendmail` or a trusted client
     /// without SMTP AUTH is signed. Default none: anything on the box can run `sendmail`.

@@ -169,7 +169,7 @@ impl Session {
             let value = String::from_utf8_lossy(value);
             if results::claims_authserv_id(&value, &self.state.hostname) {
                 self.ar_forged.push(self.ar_seen);
-                self.evidence.our_results(&value);
+                self.evidence.our_results();
             }
         } else if name_trimmed.eq_ignore_ascii_case(b"Auto-Submitted") {
             self.evidence
