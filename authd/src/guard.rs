@@ -9,7 +9,7 @@
 //!   device on a network braked for strangers' failures there; a known device is braked only
 //!   by its own failures. Strangers, from however many addresses, get no password check at
 //!   all until the cooling-off ends;
-//! - known devices are kept in a file (`userdb::known_devices`), so a restart forgets none;
+//! - known devices are kept in a file (`state::known_devices`), so a restart forgets none;
 //!   at most [`MAX_PER_LOGIN`] per login (its oldest goes) and [`MAX_KNOWN`] in all (the
 //!   oldest hundredth goes), never all at once;
 //! - clients on a trusted proxy's address (Roundcube, Z-Push and Nextcloud on 127.0.0.1) are
@@ -26,13 +26,14 @@ use daemon::net::{Cidr, any_contains};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use state::commit::GroupCommit;
+use state::known_devices::{Change, KnownDeviceStore, KnownDevices, Writer};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-use userdb::known_devices::KnownDevices;
 
 type Tag = [u8; 32];
 
@@ -136,12 +137,6 @@ struct Known {
     count: usize,
 }
 
-/// What the file is told, on a thread of its own.
-enum StoreJob {
-    Apply(Vec<(String, String, i64)>, Vec<(String, String)>),
-    Expire(i64),
-}
-
 impl Known {
     fn seen_at(&self, login: &str, net: IpAddr) -> Option<i64> {
         self.by_login
@@ -237,23 +232,8 @@ pub struct Brake {
     proxies: Vec<Cidr>,
     /// (login, client network) pairs that logged in, with when they last did.
     known: Mutex<Known>,
-    /// The file they are kept in, if any.
-    store: Option<Store>,
-}
-
-/// The writer thread; dropping it writes what is queued and waits for the thread.
-struct Store {
-    tx: Mutex<Option<mpsc::Sender<StoreJob>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        lock(&self.tx).take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    /// The file they are kept in, if any; written through the group commit.
+    store: Option<GroupCommit<Writer<KnownDevices>>>,
 }
 
 impl std::fmt::Debug for Brake {
@@ -307,11 +287,11 @@ impl Brake {
     }
 
     /// Keeps the known devices in the file at `path`: those seen in the last 30 days are
-    /// read now, and every change is written on a thread of its own. Returns how many were
+    /// read now, and every change is written through the group commit. Returns how many were
     /// read.
-    pub fn keep_known_in(&mut self, path: &Path) -> userdb::Result<usize> {
+    pub fn keep_known_in(&mut self, path: &Path) -> state::Result<usize> {
         let mut file = KnownDevices::open(path)?;
-        let now = userdb::clock::unix_now();
+        let now = state::clock::unix_now();
         let rows = file.load(now - KNOWN_FOR, MAX_KNOWN)?;
         let n = rows.len();
         {
@@ -320,41 +300,25 @@ impl Brake {
             for (login, net, at) in rows.into_iter().rev() {
                 if let Ok(net) = net.parse::<IpAddr>() {
                     let (_, gone) = known.insert(&login, ip_key(net), at);
-                    let forget: Vec<(String, String)> =
-                        gone.into_iter().map(|(l, n)| (l, n.to_string())).collect();
+                    let forget: Vec<Change> = gone
+                        .into_iter()
+                        .map(|(l, n)| Change::Forget(l, n.to_string()))
+                        .collect();
                     if !forget.is_empty() {
-                        file.apply(&[], &forget)?;
+                        file.apply(&forget)?;
                     }
                 }
             }
         }
-        let (tx, rx) = mpsc::channel::<StoreJob>();
-        let thread = std::thread::Builder::new()
-            .name("known-devices".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    let done = match job {
-                        StoreJob::Apply(seen, forget) => file.apply(&seen, &forget).map(drop),
-                        StoreJob::Expire(before) => file.expire(before).map(drop),
-                    };
-                    if let Err(e) = done {
-                        tracing::warn!(error = %e, "known devices could not be written");
-                    }
-                }
-            })
-            .map_err(|e| userdb::Error::Internal(format!("known-devices thread: {e}")))?;
-        self.store = Some(Store {
-            tx: Mutex::new(Some(tx)),
-            thread: Some(thread),
-        });
+        self.store = Some(GroupCommit::new(Writer(file), 256));
         Ok(n)
     }
 
-    fn write(&self, job: StoreJob) {
-        if let Some(s) = &self.store
-            && let Some(tx) = lock(&s.tx).as_ref()
-        {
-            let _ = tx.send(job);
+    fn write(&self, changes: impl IntoIterator<Item = Change>) {
+        if let Some(s) = &self.store {
+            for c in changes {
+                s.send(c);
+            }
         }
     }
 
@@ -374,7 +338,7 @@ impl Brake {
     /// Is `ip`'s network a known device of `login` (not on a proxy's address)?
     fn known_net(&self, ip: Option<IpAddr>, login: &str) -> Option<IpAddr> {
         let net = ip.filter(|_| !self.is_proxy(ip)).map(ip_key)?;
-        let now = userdb::clock::unix_now();
+        let now = state::clock::unix_now();
         lock(&self.known)
             .seen_at(login, net)
             .filter(|at| now - at < KNOWN_FOR)
@@ -415,17 +379,14 @@ impl Brake {
             return;
         };
         let net = ip_key(ip);
-        let now = userdb::clock::unix_now();
+        let now = state::clock::unix_now();
         let (write, gone) = lock(&self.known).insert(login, net, now);
         if write || !gone.is_empty() {
-            self.write(StoreJob::Apply(
-                if write {
-                    vec![(login.to_owned(), net.to_string(), now)]
-                } else {
-                    Vec::new()
-                },
-                gone.into_iter().map(|(l, n)| (l, n.to_string())).collect(),
-            ));
+            let seen = write.then(|| Change::Seen(login.to_owned(), net.to_string(), now));
+            let forget = gone
+                .into_iter()
+                .map(|(l, n)| Change::Forget(l, n.to_string()));
+            self.write(seen.into_iter().chain(forget));
         }
     }
 
@@ -479,9 +440,9 @@ impl Brake {
         }
         let now = Instant::now();
         lock(&self.blocked).retain(|_, until| *until > now);
-        let before = userdb::clock::unix_now() - KNOWN_FOR;
+        let before = state::clock::unix_now() - KNOWN_FOR;
         lock(&self.known).expire(before);
-        self.write(StoreJob::Expire(before));
+        self.write([Change::ExpireBefore(before)]);
     }
 }
 

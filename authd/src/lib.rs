@@ -20,11 +20,14 @@ pub mod settings;
 mod verify;
 
 use daemon::{Config, Limits, Listener, Loaded, Shutdown};
+use directory::{Hashers, Live};
+use state::app_password_use::UsageLog;
+use state::commit::GroupCommit;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use userdb::{Hashers, Live, Password, app_password};
+use userdb::Password;
 
 /// What every connection shares.
 pub struct State {
@@ -50,7 +53,7 @@ pub struct State {
     touched: Mutex<HashMap<i64, Instant>>,
     /// Our own record of app password use (the user DB stays read-only); `None` if it could
     /// not be opened, which costs only the last-use times.
-    usage: Option<Arc<Mutex<app_password::UsageLog>>>,
+    usage: Option<GroupCommit<UsageLog>>,
 }
 
 // The cookie and the decoy hash stay out of Debug prints.
@@ -100,7 +103,8 @@ impl State {
             Duration::from_secs(a.cooloff_secs),
             a.proxy_networks.clone(),
         );
-        let known = userdb::known_devices::path(&config.db_path());
+        let layout = config.layout();
+        let known = layout.known_devices_db();
         match brake.keep_known_in(&known) {
             Ok(n) => {
                 tracing::info!(known_devices = n, file = %known.display(), "known devices read");
@@ -122,11 +126,11 @@ impl State {
             cache: guard::SuccessCache::new(Duration::from_secs(a.cache_ttl_secs), a.cache_entries)
                 .map_err(|e| StartError::Random(e.to_string()))?,
             brake,
-            mailboxes: config.storage_root.join("mail").join("mailboxes"),
+            mailboxes: layout.mailboxes(),
             mail_uid: a.mail_uid.clone(),
             mail_gid: a.mail_gid.clone(),
             touched: Mutex::new(HashMap::new()),
-            usage: open_usage_log(&config.db_path()),
+            usage: open_usage_log(&layout.app_password_use_db()),
         })
     }
 
@@ -163,26 +167,15 @@ impl State {
             }
             t.insert(id, now);
         }
-        let Some(usage) = self.usage.clone() else {
-            return;
-        };
-        let secs = app_password::unix_now();
-        tokio::task::spawn_blocking(move || {
-            let done = usage
-                .lock()
-                .map_err(|_| "lock poisoned".to_owned())
-                .and_then(|u| u.record(id, secs).map_err(|e| e.to_string()));
-            if let Err(e) = done {
-                tracing::warn!(error = %e, "could not record an app password's last use");
-            }
-        });
+        if let Some(usage) = &self.usage {
+            usage.send((id, state::clock::unix_now()));
+        }
     }
 }
 
-fn open_usage_log(db: &std::path::Path) -> Option<Arc<Mutex<app_password::UsageLog>>> {
-    let path = app_password::usage_path(db);
-    match app_password::UsageLog::open(&path) {
-        Ok(u) => Some(Arc::new(Mutex::new(u))),
+fn open_usage_log(path: &std::path::Path) -> Option<GroupCommit<UsageLog>> {
+    match UsageLog::open(path) {
+        Ok(u) => Some(GroupCommit::new(u, 256)),
         Err(e) => {
             tracing::warn!(error = %e, "app password last-use times will not be recorded");
             None

@@ -6,7 +6,8 @@
 
 use crate::handler;
 use crate::{State, guard};
-use userdb::{Directory, Password, app_password};
+use directory::Directory;
+use userdb::{Password, app_password};
 
 /// A user row, as far as authentication needs it.
 #[derive(Clone)]

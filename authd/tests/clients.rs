@@ -137,14 +137,12 @@ fn postfix_smtp_auth_and_sender_login() {
     let ok = auth("LOGIN", "me@example.com", &smtp_pw, "me@example.com");
     assert!(ok.ok(), "{}", ok.stdout);
     // The last use is recorded in miab-authd's own file; the user DB is never written.
+    let usage = db.with_file_name("authd").join("app-password-use.sqlite");
     let used = miab_e2e::wait_until(std::time::Duration::from_secs(5), || {
-        UserDb::open(&db, Access::ReadOnly)
+        state::app_password_use::UsageLog::read(&usage)
             .unwrap()
-            .app_passwords("me@example.com")
-            .unwrap()
-            .into_iter()
-            .find(|p| p.id == smtp_id)?
-            .last_used_at
+            .get(&smtp_id)
+            .copied()
     });
     assert!(used.is_some(), "last use not recorded");
     let scoped = auth("PLAIN", "me@example.com", &imap_pw, "me@example.com");

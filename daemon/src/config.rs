@@ -197,16 +197,37 @@ impl Config {
     }
 
     /// The box's host name (`PRIMARY_HOSTNAME`), by the rule every binary shares
-    /// (`userdb::boxconf`): this file's `hostname`, else `/etc/mailinabox.conf`, else the
+    /// (`crate::boxconf`): this file's `hostname`, else `/etc/mailinabox.conf`, else the
     /// system's name.
     pub fn box_hostname(&self) -> String {
-        userdb::boxconf::primary_hostname(self.hostname.as_deref())
+        crate::boxconf::primary_hostname(self.hostname.as_deref())
             .unwrap_or_else(|| "localhost".into())
+    }
+
+    /// Where every file lives: MIAB's layout under the storage root, with the files the
+    /// sections move.
+    pub fn layout(&self) -> crate::Layout {
+        let path = |section: &Option<toml::Table>, keys: &[&str]| -> Option<PathBuf> {
+            let mut v = section.as_ref()?.get(keys[0])?;
+            for k in &keys[1..] {
+                v = v.as_table()?.get(*k)?;
+            }
+            v.as_str().map(PathBuf::from)
+        };
+        crate::Layout::new(
+            &self.storage_root,
+            crate::layout::Overrides {
+                greylist_db: path(&self.policyd, &["greylist", "db"]),
+                sending_db: path(&self.policyd, &["containment", "db"]),
+                dkim_key: path(&self.milter, &["key_file"]),
+                dkim_ed25519_key: path(&self.milter, &["ed25519_key_file"]),
+            },
+        )
     }
 
     /// The user DB: `STORAGE_ROOT/mail/users.sqlite`.
     pub fn db_path(&self) -> PathBuf {
-        userdb::db_path(&self.storage_root)
+        self.layout().users_db()
     }
 
     /// The DB busy timeout.

@@ -3,11 +3,13 @@
 //! the common flags, listeners in Postfix notation, the accept loop with its limits and graceful
 //! shutdown, and logging.
 
+pub mod boxconf;
 pub mod cli;
 pub mod config;
 #[cfg(feature = "dns")]
 pub mod dns;
 pub mod launch;
+pub mod layout;
 pub mod listen;
 pub mod net;
 pub mod serve;
@@ -16,6 +18,7 @@ pub mod session;
 pub use cli::CommonArgs;
 pub use config::{Config, ConfigError, DnsConfig, Endpoint, Loaded, Section, Server};
 pub use launch::{Listeners, Runtime, launch};
+pub use layout::Layout;
 pub use listen::{ListenAddr, Listener, Peer, Stream, UnixOptions};
 pub use serve::{
     Conn, Limits, Periodic, Shutdown, Trigger, on_reload, periodic, reloads, serve,

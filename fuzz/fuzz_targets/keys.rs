@@ -4,13 +4,13 @@
 
 use std::sync::OnceLock;
 
-fn directory() -> &'static (miab_e2e::Scratch, userdb::Snapshot) {
-    static DIR: OnceLock<(miab_e2e::Scratch, userdb::Snapshot)> = OnceLock::new();
+fn directory() -> &'static (miab_e2e::Scratch, directory::Snapshot) {
+    static DIR: OnceLock<(miab_e2e::Scratch, directory::Snapshot)> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = miab_e2e::Scratch::new("fuzz");
         let path = miab_e2e::fixture::miab_box(dir.path());
         let db = userdb::UserDb::open(&path, userdb::Access::ReadOnly).unwrap();
-        let snapshot = userdb::Snapshot::read(&db).unwrap();
+        let snapshot = directory::Snapshot::read(&db).unwrap();
         (dir, snapshot)
     })
 }

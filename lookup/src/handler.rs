@@ -1,7 +1,8 @@
 //! The answers: what MIAB's four `sqlite:` maps give, including what Postfix would have found
 //! through its partial keys, since a socketmap only ever sees the full key.
 
-use userdb::{Delimiters, Directory};
+use directory::Directory;
+use userdb::Delimiters;
 
 /// The maps this server answers, named as in `socketmap:...:NAME`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +78,7 @@ mod tests {
         db.add_alias("@catch.example", "me@example.com", "", false, &env)
             .unwrap();
         let d = Delimiters::default();
-        let dir = userdb::Snapshot::read(&db).unwrap();
+        let dir = directory::Snapshot::read(&db).unwrap();
         let q = |m, k| lookup(&dir, m, k, &d);
         assert_eq!(q(Map::Domains, "EXAMPLE.com").as_deref(), Some("1"));
         assert_eq!(q(Map::Domains, "nope.example"), None);

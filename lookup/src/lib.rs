@@ -14,8 +14,9 @@ mod session;
 pub mod settings;
 
 use daemon::{Config, Limits, Listener, Shutdown};
+use directory::Live;
 use std::sync::Arc;
-use userdb::{Delimiters, Live};
+use userdb::Delimiters;
 
 /// What every connection shares.
 #[derive(Debug)]
@@ -60,7 +61,7 @@ pub async fn run(listener: Listener, state: Arc<State>, shutdown: Shutdown) -> s
 /// key, as Postfix would send it (case, `+ext`, IDNA, bytes that are not UTF-8), looked up in
 /// every map of `dir` answers found or not found, never panics, and a found value is one
 /// line that fits a reply.
-pub fn fuzz_lookup(dir: &userdb::Snapshot, data: &[u8]) {
+pub fn fuzz_lookup(dir: &directory::Snapshot, data: &[u8]) {
     let delims = Delimiters::new("+");
     let mut payload = b"aliases ".to_vec();
     payload.extend_from_slice(data);
@@ -114,7 +115,7 @@ mod tests {
         let dir = miab_e2e::Scratch::new("lkf");
         let path = miab_e2e::fixture::miab_box(dir.path());
         let db = userdb::UserDb::open(&path, userdb::Access::ReadOnly).unwrap();
-        let db = userdb::Snapshot::read(&db).unwrap();
+        let db = directory::Snapshot::read(&db).unwrap();
         let pieces: [&[u8]; 14] = [
             b"me",
             b"hello",

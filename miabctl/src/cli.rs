@@ -17,14 +17,14 @@ use std::path::PathBuf;
     after_help = "Removing a mail user does not delete their mail folders on disk. It only prevents IMAP/SMTP login."
 )]
 pub struct Cli {
-    /// Mail-in-a-Box's STORAGE_ROOT; the DB is STORAGE_ROOT/mail/users.sqlite.
-    #[arg(
-        long,
-        env = "MIAB_STORAGE_ROOT",
-        default_value = "/home/user-data",
-        global = true
-    )]
-    pub storage_root: PathBuf,
+    /// The sidecars' configuration, whose storage layout (every file's path) miabctl shares
+    /// with the daemons (default /etc/miab/sidecars.toml if it exists).
+    #[arg(long, env = "MIAB_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Mail-in-a-Box's STORAGE_ROOT; the DB is STORAGE_ROOT/mail/users.sqlite (default: the
+    /// configuration's storage_root, /home/user-data).
+    #[arg(long, env = "MIAB_STORAGE_ROOT", global = true)]
+    pub storage_root: Option<PathBuf>,
     /// The box's PRIMARY_HOSTNAME (default: /etc/mailinabox.conf, else the system host name).
     #[arg(long, env = "MIAB_HOSTNAME", global = true)]
     pub hostname: Option<String>,
@@ -33,6 +33,18 @@ pub struct Cli {
     pub json: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Where every file lives, as the daemons see it: the configuration's layout, under
+    /// `--storage-root` if given.
+    pub fn layout(&self) -> anyhow::Result<daemon::Layout> {
+        let mut config = daemon::Config::load(self.config.as_deref())?;
+        if let Some(root) = &self.storage_root {
+            config.storage_root.clone_from(root);
+        }
+        Ok(config.layout())
+    }
 }
 
 #[derive(Debug, Subcommand)]

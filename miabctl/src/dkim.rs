@@ -12,11 +12,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// `STORAGE_ROOT/mail/dkim`, where opendkim-genkey puts MIAB's key.
-pub fn dir(storage_root: &Path) -> PathBuf {
-    storage_root.join("mail").join("dkim")
-}
-
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }

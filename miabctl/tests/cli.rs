@@ -616,14 +616,14 @@ fn root_commands_follow_no_link_planted_in_the_daemons_directories() {
     let db = policyd.join("sending.sqlite");
     std::fs::create_dir_all(&policyd).unwrap();
     std::fs::create_dir_all(&authd).unwrap();
-    drop(userdb::sending::Sending::open(&db).unwrap());
+    drop(state::sending::Sending::open(&db).unwrap());
     let usage = authd.join("app-password-use.sqlite");
-    userdb::app_password::UsageLog::open(&usage)
+    state::app_password_use::UsageLog::open(&usage)
         .unwrap()
         .record(1, 5)
         .unwrap();
     let known = authd.join("known-devices.sqlite");
-    drop(userdb::known_devices::KnownDevices::open(&known).unwrap());
+    drop(state::known_devices::KnownDevices::open(&known).unwrap());
     for p in [&policyd, &authd, &db, &usage, &known] {
         std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
     }

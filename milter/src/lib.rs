@@ -27,12 +27,12 @@ pub mod settings;
 
 use daemon::net::Cidr;
 use daemon::{Config, Listener, Loaded, Shutdown};
+use directory::Live;
 use indymilter::{Actions, Callbacks, Config as MilterLoop};
 use mail_auth::MessageAuthenticator;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use userdb::Live;
 
 /// What every connection shares.
 pub struct State {

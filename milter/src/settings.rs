@@ -182,13 +182,9 @@ impl daemon::Section for Settings {
         if self.max_signatures == 0 {
             return Err("max_signatures: at least 1".into());
         }
-        self.key_file.get_or_insert_with(|| {
-            shared
-                .storage_root
-                .join("mail")
-                .join("dkim")
-                .join("mail.private")
-        });
+        let layout = shared.layout();
+        self.key_file = Some(layout.dkim_key().to_owned());
+        self.ed25519_key_file = layout.dkim_ed25519_key().map(ToOwned::to_owned);
         Ok(())
     }
 

@@ -192,7 +192,7 @@ pub fn rfc2822(unix: i64) -> String {
     ];
     let days = unix.div_euclid(86400);
     let secs = unix.rem_euclid(86400);
-    let (year, month, day) = userdb::clock::civil_from_days(days);
+    let (year, month, day) = state::clock::civil_from_days(days);
     format!(
         "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
         DAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)],

@@ -22,16 +22,18 @@ pub mod settings;
 pub mod syslog;
 
 use daemon::{Config, Limits, Listener, Loaded, Shutdown};
-use greylist::store::{Counts, Store};
+use directory::Live;
+use greylist::store::Store;
 use greylist::whitelist::{self, Whitelists};
 use greylist::{Timing, store};
 use handler::Check;
 use policy::{Greylisting, Policy, RateLimits};
 use settings::Settings;
+use state::greylist::Counts;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use userdb::{Delimiters, Live};
+use userdb::Delimiters;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +43,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("sending DB: {0}")]
-    Sending(userdb::Error),
+    Sending(state::Error),
     #[error("DNS resolver: {0}")]
     Dns(String),
 }

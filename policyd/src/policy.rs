@@ -8,20 +8,22 @@
 use crate::containment::Containment;
 use crate::dns;
 use crate::dnsbl::{self, Checker, List, ListAction, Verdict as ListVerdict};
-use crate::greylist::store::{Store, unix_now};
+use crate::greylist::store::Store;
 use crate::greylist::whitelist::Whitelists;
 use crate::greylist::{Outcome, normalize};
 use crate::handler::{self, Check, Verdict};
 use crate::net::{Cidr, any_contains};
 use crate::proto::Request;
 use crate::syslog::Syslog;
+use directory::{Directory, Live};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use mail_auth::{MessageAuthenticator, SpfResult};
+use state::clock::unix_now;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
-use userdb::{Delimiters, Directory, Live};
+use userdb::Delimiters;
 
 /// Greylisting's settings and state.
 #[derive(Debug)]

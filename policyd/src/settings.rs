@@ -123,26 +123,15 @@ impl daemon::Section for Settings {
                 g.ipv6_prefix
             ));
         }
-        g.db.get_or_insert_with(|| {
-            shared
-                .storage_root
-                .join("mail")
-                .join("policyd")
-                .join("greylist.sqlite")
-        });
+        let layout = shared.layout();
+        g.db = Some(layout.greylist_db().to_owned());
         let c = &mut self.containment;
         if c.factor == 0 || c.history_days == 0 || c.max_daily_growth == 0 {
             return Err(
                 "containment: factor, max_daily_growth and history_days must be at least 1".into(),
             );
         }
-        c.db.get_or_insert_with(|| {
-            shared
-                .storage_root
-                .join("mail")
-                .join("policyd")
-                .join("sending.sqlite")
-        });
+        c.db = Some(layout.sending_db().to_owned());
         if c.notify.is_none() {
             c.notify = Some(format!("administrator@{}", shared.box_hostname()));
         }
@@ -396,7 +385,7 @@ pub struct RateLimitSettings {
 }
 
 /// `[policyd.containment]`: holding the mail of a login that sends far past its own history
-/// (the `containment` check; see `userdb::sending` for the rule).
+/// (the `containment` check; see `state::sending` for the rule).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ContainmentSettings {
@@ -454,9 +443,9 @@ impl ContainmentSettings {
         self.notify.as_deref().filter(|a| !a.is_empty())
     }
 
-    /// The rule, as `userdb::sending` applies it.
-    pub fn rule(&self) -> userdb::sending::Rule {
-        userdb::sending::Rule {
+    /// The rule, as `state::sending` applies it.
+    pub fn rule(&self) -> state::sending::Rule {
+        state::sending::Rule {
             floor_messages: self.floor_messages,
             floor_recipients: self.floor_recipients,
             floor_new_recipients: self.floor_new_recipients,
@@ -469,7 +458,7 @@ impl ContainmentSettings {
 
 impl Default for ContainmentSettings {
     fn default() -> Self {
-        let rule = userdb::sending::Rule::default();
+        let rule = state::sending::Rule::default();
         ContainmentSettings {
             db: None,
             floor_messages: rule.floor_messages,

@@ -15,10 +15,10 @@ use miab_e2e::postfix::{Postfix, PostfixConfig};
 use miab_e2e::process::DaemonProcess;
 use miab_e2e::tools::{Run, imap_login_from, run, swaks};
 use miab_e2e::{Scratch, free_port, require_program, wait_until, workspace_bin};
+use state::sending::{Decision, Rule, Sending};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use userdb::sending::{Decision, Rule, Sending};
 
 const PASSWORD: &str = "a-long-password";
 const DAY: i64 = 86_400;
@@ -32,7 +32,7 @@ fn history(db: &Path, login: &str, per_hour: i64, new_per_hour: i64) {
     let mut s = Sending::open(db).unwrap();
     let rule = Rule::default();
     // Whole days before today: today is never history.
-    let today = userdb::clock::unix_now().div_euclid(DAY) * DAY;
+    let today = state::clock::unix_now().div_euclid(DAY) * DAY;
     for (n, day) in (1..=7).rev().enumerate() {
         let cap = 40i64 << n.min(10);
         let (per_hour, new_per_hour) = (per_hour.min(cap), new_per_hour.min(cap));

@@ -637,9 +637,9 @@ fn containment_holds_past_the_floor_and_fails_closed_on_a_locked_db() {
     assert_eq!(eod, "DUNNO");
 
     // Released (as `miabctl held release` does): it sends again.
-    let mut s = userdb::sending::Sending::open(&dir.join("mail/policyd/sending.sqlite")).unwrap();
+    let mut s = state::sending::Sending::open(&dir.join("mail/policyd/sending.sqlite")).unwrap();
     assert!(
-        s.release("me@example.com", userdb::clock::unix_now())
+        s.release("me@example.com", state::clock::unix_now())
             .unwrap()
     );
     let (_, eod) = message(&mut c, "me@example.com", "m5", &one("r9@x.example"));
@@ -659,9 +659,9 @@ fn containment_counts_what_is_sent_to_whom_it_goes() {
     // History before the daemon starts: me@ sent at its limit every other hour on each of
     // the last five days (through the same code the daemon counts with).
     let sending = dir.join("mail/policyd/sending.sqlite");
-    let mut s = userdb::sending::Sending::open(&sending).unwrap();
-    let rule = userdb::sending::Rule::default();
-    let today = userdb::clock::unix_now().div_euclid(86_400) * 86_400;
+    let mut s = state::sending::Sending::open(&sending).unwrap();
+    let rule = state::sending::Rule::default();
+    let today = state::clock::unix_now().div_euclid(86_400) * 86_400;
     let mut limit = rule.floor_new_recipients;
     for day in (1..=5).rev() {
         for h in (0..24).step_by(2) {
@@ -670,7 +670,7 @@ fn containment_counts_what_is_sent_to_whom_it_goes() {
                 let rcpt = format!("d{day}-h{h}-{i}@ramp.example");
                 let t = start + i64::try_from(i).unwrap();
                 let r = s.record(&rule, "me@example.com", &[rcpt], true, t).unwrap();
-                assert_eq!(r, userdb::sending::Decision::Send);
+                assert_eq!(r, state::sending::Decision::Send);
             }
         }
         limit *= 2;
@@ -717,8 +717,8 @@ fn containment_counts_what_is_sent_to_whom_it_goes() {
         assert_eq!(r, "DUNNO");
     }
     let status = |login: &str| {
-        let s = userdb::sending::Sending::open(&sending).unwrap();
-        s.status(&s.rule().unwrap(), login, userdb::clock::unix_now())
+        let s = state::sending::Sending::open(&sending).unwrap();
+        s.status(&s.rule().unwrap(), login, state::clock::unix_now())
             .unwrap()
     };
     assert_eq!(status("boss@other.example").last_hour, Default::default());
@@ -975,12 +975,12 @@ fn only_postfix_reaches_the_login_checks() {
     let many: Vec<String> = (0..20).map(|i| format!("v{i}@victims.example")).collect();
     let (_, eod) = message(&mut c, "me@example.com", "tcp-1", &many);
     assert_eq!(eod, "DUNNO");
-    let s = userdb::sending::Sending::open(&dir.join("mail/policyd/sending.sqlite")).unwrap();
+    let s = state::sending::Sending::open(&dir.join("mail/policyd/sending.sqlite")).unwrap();
     let st = s
         .status(
             &s.rule().unwrap(),
             "me@example.com",
-            userdb::clock::unix_now(),
+            state::clock::unix_now(),
         )
         .unwrap();
     assert_eq!(st.last_hour, Default::default(), "nothing counted");

@@ -2,6 +2,7 @@
 //! `sqlite:` maps: single keys through `postmap -q`, and whole rewrites (recursion, `+tag`,
 //! catch-alls, domain aliases) through mail accepted by Postfix and caught by the sink.
 
+use directory::SqlMaps;
 use miab_e2e::fixture::{self, ADDRESS_KEYS, DOMAIN_KEYS};
 use miab_e2e::postfix::{MiabSqliteMaps, Postfix, PostfixConfig};
 use miab_e2e::{Scratch, tools};

@@ -26,6 +26,9 @@ const DOMAIN_MAX: usize = 253;
 const LABEL_MAX: usize = 63;
 /// Longest user account address MIAB allows (`len(email) > 255`).
 const USER_MAX: usize = 255;
+/// Longest domain key worth asking a map about (RFC 1035's 255 octets); longer keys are not
+/// found.
+pub const MAX_DOMAIN_KEY: usize = 255;
 /// Special-use names `email_validator` refuses (RFC 6761 and friends).
 const SPECIAL_USE: [&str; 6] = ["arpa", "invalid", "local", "localhost", "onion", "test"];
 /// Local parts MIAB treats as domain-control-validation addresses.

@@ -8,18 +8,18 @@
 //! - A label, optional scopes (`smtp`, `imap`, `pop3`; none means all), creation and last-use
 //!   times (Unix seconds), revocation by id.
 //! - Per user, a switch that makes app passwords the only way in.
-//! - Last use goes to a small file of miab-authd's own ([`UsageLog`]), never to the user DB:
-//!   the daemons only read that, and a write there can make Postfix's `sqlite:` maps, which
-//!   have no busy timeout, fail outright.
+//! - Last use goes to a small file of miab-authd's own (the `state` crate's `UsageLog`), never
+//!   to the user DB: the daemons only read that, and a write there can make Postfix's
+//!   `sqlite:` maps, which have no busy timeout, fail outright. A listing is given those
+//!   times by its caller.
 
 use crate::admin::Outcome;
 use crate::db::UserDb;
 use crate::error::{Error, Result, invalid};
 use crate::password::Password;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 /// The services a scope may name.
 pub const SCOPES: [&str; 3] = ["smtp", "imap", "pop3"];
@@ -46,13 +46,6 @@ pub struct AppPassword {
 pub struct AppPasswordMatch {
     pub id: i64,
     pub scopes: String,
-}
-
-/// Now, in Unix seconds: the created and last-use times here, and every daemon's own clock.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The stored digest of `candidate`, if it has the shape of an app password. Dashes and spaces
@@ -164,8 +157,8 @@ impl UserDb {
         Ok((self.conn.last_insert_rowid(), pw))
     }
 
-    /// The user's app passwords, oldest first.
-    pub fn app_passwords(&self, email: &str) -> Result<Vec<AppPassword>> {
+    /// The user's app passwords, oldest first, with their last use from `used` (by id).
+    pub fn app_passwords(&self, email: &str, used: &HashMap<i64, i64>) -> Result<Vec<AppPassword>> {
         let uid = self.user_id(email)?;
         if !self.schema.app_passwords {
             return Ok(Vec::new());
@@ -176,7 +169,6 @@ impl UserDb {
                 "SELECT id, label, scopes, created_at FROM miab_sidecar_app_passwords WHERE user_id=?1 ORDER BY id",
             )
             .map_err(|e| self.err(e))?;
-        let used = UsageLog::read(&usage_path(&self.path))?;
         let rows = stmt
             .query_map([uid], |r| {
                 Ok(AppPassword {
@@ -273,69 +265,6 @@ impl UserDb {
     }
 }
 
-/// Where miab-authd records app password use: `authd/app-password-use.sqlite` next to the user
-/// DB `db`.
-pub fn usage_path(db: &Path) -> PathBuf {
-    db.with_file_name("authd").join("app-password-use.sqlite")
-}
-
-/// miab-authd's record of when each app password was last used.
-#[derive(Debug)]
-pub struct UsageLog {
-    conn: Connection,
-    path: PathBuf,
-}
-
-impl UsageLog {
-    /// Opens the file, creating it (and its directory) if needed.
-    pub fn open(path: &Path) -> Result<UsageLog> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
-        }
-        let conn = Connection::open(path).map_err(|e| Error::sqlite(path, e))?;
-        conn.busy_timeout(std::time::Duration::from_secs(2))
-            .and_then(|()| {
-                conn.execute_batch(
-                    "CREATE TABLE IF NOT EXISTS app_password_use (id INTEGER PRIMARY KEY, last_used_at INTEGER NOT NULL)",
-                )
-            })
-            .map_err(|e| Error::sqlite(path, e))?;
-        Ok(UsageLog {
-            conn,
-            path: path.to_owned(),
-        })
-    }
-
-    /// Records that app password `id` was used at `now`.
-    pub fn record(&self, id: i64, now: i64) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO app_password_use (id, last_used_at) VALUES (?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET last_used_at=max(last_used_at, excluded.last_used_at)",
-            )
-            .and_then(|mut s| s.execute([id, now]))
-            .map(drop)
-            .map_err(|e| Error::sqlite(&self.path, e))
-    }
-
-    /// Every recorded use; nothing if miab-authd never wrote the file.
-    pub fn read(path: &Path) -> Result<HashMap<i64, i64>> {
-        if !path.is_file() {
-            return Ok(HashMap::new());
-        }
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| Error::sqlite(path, e))?;
-        let mut stmt = conn
-            .prepare("SELECT id, last_used_at FROM app_password_use")
-            .map_err(|e| Error::sqlite(path, e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(Iterator::collect);
-        rows.map_err(|e| Error::sqlite(path, e))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,7 +302,12 @@ mod tests {
     fn add_list_match_revoke() {
         let (_dir, mut db, env) = crate::one_user_box();
         assert!(!db.schema().app_passwords, "no tables until first use");
-        assert!(db.app_passwords("me@example.com").unwrap().is_empty());
+        let none = HashMap::new();
+        assert!(
+            db.app_passwords("me@example.com", &none)
+                .unwrap()
+                .is_empty()
+        );
         let (id, pw) = db
             .add_app_password("me@example.com", " phone ", &["imap"], 1000)
             .unwrap();
@@ -383,10 +317,9 @@ mod tests {
         let m = db.app_password_match(uid, &digest).unwrap().unwrap();
         assert_eq!((m.id, m.scopes.as_str()), (id, "imap"));
         assert_eq!(db.app_password_match(uid + 1, &digest).unwrap(), None);
-        let usage = UsageLog::open(&usage_path(db.path())).unwrap();
-        usage.record(id, 2000).unwrap();
-        usage.record(id, 1500).unwrap();
-        let list = db.app_passwords("me@example.com").unwrap();
+        let list = db
+            .app_passwords("me@example.com", &HashMap::from([(id, 2000)]))
+            .unwrap();
         assert_eq!(
             list,
             [AppPassword {

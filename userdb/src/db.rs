@@ -5,9 +5,9 @@
 //! against such a map (`user+ext@domain`, `user@domain`, `@domain`) and apply what Postfix then
 //! does to the answer, because a socketmap is asked only the full address.
 
-use crate::address::{self, Delimiters};
+use crate::address;
+use crate::address::MAX_DOMAIN_KEY;
 use crate::error::{Error, Result};
-use crate::maps::{self, KeyTables, MAX_DOMAIN_KEY};
 use crate::schema::{self, DetectError, Schema};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::fmt;
@@ -102,7 +102,7 @@ pub struct Mfa {
 }
 
 /// `privileges` column text to a list (MIAB's `parse_privs`).
-pub(crate) fn parse_privs(value: &str) -> Vec<String> {
+pub fn parse_privs(value: &str) -> Vec<String> {
     value
         .split('\n')
         .filter(|p| !p.trim().is_empty())
@@ -212,6 +212,14 @@ impl UserDb {
         Ok(())
     }
 
+    /// SQLite's `PRAGMA data_version`: it moves when another connection commits (how a
+    /// reader sees a change in WAL mode, where the header's change counter is not kept).
+    pub fn data_version(&self) -> Result<i64> {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
     pub(crate) fn err(&self, e: rusqlite::Error) -> Error {
         Error::sqlite(&self.path, e)
     }
@@ -288,36 +296,6 @@ impl UserDb {
             .prepare_cached(sql)
             .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
             .map_err(|e| self.err(e))
-    }
-
-    // ----- what Postfix reaches through its partial keys (see `maps`) -----
-
-    /// Is `domain` one of ours (`virtual_mailbox_domains`)? Case-insensitive. Parent-style keys
-    /// (`.example.org`) and bare names are never found.
-    pub fn is_local_domain(&self, domain: &str) -> Result<bool> {
-        maps::is_local_domain(self, domain)
-    }
-
-    /// Is `address` a mailbox (`virtual_mailbox_maps`), trying `user+ext@d`, `user@d`, `@d`?
-    pub fn is_mailbox(&self, address: &str, delims: &Delimiters) -> Result<bool> {
-        maps::is_mailbox(self, address, delims)
-    }
-
-    /// The addresses `address` is rewritten to (`virtual_alias_maps`), as Postfix computes them
-    /// from MIAB's map. A user maps to itself. `None` means unlisted.
-    pub fn resolve_alias(&self, address: &str, delims: &Delimiters) -> Result<Option<Vec<String>>> {
-        maps::resolve_alias(self, address, delims)
-    }
-
-    /// The raw owner list of a sender address (`smtpd_sender_login_maps`). `None`: nobody owns
-    /// it.
-    pub fn sender_owners(&self, address: &str, delims: &Delimiters) -> Result<Option<Vec<String>>> {
-        maps::sender_owners(self, address, delims)
-    }
-
-    /// Would `reject_authenticated_sender_login_mismatch` let `login` use `sender`?
-    pub fn may_send_as(&self, login: &str, sender: &str, delims: &Delimiters) -> Result<bool> {
-        maps::may_send_as(self, login, sender, delims)
     }
 
     // ----- records -----
@@ -449,22 +427,6 @@ impl UserDb {
             .and_then(|mut s| s.query_row([email], |r| r.get(0)).optional())
             .map_err(|e| self.err(e))?
             .ok_or_else(|| Error::Invalid("User does not exist.".into()))
-    }
-}
-
-impl KeyTables for UserDb {
-    type Error = Error;
-    fn domain_key(&self, domain: &str) -> Result<bool> {
-        UserDb::domain_key(self, domain)
-    }
-    fn mailbox_key(&self, key: &str) -> Result<bool> {
-        UserDb::mailbox_key(self, key)
-    }
-    fn alias_key(&self, key: &str) -> Result<Option<std::borrow::Cow<'_, str>>> {
-        Ok(UserDb::alias_key(self, key)?.map(Into::into))
-    }
-    fn sender_key(&self, key: &str) -> Result<Option<std::borrow::Cow<'_, str>>> {
-        Ok(UserDb::sender_key(self, key)?.map(Into::into))
     }
 }
 

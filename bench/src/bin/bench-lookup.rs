@@ -175,7 +175,7 @@ fn main() {
             .map(|_| {
                 let u = userdb::UserDb::open(&db, userdb::Access::ReadOnly).unwrap();
                 let t = Instant::now();
-                let snap = userdb::Snapshot::read(&u).unwrap();
+                let snap = directory::Snapshot::read(&u).unwrap();
                 assert!(snap.counts().0 >= n);
                 t.elapsed()
             })

@@ -194,9 +194,9 @@ fn outbound(per_conn: usize, rounds: usize) {
     ];
     // Four weeks of history, an hour at a time, as a box that ran for a month has.
     let mut sending =
-        userdb::sending::Sending::open(&root.join("mail/policyd/sending.sqlite")).unwrap();
-    let now = userdb::clock::unix_now();
-    let rule = userdb::sending::Rule::default();
+        state::sending::Sending::open(&root.join("mail/policyd/sending.sqlite")).unwrap();
+    let now = state::clock::unix_now();
+    let rule = state::sending::Rule::default();
     for login in ["me@example.com", "you@example.com", "boss@other.example"] {
         for h in 2..28 * 24 {
             let rcpt = format!("history-{h}@elsewhere.example");

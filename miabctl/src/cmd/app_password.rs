@@ -7,8 +7,9 @@ use crate::owner::AsOwner;
 use anyhow::Result;
 use clap::Subcommand;
 use serde::Serialize;
+use state::app_password_use::UsageLog;
+use state::clock::{civil_from_days, unix_now};
 use userdb::Access;
-use userdb::clock::{civil_from_days, unix_now};
 
 #[derive(Debug, Subcommand)]
 pub enum AppPasswordCmd {
@@ -88,13 +89,14 @@ fn list(cli: &Cli, email: &str) -> Result<()> {
     let db = open(cli, Access::ReadOnly)?;
     // The last-use times are in miab-authd's directory: read as its owner, so a link its
     // account planted there (a `-shm` to a root-only place) leads nowhere root could go.
-    let usage = userdb::app_password::usage_path(&userdb::db_path(&cli.storage_root));
+    let usage = cli.layout()?.app_password_use_db();
     let owner = match usage.parent() {
         Some(dir) if std::fs::symlink_metadata(dir).is_ok() => Some(AsOwner::of(dir)?),
         _ => None,
     };
-    let passwords = db.app_passwords(email)?;
+    let used = UsageLog::read(&usage)?;
     drop(owner);
+    let passwords = db.app_passwords(email, &used)?;
     if cli.json {
         let rows: Vec<ListRow<'_>> = passwords
             .iter()

@@ -69,7 +69,7 @@ pub fn dkim(cli: &Cli, cmd: &DkimCmd) -> Result<()> {
             owner,
             force,
         } => {
-            let dir = dkim::dir(&cli.storage_root);
+            let dir = cli.layout()?.dkim_dir();
             for path in dkim::generate(&dir, *ed25519, owner.as_deref(), *force)? {
                 println!("{}", path.display());
             }
@@ -95,7 +95,7 @@ pub fn dns(cli: &Cli, cmd: &DnsCmd) -> Result<()> {
                     .into_iter()
                     .collect(),
             };
-            let dir = dkim::dir(&cli.storage_root);
+            let dir = cli.layout()?.dkim_dir();
             let mut records = Vec::new();
             for d in &domains {
                 records.extend(dkim::records(d, &dir)?);

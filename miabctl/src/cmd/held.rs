@@ -10,11 +10,11 @@ use crate::cli::Cli;
 use crate::owner::AsOwner;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use state::clock::unix_now;
+use state::sending::{Figures, LoginStatus, Sending};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use userdb::clock::unix_now;
-use userdb::sending::{Figures, LoginStatus, Sending};
 
 #[derive(Debug, clap::Args)]
 pub struct HeldArgs {
@@ -49,16 +49,14 @@ pub enum HeldCmd {
 }
 
 pub fn run(cli: &Cli, args: &HeldArgs) -> Result<()> {
-    let path = args.sending_db.clone().unwrap_or_else(|| {
-        cli.storage_root
-            .join("mail")
-            .join("policyd")
-            .join("sending.sqlite")
-    });
+    let path = match &args.sending_db {
+        Some(p) => p.clone(),
+        None => cli.layout()?.sending_db().to_owned(),
+    };
     // The DB is worked on as the owner of its directory (miab-policyd's), never as root.
     let owner = AsOwner::of(path.parent().unwrap_or(Path::new("/")))?;
     let db = match Sending::open_existing(&path) {
-        Err(userdb::Error::Missing(p)) => bail!(
+        Err(state::Error::Missing(p)) => bail!(
             "{}: no sending DB (is miab-policyd's containment check on? wrong --storage-root?)",
             p.display()
         ),

@@ -20,7 +20,7 @@ use userdb::{Access, BoxEnv, Outcome, UserDb, address, sort};
 
 /// `init`: a new, empty user DB.
 pub fn init(cli: &Cli) -> Result<()> {
-    let path = userdb::db_path(&cli.storage_root);
+    let path = cli.layout()?.users_db();
     UserDb::create(&path)?;
     println!("created {}", path.display());
     Ok(())
@@ -28,7 +28,7 @@ pub fn init(cli: &Cli) -> Result<()> {
 
 /// The user DB, with a hint when it is not where `--storage-root` says.
 fn open(cli: &Cli, access: Access) -> Result<UserDb> {
-    match UserDb::open(userdb::db_path(&cli.storage_root), access) {
+    match UserDb::open(cli.layout()?.users_db(), access) {
         Err(userdb::Error::Missing(p)) => bail!(
             "user database not found: {} (wrong --storage-root? `miabctl --storage-root DIR init` creates a new one)",
             p.display()
@@ -37,10 +37,10 @@ fn open(cli: &Cli, access: Access) -> Result<UserDb> {
     }
 }
 
-/// `PRIMARY_HOSTNAME` by the rule every binary shares (`userdb::boxconf`): flag or env, then
+/// `PRIMARY_HOSTNAME` by the rule every binary shares (`daemon::boxconf`): flag or env, then
 /// MIAB's /etc/mailinabox.conf, then the system's name.
 fn box_env(cli: &Cli) -> Result<BoxEnv> {
-    let name = userdb::boxconf::primary_hostname(cli.hostname.as_deref())
+    let name = daemon::boxconf::primary_hostname(cli.hostname.as_deref())
         .context("cannot tell the box's hostname; pass --hostname")?;
     Ok(BoxEnv {
         primary_hostname: name,

@@ -28,7 +28,7 @@ pub enum SidecarsCmd {
 }
 
 pub fn run(cli: &Cli, cmd: &SidecarsCmd) -> Result<()> {
-    let sys = Sys::live(&cli.storage_root);
+    let sys = Sys::live(cli.layout()?);
     match cmd {
         SidecarsCmd::Enable => sidecars::enable(&sys),
         SidecarsCmd::Disable => sidecars::disable(&sys),

@@ -173,7 +173,7 @@ pub fn run(cli: &Cli, cmd: Option<&UserCmd>) -> Result<()> {
         }
         UserCmd::Suspend { email, reason } => {
             let mut db = open(cli, Access::ReadWrite)?;
-            print_outcome(&db.suspend(email, reason, userdb::clock::unix_now())?);
+            print_outcome(&db.suspend(email, reason, state::clock::unix_now())?);
             Ok(())
         }
         UserCmd::Unsuspend { email } => {
@@ -254,7 +254,7 @@ fn users_by_domain(cli: &Cli, db: &UserDb) -> Result<Vec<DomainUsers>> {
             status: Status::Active,
         })
         .collect();
-    for (email, mailbox) in userdb::archived_mailboxes(&cli.storage_root, &active) {
+    for (email, mailbox) in userdb::archived_mailboxes(cli.layout()?.storage_root(), &active) {
         rows.push(UserRow {
             email,
             mailbox: Some(mailbox),

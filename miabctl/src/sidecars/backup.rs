@@ -1,6 +1,6 @@
 //! `sidecars backup-hold | backup-release`, run by the neutralised postgrey unit around MIAB's
 //! nightly backup: each SQLite file of the sidecars checkpointed into its main file, and the
-//! daemons' background writes held (`userdb::backup`) until the copy is done.
+//! daemons' background writes held (`state::backup`) until the copy is done.
 
 use super::{Sys, status};
 use crate::owner::AsOwner;
@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 
 /// `backup-hold`: before MIAB's backup copies the storage root.
 pub fn hold(sys: &Sys) -> Result<()> {
-    let hold = sys.path(userdb::backup::HOLD_FILE);
+    let hold = sys.path(state::backup::HOLD_FILE);
     if let Some(dir) = hold.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&hold, "")?;
-    for db in status::state_dbs(&sys.storage_root) {
+    for db in status::state_dbs(&sys.layout) {
         if std::fs::symlink_metadata(&db).is_ok()
             && let Err(e) = checkpoint(&db)
         {
@@ -26,7 +26,7 @@ pub fn hold(sys: &Sys) -> Result<()> {
 
 /// `backup-release`: after the backup.
 pub fn release(sys: &Sys) -> Result<()> {
-    match std::fs::remove_file(sys.path(userdb::backup::HOLD_FILE)) {
+    match std::fs::remove_file(sys.path(state::backup::HOLD_FILE)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
     }

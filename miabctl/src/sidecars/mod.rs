@@ -18,6 +18,7 @@ pub mod status;
 pub mod wiring;
 
 use anyhow::{Context, Result, bail};
+use daemon::Layout;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -86,15 +87,16 @@ fn own_files() -> Vec<String> {
 #[derive(Debug, Clone)]
 pub struct Sys {
     pub root: PathBuf,
-    pub storage_root: PathBuf,
+    /// Where the box's files are, as the daemons see it.
+    pub layout: Layout,
 }
 
 impl Sys {
     /// The live box.
-    pub fn live(storage_root: &Path) -> Sys {
+    pub fn live(layout: Layout) -> Sys {
         Sys {
             root: PathBuf::from("/"),
-            storage_root: storage_root.to_owned(),
+            layout,
         }
     }
 
@@ -226,11 +228,10 @@ fn record_before(sys: &Sys) -> Result<()> {
 
 /// Creates the daemons' own state directories under the storage root.
 fn state_dirs(sys: &Sys) -> Result<()> {
-    for (dir, owner, mode) in [
-        ("policyd", "miab-policyd", 0o700),
-        ("authd", "miab-authd", 0o750),
+    for (path, owner, mode) in [
+        (sys.layout.policyd_dir(), "miab-policyd", 0o700),
+        (sys.layout.authd_dir(), "miab-authd", 0o750),
     ] {
-        let path = sys.storage_root.join("mail").join(dir);
         std::fs::create_dir_all(&path).with_context(|| path.display().to_string())?;
         std::fs::set_permissions(
             &path,
@@ -684,7 +685,7 @@ pub fn disable(sys: &Sys) -> Result<()> {
         }
     }
     // The record goes, so a later enable records the box as it is then.
-    let stamp = userdb::clock::unix_now();
+    let stamp = state::clock::unix_now();
     let _ = std::fs::rename(
         sys.state("backup"),
         sys.path(STATE_DIR).join(format!("disabled-{stamp}")),
@@ -747,10 +748,12 @@ fn preflight(sys: &Sys) -> Result<()> {
         bail!("run this as root");
     }
     // The packaged units name the default storage root in their sandbox paths.
-    let miab = std::fs::read_to_string(userdb::boxconf::MIAB_CONF).unwrap_or_default();
-    if let Some(root) = userdb::boxconf::conf_value(&miab, "STORAGE_ROOT") {
+    let miab = std::fs::read_to_string(daemon::boxconf::MIAB_CONF).unwrap_or_default();
+    if let Some(root) = daemon::boxconf::conf_value(&miab, "STORAGE_ROOT") {
         let root = root.as_str();
-        if Path::new(root) != sys.storage_root || Path::new(root) != Path::new(UNITS_STORAGE_ROOT) {
+        if Path::new(root) != sys.layout.storage_root()
+            || Path::new(root) != Path::new(UNITS_STORAGE_ROOT)
+        {
             bail!(
                 "this box's STORAGE_ROOT is {root}; the packaged units and /etc/miab/sidecars.toml use {UNITS_STORAGE_ROOT}: \
                  set storage_root in /etc/miab/sidecars.toml and the paths in drop-ins for the miab-* units first, then run enable with --storage-root {root}"
@@ -837,7 +840,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sys = Sys {
             root: dir.path().join("root"),
-            storage_root: dir.path().join("user-data"),
+            layout: Layout::new(&dir.path().join("user-data"), Default::default()),
         };
         for (f, text) in [
             (MAIN_CF, miab_main_cf().as_str()),

@@ -3,11 +3,12 @@
 
 use super::{AUTH_CONF, DAEMONS, DOVECOT_CONF, OUR_DOVECOT_CONF, REPAIR_UNITS, REPLACED, Sys};
 use super::{drop_in, wiring};
+use daemon::Layout;
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where Postfix and Dovecot reach the daemons.
@@ -140,13 +141,12 @@ fn tcp(addr: &str) -> Option<TcpStream> {
 }
 
 /// The daemons' own SQLite files under the storage root (what MIAB's backup must copy whole).
-pub fn state_dbs(storage_root: &Path) -> Vec<PathBuf> {
-    let mail = storage_root.join("mail");
+pub fn state_dbs(layout: &Layout) -> Vec<PathBuf> {
     vec![
-        mail.join("policyd").join("greylist.sqlite"),
-        mail.join("policyd").join("sending.sqlite"),
-        mail.join("authd").join("app-password-use.sqlite"),
-        mail.join("authd").join("known-devices.sqlite"),
+        layout.greylist_db().to_owned(),
+        layout.sending_db().to_owned(),
+        layout.app_password_use_db(),
+        layout.known_devices_db(),
     ]
 }
 
@@ -288,7 +288,7 @@ pub fn check(sys: &Sys) -> Vec<Finding> {
             ));
         }
     }
-    let key = sys.storage_root.join("mail/dkim/mail.private");
+    let key = sys.layout.dkim_key();
     if key.exists() {
         out.push(ok(format!(
             "DKIM key {} (copied for miab-milter at its start)",
@@ -303,7 +303,7 @@ pub fn check(sys: &Sys) -> Vec<Finding> {
             "miabctl dkim generate && systemctl restart miab-milter",
         ));
     }
-    if userdb::backup::held_at(&sys.path(userdb::backup::HOLD_FILE)) {
+    if state::backup::held_at(&sys.path(state::backup::HOLD_FILE)) {
         out.push(bad(
             "a backup holds the sidecars' background writes (greylist expiry waits)",
             "miabctl sidecars backup-release (if no backup is running)",

@@ -21,13 +21,13 @@ mod verify;
 
 use crate::State;
 use crate::results;
+use directory::Directory;
 use indymilter::{ContextActions, EomActions, SetErrorReply, SmtpReply, Status};
 use mail_auth::AuthenticatedMessage;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use userdb::Directory;
 use userdb::address::domain_lowercase;
 use verify::{Hasher, cap_signatures};
 

@@ -1,5 +1,5 @@
 //! The `containment` check: every message from an authenticated login is counted in the
-//! sending DB (`userdb::sending`) once Postfix has all of it (end of data), with the
+//! sending DB (`state::sending`) once Postfix has all of it (end of data), with the
 //! recipients its RCPTs named, each alias counted by what it expands to; a login that sends
 //! far past its own history has its mail held (Postfix's `HOLD`: kept in the hold queue,
 //! neither sent nor lost) until an administrator releases or suspends it. The start of a hold
@@ -9,21 +9,23 @@
 //! never reaches end of data counts for nothing. Mail from a login suspended while its SMTP
 //! session was open is refused at RCPT.
 //!
-//! The DB has a thread of its own: requests queue up, and it takes every waiting request into
-//! one transaction (group commit), answering each after the commit.
+//! The DB is written through the group commit all the sidecars' stores share
+//! (`state::commit`): every waiting message goes into one transaction, each answered after the
+//! commit.
 
 mod notice;
 
 use crate::handler::Verdict;
 use crate::proto::Request;
 use crate::settings::ContainmentSettings;
+use directory::{Directory, Snapshot};
 use notice::Notice;
+use state::commit::GroupCommit;
+use state::sending::{Decision, Message, NewHold, Recorder, Sending};
 use std::collections::HashMap;
-use std::sync::{Mutex, mpsc};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
-use userdb::sending::{Decision, Message, NewHold, Rule, Sending};
-use userdb::{Delimiters, Directory, Snapshot};
+use userdb::Delimiters;
 
 /// Messages whose recipients are noted at once at most; past this the oldest note goes (its
 /// message then counts its recipients as new, by Postfix's `recipient_count`).
@@ -39,14 +41,8 @@ const PENDING_TTL: Duration = Duration::from_secs(3600);
 const EXPANSION_LIMIT: usize = 1000;
 const RECURSION_LIMIT: usize = 100;
 
-/// Requests answered per transaction at most.
+/// Messages recorded per transaction at most.
 const BATCH: usize = 256;
-
-/// What the DB thread is asked to do.
-enum Job {
-    Record(Message, oneshot::Sender<Result<Decision, String>>),
-    Expire,
-}
 
 /// The messages under way, by Postfix's `instance`, and how many addresses they list.
 #[derive(Debug, Default)]
@@ -75,7 +71,7 @@ struct Pending {
 /// The check's settings and its DB.
 #[derive(Debug)]
 pub struct Containment {
-    jobs: mpsc::Sender<Job>,
+    db: GroupCommit<Recorder<Sending>>,
     pending: Mutex<Notes>,
     exempt: Vec<String>,
     action: String,
@@ -89,17 +85,12 @@ pub struct Failed(pub String);
 
 impl Containment {
     /// Opens the sending DB.
-    pub fn open(s: &ContainmentSettings, hostname: &str) -> userdb::Result<Containment> {
+    pub fn open(s: &ContainmentSettings, hostname: &str) -> state::Result<Containment> {
         let rule = s.rule();
-        let db = Sending::open(s.db())?;
-        db.set_rule(&rule)?;
-        let (jobs, queue) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("sending-db".into())
-            .spawn(move || serve_db(db, rule, &queue))
-            .map_err(|e| userdb::Error::Internal(format!("sending DB thread: {e}")))?;
+        let store = Sending::open(s.db())?;
+        store.set_rule(&rule)?;
         Ok(Containment {
-            jobs,
+            db: GroupCommit::new(Recorder { store, rule }, BATCH),
             pending: Mutex::new(Notes::default()),
             exempt: s.exempt_logins.iter().map(|l| l.to_lowercase()).collect(),
             action: s.action.as_str().to_owned(),
@@ -218,24 +209,18 @@ impl Containment {
             ),
         };
         let enforce = !self.exempt.contains(&login);
-        let (reply, answer) = oneshot::channel();
-        let job = Job::Record(
-            Message {
-                login: login.clone(),
-                recipients,
-                unlisted,
-                enforce,
-                now: userdb::clock::unix_now(),
-            },
-            reply,
-        );
-        self.jobs
-            .send(job)
-            .map_err(|_| Failed("the sending DB thread has stopped".into()))?;
-        let decision = answer
+        let message = Message {
+            login: login.clone(),
+            recipients,
+            unlisted,
+            enforce,
+            now: state::clock::unix_now(),
+        };
+        let decision = self
+            .db
+            .submit(message)
             .await
-            .map_err(|_| Failed("the sending DB thread has stopped".into()))?
-            .map_err(Failed)?;
+            .map_err(|e| Failed(format!("sending DB: {e}")))?;
         match decision {
             Decision::Send => Ok(Verdict::Dunno),
             Decision::Hold { newly } => {
@@ -266,65 +251,18 @@ impl Containment {
 
     /// Forgets old figures (called now and then, off the request path).
     pub fn expire(&self) {
-        if !userdb::backup::held() {
-            let _ = self.jobs.send(Job::Expire);
+        if state::backup::held() {
+            return;
         }
-    }
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Job::Record(..) => "Record",
-            Job::Expire => "Expire",
-        })
-    }
-}
-
-/// The DB thread: waits for a job, takes every other waiting one with it, records them all in
-/// one transaction and answers each. Ends when the check is dropped.
-fn serve_db(mut db: Sending, rule: Rule, queue: &mpsc::Receiver<Job>) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH
-            && let Ok(more) = queue.try_recv()
-        {
-            batch.push(more);
-        }
-        let (mut all, mut replies) = (Vec::with_capacity(batch.len()), Vec::new());
-        for job in batch {
-            match job {
-                Job::Record(r, reply) => {
-                    all.push(r);
-                    replies.push(reply);
-                }
-                Job::Expire => {
-                    if let Err(e) = db.expire(&rule, userdb::clock::unix_now()) {
-                        tracing::warn!(error = %e, "sending DB expiry failed");
-                    }
-                }
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let done = db
+                .maintain(|r| r.store.expire(&r.rule, state::clock::unix_now()))
+                .await;
+            if let Some(Err(e)) = done {
+                tracing::warn!(error = %e, "sending DB expiry failed");
             }
-        }
-        if all.is_empty() {
-            continue;
-        }
-        // A panic (a bug) fails this batch's requests, not every one after it.
-        let decisions =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.record_all(&rule, &all)))
-                .unwrap_or_else(|_| Err(userdb::Error::Internal("panic while recording".into())))
-                .map_err(|e| e.to_string());
-        match decisions {
-            Ok(ds) => {
-                for (reply, d) in replies.into_iter().zip(ds) {
-                    let _ = reply.send(Ok(d));
-                }
-            }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
+        });
     }
 }
 

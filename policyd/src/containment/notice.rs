@@ -4,11 +4,11 @@
 //! `postdrop` cannot work under the unit's NoNewPrivileges and read-only /var/spool.
 
 use crate::proto::Request;
+use state::sending::NewHold;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use userdb::sending::NewHold;
 
 /// How long the whole SMTP exchange may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -123,7 +123,7 @@ pub fn text(n: &Notice, login: &str, req: &Request, h: &NewHold) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use userdb::sending::Figures;
+    use state::sending::Figures;
 
     #[test]
     fn the_notice_is_plain_and_escapes_what_came_from_the_network() {

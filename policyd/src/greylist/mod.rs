@@ -5,7 +5,7 @@
 //! - [`decide`]: the decision over one triplet's stored state, as a pure function.
 //! - [`normalize`]: the triplet's parts.
 //! - [`whitelist`]: postgrey's whitelist files.
-//! - [`store`]: the state in SQLite, with incremental expiry.
+//! - [`store`]: the decisions over the store (`state::greylist`), through the group commit.
 
 pub mod normalize;
 pub mod store;
@@ -26,21 +26,7 @@ pub struct Timing {
     pub awl_interval: i64,
 }
 
-/// A triplet's stored state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Triplet {
-    pub first_seen: i64,
-    pub last_seen: i64,
-    /// Has it passed (`last_seen - first_seen >= delay` at some point)?
-    pub confirmed: bool,
-}
-
-/// A client's auto-whitelist state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Awl {
-    pub count: u32,
-    pub last_seen: i64,
-}
+pub use state::greylist::{Awl, Triplet};
 
 /// What happened, with postgrey's reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,11 +2,12 @@
 //! headers must be one the login may send as, under the rule that decides the envelope sender
 //! (`userdb::Directory::may_send_as`, MIAB's `reject_authenticated_sender_login_mismatch`).
 
+use directory::Directory;
 use mail_auth::AuthenticatedMessage;
 use mail_parser::parsers::MessageStream;
 use mail_parser::{Address, HeaderValue};
+use userdb::Delimiters;
 use userdb::address::sanitize_idn_email_address;
-use userdb::{Delimiters, Directory};
 
 /// What `from_header` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

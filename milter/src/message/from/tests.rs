@@ -4,9 +4,10 @@ use super::*;
 fn check_block(dir: &Snapshot, login: &str, block: &[u8], d: &Delimiters) -> Option<Foreign> {
     check(dir, login, AuthenticatedMessage::parse(block).as_ref(), d)
 }
+use directory::Snapshot;
 use miab_e2e::Scratch;
 use miab_e2e::fixture::{SENDER_LOGIN_CASES, miab_box};
-use userdb::{Access, Snapshot, UserDb};
+use userdb::{Access, UserDb};
 
 fn fixture() -> (Scratch, Snapshot) {
     let dir = Scratch::new("from");

@@ -3,14 +3,11 @@
 //! A socketmap sees only the full address, so the walk Postfix itself would make through a
 //! table (`user+ext@domain`, `user@domain`, `@domain`) and what it then does to the answer
 //! (the extension put back, an `@domain` answer given the local part) are done here, once, for
-//! both the SQL queries ([`crate::UserDb`]) and the in-memory directory
-//! ([`crate::directory::Snapshot`]), so the two cannot drift apart.
+//! both the SQL queries ([`crate::SqlMaps`]) and the in-memory directory
+//! ([`crate::Snapshot`]), so the two cannot drift apart.
 
-use crate::address::{self, Delimiters};
 use std::borrow::Cow;
-
-/// Longest domain key worth asking about (RFC 1035's 255 octets); longer keys are not found.
-pub(crate) const MAX_DOMAIN_KEY: usize = 255;
+use userdb::address::{self, Delimiters, MAX_DOMAIN_KEY};
 
 /// One key of each of MIAB's maps, exactly as its `sqlite:` queries answer it.
 pub(crate) trait KeyTables {

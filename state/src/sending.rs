@@ -257,7 +257,7 @@ impl Sending {
         let err = |e| Error::sqlite(path, e);
         // Only short transactions ever hold it (a request, miabctl, a backup's checkpoint);
         // longer means something is wrong, and the check fails closed rather than pile up.
-        let conn = crate::state_db::open(path, Duration::from_secs(1)).map_err(err)?;
+        let conn = crate::sqlite::open(path, Duration::from_secs(1)).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -266,10 +266,11 @@ impl Sending {
             conn.execute_batch(&format!("BEGIN IMMEDIATE;{MIGRATION_2}COMMIT;"))
                 .map_err(err)?;
         } else if version > 2 {
-            return Err(Error::Internal(format!(
-                "{}: sending DB schema {version} is newer than this program (2)",
-                path.display()
-            )));
+            return Err(Error::Newer {
+                path: path.to_owned(),
+                found: version,
+                known: 2,
+            });
         }
         Ok(Sending {
             conn,
@@ -506,6 +507,42 @@ impl Sending {
             )
             .map_err(|e| self.err(e))?;
         Ok(hours + known)
+    }
+}
+
+/// What miab-policyd's containment asks of its store (miabctl's `held` reads and releases
+/// through [`Sending`] itself).
+pub trait SendingStore: Send + 'static {
+    /// Records each message in order, in one transaction, with the decision for each.
+    fn record_all(&mut self, rule: &Rule, all: &[Message]) -> Result<Vec<Decision>>;
+    /// Forgets figures past the rule's history; how many rows went.
+    fn expire(&mut self, rule: &Rule, now: i64) -> Result<usize>;
+}
+
+impl SendingStore for Sending {
+    fn record_all(&mut self, rule: &Rule, all: &[Message]) -> Result<Vec<Decision>> {
+        Sending::record_all(self, rule, all)
+    }
+    fn expire(&mut self, rule: &Rule, now: i64) -> Result<usize> {
+        Sending::expire(self, rule, now)
+    }
+}
+
+/// A sending store with the rule it applies: messages are recorded and decided through the
+/// group commit.
+#[derive(Debug)]
+pub struct Recorder<S> {
+    pub store: S,
+    pub rule: Rule,
+}
+
+impl<S: SendingStore> crate::commit::Batch for Recorder<S> {
+    type Job = Message;
+    type Answer = Decision;
+    fn run(&mut self, jobs: &[Message]) -> Result<Vec<Decision>, String> {
+        self.store
+            .record_all(&self.rule, jobs)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -1,12 +1,12 @@
 //! The snapshot against the SQL maps, and the file source's change detection.
 
 use super::*;
-use crate::{BoxEnv, Password};
 use std::time::Duration;
+use userdb::{BoxEnv, Password};
 
 /// A box with the shapes MIAB's maps care about.
 fn sample() -> (tempfile::TempDir, UserDb, BoxEnv) {
-    let (dir, mut db, env) = crate::one_user_box();
+    let (dir, mut db, env) = userdb::one_user_box();
     let pw = Password::new("12345678");
     db.add_user("other@example.com", &pw, "", "0", &env)
         .unwrap();
@@ -118,7 +118,7 @@ fn snapshot_answers_as_the_sql_maps() {
 /// the same pieces: the snapshot and the SQL maps agree on every one.
 #[test]
 fn snapshot_matches_sql_on_odd_rows_and_keys() {
-    let (_dir, db, _env) = crate::one_user_box();
+    let (_dir, db, _env) = userdb::one_user_box();
     let locals = ["a", "B", "a+x", "postmaster", "", "c-d", "ä"];
     let domains = [
         "x.example",
@@ -162,7 +162,10 @@ fn snapshot_matches_sql_on_odd_rows_and_keys() {
                 ps.map_or("NULL".into(), |p| format!("'{p}'"))
             )
         };
-        db.conn.execute_batch(&sql).unwrap();
+        rusqlite::Connection::open(db.path())
+            .unwrap()
+            .execute_batch(&sql)
+            .unwrap();
     }
     let s = Snapshot::read(&db).unwrap();
     let delims = Delimiters::default();
@@ -213,7 +216,7 @@ fn app_passwords_and_the_required_flag() {
         .unwrap();
     let s = Snapshot::read(&db).unwrap();
     let me = s.user("me@example.com").unwrap().id;
-    let digest = crate::app_password::candidate_digest(secret.expose()).unwrap();
+    let digest = userdb::app_password::candidate_digest(secret.expose()).unwrap();
     let m = s.app_password(me, &digest).unwrap();
     assert_eq!(Some(m), db.app_password_match(me, &digest).unwrap());
     assert_eq!(m_id(&s, me, &digest), Some(row));

@@ -1,4 +1,5 @@
-//! The directory the daemons ask: an immutable in-memory snapshot of the user DB.
+//! The directory the daemons ask: an immutable in-memory snapshot of the user DB, the read
+//! model every daemon answers from.
 //!
 //! Responsibilities:
 //! - [`Directory`]: the handful of questions the daemons ask (our domains, mailboxes, alias
@@ -6,24 +7,32 @@
 //! - [`Snapshot`]: every row those answers need, read in one read transaction, with the
 //!   answers computed in memory through the same key walk as the SQL maps (`maps`), so they
 //!   are MIAB's `sqlite:` answers exactly;
+//! - Postfix's key walk over MIAB's four maps (`maps`), written once for the snapshot and for
+//!   the same maps asked key by key in SQL ([`SqlMaps`], what the differential tests compare
+//!   with Postfix itself);
 //! - [`Source`]: where snapshots come from, with a cheap "has it changed?" ([`Version`]).
 //!   [`SqliteSource`] reads MIAB's file; another backend (a shared SQL server for several
-//!   hosts) is another `Source`, and no daemon changes.
-//!
-//! The handle that swaps snapshots as the DB changes is `Live` (feature `async`).
+//!   hosts) is another `Source`, and no daemon changes;
+//! - [`Live`] (feature `async`): the handle that swaps snapshots as the DB changes, and
+//!   [`Hashers`], the bounded pool password checks run on.
 
+#[cfg(feature = "async")]
+mod live;
+mod maps;
 mod sqlite;
-pub use sqlite::SqliteSource;
+#[cfg(feature = "async")]
+pub use live::{Hashers, Live};
+pub use sqlite::{SqlMaps, SqliteSource};
 
-use crate::address::{self, Delimiters};
-use crate::app_password::AppPasswordMatch;
-use crate::db::{User, UserDb, parse_privs};
-use crate::error::Result;
-use crate::maps::{self, KeyTables};
-use rusqlite::types::ValueRef;
+use maps::KeyTables;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
+use userdb::Result;
+use userdb::address::{self, Delimiters};
+use userdb::app_password::AppPasswordMatch;
+use userdb::db::{User, UserDb, parse_privs};
+use userdb::rows::RowSink;
 
 /// The questions the daemons ask of the user DB.
 pub trait Directory {
@@ -130,16 +139,6 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
-/// A text column as SQL's `=` sees it: other types (a blob) and invalid UTF-8 never match.
-fn text(v: ValueRef<'_>) -> Option<Box<str>> {
-    match v {
-        ValueRef::Text(t) => std::str::from_utf8(t).ok().map(Box::from),
-        // TEXT affinity stores numbers as text, so a number here is only from a foreign writer.
-        ValueRef::Integer(i) => Some(i.to_string().into()),
-        _ => None,
-    }
-}
-
 fn after_last_at(s: &str) -> Option<Box<str>> {
     s.rfind('@')
         .map(|i| s[i + 1..].to_ascii_lowercase().into_boxed_str())
@@ -149,100 +148,8 @@ impl Snapshot {
     /// Reads every row the answers need from `db`, in one read transaction. Rows are taken
     /// as they come, with no copy of the tables in between.
     pub fn read(db: &UserDb) -> Result<Snapshot> {
-        let tx = db.conn.unchecked_transaction().map_err(|e| db.err(e))?;
         let mut s = Snapshot::default();
-        let count = |table: &str| -> Result<usize> {
-            db.conn
-                .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .map(|n| usize::try_from(n).unwrap_or(0))
-                .map_err(|e| db.err(e))
-        };
-        s.users.reserve(count("users")?);
-        s.aliases.reserve(count("aliases")?);
-        each_row(db, &user_sql(db), |[id, email, hash, privs, quota]| {
-            let (Some(id), Some(email), Some(hash)) =
-                (id.and_then(|i| i.parse().ok()), email, hash)
-            else {
-                s.skipped += 1;
-                return;
-            };
-            s.note_domains(&email, true);
-            let row = UserRow {
-                id,
-                hash,
-                privileges: privs.unwrap_or_default(),
-                quota: quota.filter(|q| &**q != "0"),
-            };
-            s.users.insert(email, row);
-        })?;
-        let ps = if db.schema.aliases_permitted_senders {
-            "permitted_senders"
-        } else {
-            "NULL"
-        };
-        let sql = format!("SELECT source, destination, {ps} FROM aliases");
-        each_row(db, &sql, |[source, destination, permitted_senders]| {
-            let (Some(source), Some(destination)) = (source, destination) else {
-                s.skipped += 1;
-                return;
-            };
-            s.note_domains(&source, true);
-            let row = AliasRow {
-                destination,
-                permitted_senders,
-            };
-            s.aliases.insert(source, row);
-        })?;
-        if db.schema.auto_aliases {
-            let sql = "SELECT source, destination FROM auto_aliases";
-            each_row(db, sql, |[source, destination]| {
-                let (Some(source), Some(destination)) = (source, destination) else {
-                    s.skipped += 1;
-                    return;
-                };
-                s.note_domains(&source, false);
-                if !destination.is_empty() {
-                    s.auto_aliases.insert(source, destination);
-                }
-            })?;
-        }
-        if db.schema.app_passwords {
-            let sql =
-                "SELECT user_id FROM miab_sidecar_user_settings WHERE app_passwords_required<>0";
-            each_row(db, sql, |[uid]| {
-                if let Some(uid) = uid.and_then(|u| u.parse().ok()) {
-                    s.app_required.insert(uid);
-                }
-            })?;
-            if db.schema.suspension {
-                let sql =
-                    "SELECT user_id FROM miab_sidecar_user_settings WHERE suspended_at IS NOT NULL";
-                each_row(db, sql, |[uid]| {
-                    if let Some(uid) = uid.and_then(|u| u.parse().ok()) {
-                        s.suspended.insert(uid);
-                    }
-                })?;
-            }
-            let sql = "SELECT id, user_id, hash, scopes FROM miab_sidecar_app_passwords";
-            each_row(db, sql, |[id, uid, hash, scopes]| {
-                let id = id.and_then(|i| i.parse().ok());
-                let uid = uid.and_then(|u| u.parse().ok());
-                let (Some(id), Some(user_id), Some(hash), Some(scopes)) = (id, uid, hash, scopes)
-                else {
-                    s.skipped += 1;
-                    return;
-                };
-                let row = AppRow {
-                    id,
-                    user_id,
-                    scopes,
-                };
-                s.app_passwords.insert(hash, row);
-            })?;
-        }
-        tx.commit().map_err(|e| db.err(e))?;
+        db.read_rows(&mut s)?;
         s.shrink();
         Ok(s)
     }
@@ -291,34 +198,78 @@ impl Snapshot {
     }
 }
 
-fn user_sql(db: &UserDb) -> String {
-    format!(
-        "SELECT id, email, password, {}, {} FROM users",
-        if db.schema.users_privileges {
-            "privileges"
-        } else {
-            "''"
-        },
-        if db.schema.users_quota {
-            "quota"
-        } else {
-            "'0'"
-        },
-    )
-}
-
-/// Calls `f` with every row of `sql`, each column as text or `None`.
-fn each_row<const N: usize>(
-    db: &UserDb,
-    sql: &str,
-    mut f: impl FnMut([Option<Box<str>>; N]),
-) -> Result<()> {
-    let mut stmt = db.conn.prepare(sql).map_err(|e| db.err(e))?;
-    let mut q = stmt.query([]).map_err(|e| db.err(e))?;
-    while let Some(r) = q.next().map_err(|e| db.err(e))? {
-        f(std::array::from_fn(|i| r.get_ref(i).ok().and_then(text)));
+impl RowSink for Snapshot {
+    fn sizes(&mut self, users: usize, aliases: usize) {
+        self.users.reserve(users);
+        self.aliases.reserve(aliases);
     }
-    Ok(())
+
+    fn user(&mut self, [id, email, hash, privs, quota]: [Option<Box<str>>; 5]) {
+        let (Some(id), Some(email), Some(hash)) = (id.and_then(|i| i.parse().ok()), email, hash)
+        else {
+            self.skipped += 1;
+            return;
+        };
+        self.note_domains(&email, true);
+        let row = UserRow {
+            id,
+            hash,
+            privileges: privs.unwrap_or_default(),
+            quota: quota.filter(|q| &**q != "0"),
+        };
+        self.users.insert(email, row);
+    }
+
+    fn alias(&mut self, [source, destination, permitted_senders]: [Option<Box<str>>; 3]) {
+        let (Some(source), Some(destination)) = (source, destination) else {
+            self.skipped += 1;
+            return;
+        };
+        self.note_domains(&source, true);
+        let row = AliasRow {
+            destination,
+            permitted_senders,
+        };
+        self.aliases.insert(source, row);
+    }
+
+    fn auto_alias(&mut self, [source, destination]: [Option<Box<str>>; 2]) {
+        let (Some(source), Some(destination)) = (source, destination) else {
+            self.skipped += 1;
+            return;
+        };
+        self.note_domains(&source, false);
+        if !destination.is_empty() {
+            self.auto_aliases.insert(source, destination);
+        }
+    }
+
+    fn app_passwords_required(&mut self, [uid]: [Option<Box<str>>; 1]) {
+        if let Some(uid) = uid.and_then(|u| u.parse().ok()) {
+            self.app_required.insert(uid);
+        }
+    }
+
+    fn suspended(&mut self, [uid]: [Option<Box<str>>; 1]) {
+        if let Some(uid) = uid.and_then(|u| u.parse().ok()) {
+            self.suspended.insert(uid);
+        }
+    }
+
+    fn app_password(&mut self, [id, uid, hash, scopes]: [Option<Box<str>>; 4]) {
+        let id = id.and_then(|i| i.parse().ok());
+        let uid = uid.and_then(|u| u.parse().ok());
+        let (Some(id), Some(user_id), Some(hash), Some(scopes)) = (id, uid, hash, scopes) else {
+            self.skipped += 1;
+            return;
+        };
+        let row = AppRow {
+            id,
+            user_id,
+            scopes,
+        };
+        self.app_passwords.insert(hash, row);
+    }
 }
 
 impl KeyTables for Snapshot {

@@ -19,9 +19,42 @@ CREATE INDEX IF NOT EXISTS known_devices_by_time ON known_devices (last_seen);
 PRAGMA user_version = 1;
 ";
 
-/// Where the file lives, given the user DB's path (`STORAGE_ROOT/mail/authd/`).
-pub fn path(db: &Path) -> PathBuf {
-    db.with_file_name("authd").join("known-devices.sqlite")
+/// One change to the known devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// (login, network, when) logged in.
+    Seen(String, String, i64),
+    /// (login, network) is no longer kept.
+    Forget(String, String),
+    /// Everything not seen since then goes.
+    ExpireBefore(i64),
+}
+
+/// What miab-authd's brake asks of its store.
+pub trait KnownDeviceStore: Send + 'static {
+    /// The (login, network, last seen) seen at or after `since`, newest first, at most `limit`.
+    fn load(&self, since: i64, limit: usize) -> Result<Vec<(String, String, i64)>>;
+    /// Makes `changes`, in order, in one transaction.
+    fn apply(&mut self, changes: &[Change]) -> Result<()>;
+}
+
+/// A known-devices store's writes, through the group commit; nobody waits for them, so a
+/// failure is logged here.
+#[derive(Debug)]
+pub struct Writer<S>(pub S);
+
+impl<S: KnownDeviceStore> crate::commit::Batch for Writer<S> {
+    type Job = Change;
+    type Answer = ();
+    fn run(&mut self, jobs: &[Change]) -> Result<Vec<()>, String> {
+        match self.0.apply(jobs) {
+            Ok(()) => Ok(vec![(); jobs.len()]),
+            Err(e) => {
+                tracing::warn!(error = %e, "known devices could not be written");
+                Err(e.to_string())
+            }
+        }
+    }
 }
 
 /// The known-devices file.
@@ -35,7 +68,7 @@ impl KnownDevices {
     /// Opens (creating if needed, with its directory) the file at `path`.
     pub fn open(path: &Path) -> Result<KnownDevices> {
         let err = |e| Error::sqlite(path, e);
-        let conn = crate::state_db::open(path, Duration::from_secs(2)).map_err(err)?;
+        let conn = crate::sqlite::open(path, Duration::from_secs(2)).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(KnownDevices {
             conn,
@@ -46,9 +79,10 @@ impl KnownDevices {
     fn err(&self, e: rusqlite::Error) -> Error {
         Error::sqlite(&self.path, e)
     }
+}
 
-    /// The pairs seen at or after `since`, newest first, at most `limit`.
-    pub fn load(&self, since: i64, limit: usize) -> Result<Vec<(String, String, i64)>> {
+impl KnownDeviceStore for KnownDevices {
+    fn load(&self, since: i64, limit: usize) -> Result<Vec<(String, String, i64)>> {
         let mut stmt = self
             .conn
             .prepare(
@@ -66,36 +100,27 @@ impl KnownDevices {
         Ok(rows)
     }
 
-    /// Records sightings and forgets pairs, in one transaction.
-    pub fn apply(
-        &mut self,
-        seen: &[(String, String, i64)],
-        forget: &[(String, String)],
-    ) -> Result<()> {
+    fn apply(&mut self, changes: &[Change]) -> Result<()> {
         let path = self.path.clone();
         let err = |e| Error::sqlite(&path, e);
         let tx = self.conn.transaction().map_err(err)?;
-        for (login, net, at) in seen {
-            tx.prepare_cached(
-                "INSERT INTO known_devices (login, network, last_seen) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (login, network) DO UPDATE SET last_seen=max(last_seen, excluded.last_seen)",
-            )
-            .and_then(|mut s| s.execute(params![login, net, at]))
+        for c in changes {
+            match c {
+                Change::Seen(login, net, at) => tx.prepare_cached(
+                    "INSERT INTO known_devices (login, network, last_seen) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (login, network) DO UPDATE SET last_seen=max(last_seen, excluded.last_seen)",
+                )
+                .and_then(|mut s| s.execute(params![login, net, at])),
+                Change::Forget(login, net) => tx
+                    .prepare_cached("DELETE FROM known_devices WHERE login=?1 AND network=?2")
+                    .and_then(|mut s| s.execute(params![login, net])),
+                Change::ExpireBefore(before) => tx
+                    .prepare_cached("DELETE FROM known_devices WHERE last_seen<?1")
+                    .and_then(|mut s| s.execute([before])),
+            }
             .map_err(err)?;
         }
-        for (login, net) in forget {
-            tx.prepare_cached("DELETE FROM known_devices WHERE login=?1 AND network=?2")
-                .and_then(|mut s| s.execute(params![login, net]))
-                .map_err(err)?;
-        }
         tx.commit().map_err(err)
-    }
-
-    /// Forgets pairs not seen since `before`; returns how many.
-    pub fn expire(&mut self, before: i64) -> Result<usize> {
-        self.conn
-            .execute("DELETE FROM known_devices WHERE last_seen<?1", [before])
-            .map_err(|e| self.err(e))
     }
 }
 
@@ -106,17 +131,13 @@ mod tests {
     #[test]
     fn sightings_persist_and_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let p = path(&dir.path().join("mail/users.sqlite"));
-        assert!(p.ends_with("mail/authd/known-devices.sqlite"));
+        let p = dir.path().join("mail/authd/known-devices.sqlite");
         let mut k = KnownDevices::open(&p).unwrap();
-        k.apply(
-            &[
-                ("a@x".into(), "192.0.2.1".into(), 100),
-                ("a@x".into(), "192.0.2.1".into(), 50),
-                ("b@x".into(), "2001:db8::".into(), 200),
-            ],
-            &[],
-        )
+        k.apply(&[
+            Change::Seen("a@x".into(), "192.0.2.1".into(), 100),
+            Change::Seen("a@x".into(), "192.0.2.1".into(), 50),
+            Change::Seen("b@x".into(), "2001:db8::".into(), 200),
+        ])
         .unwrap();
         drop(k);
         let mut k = KnownDevices::open(&p).unwrap();
@@ -129,10 +150,10 @@ mod tests {
         );
         assert_eq!(k.load(150, 10).unwrap().len(), 1);
         assert_eq!(k.load(0, 1).unwrap().len(), 1);
-        k.apply(&[], &[("b@x".into(), "2001:db8::".into())])
+        k.apply(&[Change::Forget("b@x".into(), "2001:db8::".into())])
             .unwrap();
         assert_eq!(k.load(0, 10).unwrap().len(), 1);
-        assert_eq!(k.expire(101).unwrap(), 1);
+        k.apply(&[Change::ExpireBefore(101)]).unwrap();
         assert!(k.load(0, 10).unwrap().is_empty());
     }
 }

@@ -2,7 +2,12 @@
 //! of a day count, written once for miabctl's listings and miab-policyd's headers. No time
 //! zones: everything printed is UTC.
 
-pub use crate::app_password::unix_now;
+/// Now, in Unix seconds: every daemon's own clock, and the times miabctl records.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
 
 /// The (year, month 1-12, day 1-31) that is `days` days after 1970-01-01; negative counts go
 /// before it (H. Hinnant's `civil_from_days`).

@@ -12,14 +12,14 @@
 //! [`Hashers`] runs password verification (milliseconds of CPU) on the blocking pool, a
 //! bounded number at a time.
 
-use crate::directory::{Snapshot, Source, SqliteSource, Version};
-use crate::error::{Error, Result};
-use crate::password::{self, Password};
+use crate::{Snapshot, Source, SqliteSource, Version};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use userdb::password::{self, Password};
+use userdb::{Error, Result};
 
 /// A failed read, given to the requests that were waiting while it was tried.
 #[derive(Debug)]
@@ -30,13 +30,11 @@ struct Failure {
     error: Error,
 }
 
-impl Error {
-    /// The same failure, for another waiter.
-    fn again(&self) -> Error {
-        match self {
-            Error::Busy(p) => Error::Busy(p.clone()),
-            e => Error::Internal(format!("the user DB changed and could not be read: {e}")),
-        }
+/// The same failure, for another waiter.
+fn again(e: &Error) -> Error {
+    match e {
+        Error::Busy(p) => Error::Busy(p.clone()),
+        e => Error::Internal(format!("the user DB changed and could not be read: {e}")),
     }
 }
 
@@ -103,7 +101,7 @@ impl Live {
             && f.version == now
             && f.read > before
         {
-            return Err(f.error.again());
+            return Err(again(&f.error));
         }
         let source = Arc::clone(&self.inner.source);
         let started = Instant::now();
@@ -132,7 +130,7 @@ impl Live {
             }
             Err(error) => {
                 tracing::warn!(%error, "user DB changed but could not be read; answering temporary failures until it can");
-                let out = error.again();
+                let out = again(&error);
                 *last = Some(Failure {
                     version: now,
                     read: read_no,
@@ -173,12 +171,12 @@ impl Hashers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Delimiters;
-    use crate::directory::Directory;
+    use crate::Directory;
+    use userdb::Delimiters;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_change_is_seen_by_the_next_request() {
-        let (dir, mut db, env) = crate::one_user_box();
+        let (dir, mut db, env) = userdb::one_user_box();
         let path = dir.path().join("users.sqlite");
         let live = Live::open(&path, Duration::from_secs(1)).unwrap();
         let d = Delimiters::default();
@@ -216,7 +214,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_locked_db_after_a_change_is_a_temporary_failure_not_stale_data() {
-        let (dir, mut db, env) = crate::one_user_box();
+        let (dir, mut db, env) = userdb::one_user_box();
         let path = dir.path().join("users.sqlite");
         let live = Live::open(&path, Duration::from_millis(100)).unwrap();
         db.add_alias("gone@example.com", "me@example.com", "", false, &env)
@@ -251,7 +249,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_replaced_by_a_rename_is_read_at_once() {
-        let (dir, mut db, env) = crate::one_user_box();
+        let (dir, mut db, env) = userdb::one_user_box();
         let path = dir.path().join("users.sqlite");
         let live = Live::open(&path, Duration::from_secs(1)).unwrap();
         let d = Delimiters::default();
@@ -273,14 +271,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn wal_mode_changes_are_seen_too() {
-        let (dir, mut db, env) = crate::one_user_box();
+        let (dir, mut db, env) = userdb::one_user_box();
         let path = dir.path().join("users.sqlite");
         drop(db);
         let c = rusqlite::Connection::open(&path).unwrap();
         c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
             .unwrap();
         drop(c);
-        db = crate::UserDb::open(&path, crate::Access::ReadWrite).unwrap();
+        db = userdb::UserDb::open(&path, userdb::Access::ReadWrite).unwrap();
         let live = Live::open(&path, Duration::from_secs(1)).unwrap();
         let d = Delimiters::default();
         assert!(

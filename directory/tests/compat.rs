@@ -1,6 +1,7 @@
 //! The user DB as Mail-in-a-Box makes it: fresh schema text, a 2014-era DB upgraded by MIAB's
 //! own ALTER TABLEs, MIAB's alias and sender-login semantics, and bad input.
 
+use directory::SqlMaps;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use userdb::{Access, BoxEnv, Delimiters, Error, Password, UserDb};
