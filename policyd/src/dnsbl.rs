@@ -197,6 +197,14 @@ impl std::fmt::Debug for List {
     }
 }
 
+/// The lists `settings` name, asked through Spamhaus's DQS with `dqs_key` if one is set.
+pub fn lists(settings: &[crate::settings::ListSettings], dqs_key: Option<&str>) -> Vec<List> {
+    settings
+        .iter()
+        .map(|l| List::new(&l.zone, l.codes.clone(), l.action, dqs_key))
+        .collect()
+}
+
 /// Postfix's `default_rbl_reply` text, without the code: `Service unavailable; Client host
 /// [IP] blocked using ZONE; REASON`.
 pub fn reply_text(class: &str, what: &str, zone: &str, reason: Option<&str>) -> String {

@@ -3,37 +3,38 @@
 //!
 //! - [`settings`]: the `[policyd]` section, typed and checked at load.
 //! - [`proto`]: the request/reply codec, without I/O.
-//! - [`handler`]: which checks run and the texts they answer with, as plain functions.
-//! - [`policy`]: runs the checks over the user DB, DNS and the greylist store.
-//! - [`greylist`], [`dnsbl`], [`dns`], [`containment`]: the checks' own parts.
+//! - [`checks`]: the checks, each in a file with its texts and its rule, behind one trait.
+//! - [`verdict`]: what a check answers, typed, and how the answers fold into one.
+//! - [`login`]: the SASL login, folded once.
+//! - [`policy`]: runs the configured checks for one request.
+//! - [`dnsbl`], [`dns`], [`syslog`]: block-list lookups, SPF, postgrey's log lines.
 //! - `session`: one connection's read-decide-write loop.
 //! - [`run`]: serves a listener until shutdown.
 
-pub mod containment;
+pub mod checks;
 pub mod dns;
 pub mod dnsbl;
-pub mod greylist;
-pub mod handler;
+pub mod login;
 pub use daemon::net;
 pub mod policy;
 pub mod proto;
 mod session;
 pub mod settings;
 pub mod syslog;
+pub mod verdict;
 
+use checks::greylist::store;
+use checks::{Building, Shared};
 use daemon::{Config, Limits, Listener, Loaded, Shutdown};
 use directory::Live;
-use greylist::store::Store;
-use greylist::whitelist::{self, Whitelists};
-use greylist::{Timing, store};
-use handler::Check;
-use policy::{Greylisting, Policy, RateLimits};
+use policy::Policy;
 use settings::Settings;
 use state::greylist::Counts;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 use userdb::Delimiters;
+
+pub use userdb::address::domain_lowercase as domain_of;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +57,7 @@ pub struct State {
 }
 
 /// What start-up found, for its log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub greylist_db: Option<PathBuf>,
     pub greylist_entries: Option<Counts>,
@@ -72,54 +73,28 @@ impl State {
         section: &Loaded<Settings>,
     ) -> Result<(State, Report), StartError> {
         let p = &section.settings;
-        let dqs = p.dnsbl.dqs_key.as_deref();
-        let lists = |ls: &[settings::ListSettings]| {
-            ls.iter()
-                .map(|l| dnsbl::List::new(&l.zone, l.codes.clone(), l.action, dqs))
-                .collect::<Vec<_>>()
-        };
         let auth = dns::authenticator(&config.dns).map_err(StartError::Dns)?;
         let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
-        let mut report = Report {
-            greylist_db: None,
-            greylist_entries: None,
-            sending_db: None,
-            whitelist_entries: 0,
-            skipped_lines: 0,
-        };
-        let greylist = if p.checks.contains(&Check::Greylist) {
-            Some(open_greylist(&p.greylist, &mut report)?)
-        } else {
-            None
-        };
-        let containment = if p.checks.contains(&Check::Containment) {
-            report.sending_db = Some(p.containment.db().to_owned());
-            Some(
-                containment::Containment::open(&p.containment, &config.box_hostname())
-                    .map_err(StartError::Sending)?,
-            )
-        } else {
-            None
-        };
+        let mut report = Report::default();
+        let hostname = config.box_hostname();
+        let checks = checks::build_all(&mut Building {
+            settings: p,
+            hostname: &hostname,
+            report: &mut report,
+        })?;
         let policy = Policy {
-            checks: p.checks.clone(),
-            fail_action: p.fail_action.as_str().to_owned(),
-            security_fail_action: p.security_fail_action.as_str().to_owned(),
+            checks,
+            fail_action: p.fail_action.clone(),
+            security_fail_action: p.security_fail_action.clone(),
             trusted: p.trusted_clients.clone(),
-            hostname: config.box_hostname(),
-            dir,
-            delims: Arc::new(Delimiters::new(config.recipient_delimiter.clone())),
-            lists: dnsbl::Checker::new(dns::resolver(&auth), config.dns.timeout()),
-            auth,
-            dns_timeout: config.dns.timeout(),
-            client_lists: lists(&p.dnsbl.client_lists),
-            sender_lists: lists(&p.dnsbl.sender_lists),
-            greylist,
-            rate: RateLimits::per_hour(
-                p.rate_limit.messages_per_hour,
-                p.rate_limit.recipients_per_hour,
-            ),
-            containment,
+            shared: Shared {
+                dir,
+                delims: Arc::new(Delimiters::new(config.recipient_delimiter.clone())),
+                lists: dnsbl::Checker::new(dns::resolver(&auth), config.dns.timeout()),
+                auth,
+                dns_timeout: config.dns.timeout(),
+                hostname,
+            },
         };
         Ok((
             State {
@@ -131,54 +106,6 @@ impl State {
     }
 }
 
-fn open_greylist(
-    g: &settings::GreylistSettings,
-    report: &mut Report,
-) -> Result<Greylisting, StartError> {
-    let day = 86_400i64;
-    let secs = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let timing = Timing {
-        delay: secs(g.delay_secs),
-        max_age: secs(g.max_age_days).saturating_mul(day),
-        retry_window: secs(g.retry_window_hours).saturating_mul(3600),
-        awl_threshold: g.auto_whitelist_clients,
-        awl_interval: secs(g.auto_whitelist_interval_secs),
-    };
-    let path = g.db().to_owned();
-    let (store, counts) = Store::start(
-        &path,
-        timing,
-        Duration::from_secs(g.expire_interval_secs.max(1)),
-    )?;
-    let (whitelists, skipped) = Whitelists::load(&g.whitelist_clients, &g.whitelist_recipients);
-    log_skipped(&skipped);
-    report.greylist_db = Some(path);
-    report.greylist_entries = Some(counts);
-    report.whitelist_entries = whitelists.len();
-    report.skipped_lines = skipped.len();
-    Ok(Greylisting {
-        store,
-        whitelists,
-        v4_prefix: g.ipv4_prefix,
-        v6_prefix: g.ipv6_prefix,
-        action: g.action.as_str().to_owned(),
-        text: g.text.clone(),
-        header: g.header.clone(),
-        spf_pool: g.spf_pool,
-        dry_run: g.dry_run,
-        syslog: syslog::Syslog::connect(g.syslog_socket.as_deref()),
-    })
-}
-
-fn log_skipped(skipped: &[whitelist::Skipped]) {
-    for s in skipped {
-        tracing::warn!(file = %s.file, line = s.line, reason = %s.reason, "whitelist entry ignored");
-    }
-}
-
-/// How often the whitelist files are checked for a change (MIAB's cron refreshes them).
-const WHITELIST_CHECK: Duration = Duration::from_secs(30);
-
 /// Serves `listener`, and `greylist_only` (where no check about a login runs) if there is
 /// one, until `shutdown` fires, then drains.
 pub async fn run(
@@ -188,32 +115,25 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let limits = state.limits.clone();
-    let _sweeper = daemon::periodic(Duration::from_secs(60), {
-        let state = Arc::clone(&state);
-        move || state.policy.rate.retain_recent()
-    });
-    let _expiry = daemon::periodic(Duration::from_secs(3600), {
+    // Each check's upkeep, at the pace it names.
+    let _tending: Vec<daemon::Periodic> = state
+        .policy
+        .checks
+        .iter()
+        .filter_map(|c| {
+            let every = c.tend_every()?;
+            let c = Arc::clone(c);
+            Some(daemon::periodic(every, move || c.tend()))
+        })
+        .collect();
+    let _on_hup = daemon::on_reload({
         let state = Arc::clone(&state);
         move || {
-            if let Some(c) = &state.policy.containment {
-                c.expire();
+            for c in &state.policy.checks {
+                c.reread();
             }
         }
     });
-    let reread = {
-        let state = Arc::clone(&state);
-        move || {
-            let Some(g) = &state.policy.greylist else {
-                return;
-            };
-            if let Some(skipped) = g.whitelists.reload_if_changed() {
-                log_skipped(&skipped);
-                tracing::info!(entries = g.whitelists.len(), "whitelist files read again");
-            }
-        }
-    };
-    let _whitelists = daemon::periodic(WHITELIST_CHECK, reread.clone());
-    let _on_hup = daemon::on_reload(reread);
     let main = daemon::serve(listener, &limits, shutdown.clone(), {
         let state = Arc::clone(&state);
         move |conn| session::run(Arc::clone(&state), conn, false)
@@ -258,13 +178,13 @@ pub fn fuzz_decode(data: &[u8]) {
 pub fn fuzz_evaluate(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let n = data.first().copied().unwrap_or(0);
-    let sender = greylist::normalize::sender(&text);
+    let sender = checks::greylist::normalize::sender(&text);
     assert!(
         !sender.bytes().any(|b| b.is_ascii_uppercase()),
         "{sender:?}"
     );
-    let _ = greylist::normalize::client_net(&text, n % 40, n.wrapping_mul(7) % 140);
-    assert!(handler::checks_for(&text, &Check::ALL).count() <= Check::ALL.len());
+    let _ = checks::greylist::normalize::client_net(&text, n % 40, n.wrapping_mul(7) % 140);
+    let _ = checks::CheckName::parse(&text);
     let req = proto::Request {
         sender: text.to_string(),
         recipient: text.to_string(),
@@ -273,23 +193,31 @@ pub fn fuzz_evaluate(data: &[u8]) {
         sasl_username: text.to_string(),
         ..proto::Request::default()
     };
+    let defer = settings::Action::parse("DEFER_IF_PERMIT").expect("a valid action");
     let verdicts = [
-        handler::Verdict::Prepend(handler::greylist_header(
+        verdict::Verdict::Prepend(checks::greylist::greylist_header(
             "X-Greylist: %t %h %d",
             i64::from(n),
             &text,
             i64::from(n),
         )),
-        handler::Verdict::Stop(handler::greylist_text(
-            "Greylisted, see %r %s",
-            &req,
-            -i64::from(n),
+        verdict::Verdict::Stop(verdict::Action::Configured(
+            defer,
+            Some(checks::greylist::greylist_text(
+                "Greylisted, see %r %s",
+                &req,
+                -i64::from(n),
+            )),
         )),
-        handler::Verdict::Stop(handler::postgrey_line("greylist", &text, Some(1), &req)),
-        handler::Verdict::Stop(handler::sender_not_owned(&text)),
+        verdict::Verdict::Stop(verdict::Action::reply(
+            450,
+            "4.7.1",
+            checks::greylist::postgrey_line("greylist", &text, Some(1), &req),
+        )),
+        verdict::Verdict::Stop(checks::sender_login::not_owned(&text)),
     ];
     for v in verdicts {
-        let action = handler::combine([handler::Verdict::Dunno, v]);
+        let action = verdict::combine([verdict::Verdict::Dunno, v]).to_string();
         let mut out = Vec::new();
         proto::encode_reply(&action, &mut out);
         assert!(out.starts_with(b"action=") && out.ends_with(b"\n\n"));

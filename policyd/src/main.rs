@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         |_: &mut daemon::Loaded<policyd::settings::Settings>| {},
         |config, section| {
             policyd::State::open(config, section).map(|(state, r)| {
-                let checks: Vec<&str> = section.settings.checks.iter().map(|c| c.name()).collect();
+                let checks: Vec<&str> = section.settings.checks.iter().map(|c| c.as_str()).collect();
                 let summary = format!(
                     "checks={checks:?} greylist_db={:?} greylist_entries={:?} whitelist_entries={} sending_db={:?}",
                     r.greylist_db, r.greylist_entries, r.whitelist_entries, r.sending_db

@@ -4,8 +4,9 @@
 //! as the protocol asks.
 
 use crate::State;
-use crate::policy::ConnState;
+use crate::checks::ConnState;
 use crate::proto::{self, FrameError, Request, encode_reply};
+use crate::verdict::Action;
 use daemon::Conn;
 use daemon::session::{Decoder, Handler};
 use std::sync::Arc;
@@ -52,8 +53,9 @@ impl Handler<Request> for Answers {
         } else {
             tracing::warn!(request = ?req.request,
                     "not a request=smtpd_access_policy; answering the fail action");
-            policy.fail_action.clone()
+            Action::configured(&policy.fail_action)
         };
+        let action = action.to_string();
         tracing::debug!(request = ?req, %action, "answered");
         encode_reply(&action, out);
     }

@@ -1,8 +1,8 @@
 //! `[policyd]` and its subsections: the policy daemon's checks and their settings, typed and
 //! checked when the file is read.
 
+use crate::checks::CheckName;
 use crate::dnsbl::{Codes, ListAction};
-use crate::handler::Check;
 use daemon::config::empty_is_off;
 use daemon::net::Cidr;
 use daemon::{Limits, ListenAddr, Server, UnixOptions};
@@ -18,7 +18,7 @@ pub struct Settings {
     /// The checks that run, in order. Names: `sender_login`, `forged_sender`, `rate_limit`,
     /// `containment`, `rhsbl`, `dnsbl`, `greylist`. Default: sender_login, containment,
     /// rhsbl, dnsbl, greylist.
-    pub checks: Vec<Check>,
+    pub checks: Vec<CheckName>,
     /// The answer when greylisting or a block list fails internally (DB or DNS trouble is not
     /// a reason to lose mail). Default `DUNNO`.
     pub fail_action: Action,
@@ -55,13 +55,10 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            checks: vec![
-                Check::SenderLogin,
-                Check::Containment,
-                Check::Rhsbl,
-                Check::Dnsbl,
-                Check::Greylist,
-            ],
+            checks: ["sender_login", "containment", "rhsbl", "dnsbl", "greylist"]
+                .into_iter()
+                .filter_map(|n| CheckName::parse(n).ok())
+                .collect(),
             fail_action: Action("DUNNO".into()),
             security_fail_action: Action("451 4.3.0 Temporary lookup failure".into()),
             trusted_clients: ["127.0.0.0/8", "::1/128"]
@@ -146,9 +143,9 @@ impl daemon::Section for Settings {
     }
 }
 
-impl<'de> Deserialize<'de> for Check {
+impl<'de> Deserialize<'de> for CheckName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Check::parse(&String::deserialize(d)?).map_err(de::Error::custom)
+        CheckName::parse(&String::deserialize(d)?).map_err(de::Error::custom)
     }
 }
 

@@ -1,9 +1,9 @@
 //! Greylisting's decisions over its store (`state::greylist`): each request is decided by
-//! [`super::decide`] inside the store's transaction, through the group commit all the
+//! [`super::rule::decide`] inside the store's transaction, through the group commit all the
 //! sidecars' stores share, and answered only after the commit. A background task runs one
 //! bounded expiry round at a time, off the request path.
 
-use super::{Outcome, Timing, Writes, decide};
+use super::rule::{Outcome, Timing, Writes, decide};
 use state::commit::{Batch, CommitError, GroupCommit, WeakCommit};
 use state::greylist::{Ages, Awl, Counts, GreylistStore, Lookup, SqliteGreylist, Update};
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! The `containment` check: every message from an authenticated login is counted in the
+//! `containment`: every message from an authenticated login is counted in the
 //! sending DB (`state::sending`) once Postfix has all of it (end of data), with the
 //! recipients its RCPTs named, each alias counted by what it expands to; a login that sends
 //! far past its own history has its mail held (Postfix's `HOLD`: kept in the hold queue,
@@ -15,14 +15,17 @@
 
 mod notice;
 
-use crate::handler::Verdict;
+use super::{Ask, Building, Check, ConnState, Failed, Shared, Stage};
+use crate::StartError;
 use crate::proto::Request;
-use crate::settings::ContainmentSettings;
+use crate::settings::{self, ContainmentSettings};
+use crate::verdict::{Action, Verdict};
 use directory::{Directory, Snapshot};
 use notice::Notice;
 use state::commit::GroupCommit;
 use state::sending::{Decision, Message, NewHold, Recorder, Sending};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use userdb::Delimiters;
@@ -74,18 +77,63 @@ pub struct Containment {
     db: GroupCommit<Recorder<Sending>>,
     pending: Mutex<Notes>,
     exempt: Vec<String>,
-    action: String,
+    action: settings::Action,
     notice: Option<Notice>,
 }
 
-/// Why the check could not decide.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Failed(pub String);
+pub const NAME: &str = "containment";
+
+pub fn build(b: &mut Building<'_>) -> Result<Arc<dyn Check>, StartError> {
+    let s = &b.settings.containment;
+    b.report.sending_db = Some(s.db().to_owned());
+    let c = Containment::open(s, b.hostname).map_err(StartError::Sending)?;
+    Ok(Arc::new(c))
+}
+
+impl Check for Containment {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn stage(&self) -> Stage {
+        Stage::Sender
+    }
+    fn about_login(&self) -> bool {
+        true
+    }
+    fn at_end_of_data(&self) -> bool {
+        true
+    }
+    fn fails_closed(&self) -> bool {
+        true
+    }
+
+    fn decide<'a>(
+        &'a self,
+        ask: &'a Ask<'a>,
+        shared: &'a Shared,
+        _: &'a mut ConnState,
+    ) -> super::Decision<'a> {
+        Box::pin(async move {
+            let Some(login) = &ask.login else {
+                return Ok(Verdict::Dunno);
+            };
+            let dir = shared.snapshot().await?;
+            self.check(ask.req, login.key(), &dir, &shared.delims).await
+        })
+    }
+
+    fn tend_every(&self) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
+    }
+
+    fn tend(&self) {
+        self.expire();
+    }
+}
 
 impl Containment {
     /// Opens the sending DB.
-    pub fn open(s: &ContainmentSettings, hostname: &str) -> state::Result<Containment> {
+    fn open(s: &ContainmentSettings, hostname: &str) -> state::Result<Containment> {
         let rule = s.rule();
         let store = Sending::open(s.db())?;
         store.set_rule(&rule)?;
@@ -93,7 +141,7 @@ impl Containment {
             db: GroupCommit::new(Recorder { store, rule }, BATCH),
             pending: Mutex::new(Notes::default()),
             exempt: s.exempt_logins.iter().map(|l| l.to_lowercase()).collect(),
-            action: s.action.as_str().to_owned(),
+            action: s.action.clone(),
             notice: s.notify_to().map(|to| Notice {
                 to: to.to_owned(),
                 smtp: s.notify_smtp,
@@ -104,13 +152,14 @@ impl Containment {
 
     /// The verdict for one authenticated request: at RCPT (with a recipient) the recipient is
     /// noted for its message; at END-OF-MESSAGE the message is counted and decided.
-    pub async fn check(
+    async fn check(
         &self,
         req: &Request,
+        login: &str,
         dir: &Snapshot,
         delims: &Delimiters,
     ) -> Result<Verdict, Failed> {
-        let login = req.sasl_username.to_lowercase();
+        let login = login.to_owned();
         let Some(user) = dir.user(&login) else {
             // Postfix only names logins miab-authd let in, all of them users: any other name
             // is a request made up by someone else on the box, and must neither hold a real
@@ -121,9 +170,10 @@ impl Containment {
         if dir.suspended(user.id) {
             tracing::info!(login = ?login, client = ?req.client_address,
                 "mail from a suspended login; rejected");
-            return Ok(Verdict::Stop(format!(
-                "554 5.7.1 {} is suspended",
-                printable(&login)
+            return Ok(Verdict::Stop(Action::reply(
+                554,
+                "5.7.1",
+                format!("{} is suspended", printable(&login)),
             )));
         }
         if req.protocol_state.eq_ignore_ascii_case("END-OF-MESSAGE") {
@@ -227,7 +277,7 @@ impl Containment {
                 if let Some(h) = newly {
                     self.started(&login, req, &h);
                 }
-                Ok(Verdict::Stop(self.action.clone()))
+                Ok(Verdict::Stop(Action::configured(&self.action)))
             }
         }
     }
@@ -250,7 +300,7 @@ impl Containment {
     }
 
     /// Forgets old figures (called now and then, off the request path).
-    pub fn expire(&self) {
+    fn expire(&self) {
         if state::backup::held() {
             return;
         }

@@ -1,15 +1,7 @@
-//! Greylisting as postgrey does it: a triplet of client network, normalised sender and
+//! Greylisting's rule, as postgrey's: a triplet of client network, normalised sender and
 //! recipient must be seen again after `delay` and within the retry window before it passes;
-//! a client address that passed often enough is whitelisted.
-//!
-//! - [`decide`]: the decision over one triplet's stored state, as a pure function.
-//! - [`normalize`]: the triplet's parts.
-//! - [`whitelist`]: postgrey's whitelist files.
-//! - [`store`]: the decisions over the store (`state::greylist`), through the group commit.
-
-pub mod normalize;
-pub mod store;
-pub mod whitelist;
+//! a client address that passed often enough is whitelisted. [`decide`] is the decision over
+//! one triplet's stored state, as a pure function.
 
 /// How often a passing triplet's `last_seen` is written back, in seconds.
 const REFRESH: i64 = 3600;
