@@ -91,9 +91,13 @@ impl Layout {
         self.authd_dir().join("app-password-use.sqlite")
     }
 
-    /// Where MIAB's `dkim.sh` keeps the DKIM keys.
+    /// The DKIM keys' directory: the RSA key's, where per-domain keys (`<domain>.private`)
+    /// sit next to it (by default MIAB's `STORAGE_ROOT/mail/dkim`, as `dkim.sh` makes it).
     pub fn dkim_dir(&self) -> PathBuf {
-        self.storage_root.join("mail").join("dkim")
+        self.dkim_key.parent().map_or_else(
+            || self.storage_root.join("mail").join("dkim"),
+            Path::to_owned,
+        )
     }
 
     /// The RSA signing key.
@@ -104,6 +108,14 @@ impl Layout {
     /// The Ed25519 signing key, if one is configured.
     pub fn dkim_ed25519_key(&self) -> Option<&Path> {
         self.dkim_ed25519_key.as_deref()
+    }
+
+    /// Where an Ed25519 key is made: the configured one, else `ed25519.private` in
+    /// [`Layout::dkim_dir`].
+    pub fn dkim_ed25519_key_to_make(&self) -> PathBuf {
+        self.dkim_ed25519_key
+            .clone()
+            .unwrap_or_else(|| self.dkim_dir().join("ed25519.private"))
     }
 }
 

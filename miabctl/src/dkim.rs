@@ -6,6 +6,7 @@ use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 use base64::Engine as _;
+use daemon::Layout;
 use rustls_pki_types::pem::{self, PemObject as _};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::io::Write;
@@ -72,20 +73,21 @@ fn record_file(selector: &str, record: &str) -> String {
     )
 }
 
-/// Creates the RSA-2048 key (and, with `ed25519`, an Ed25519 key) in `dir`; returns the
-/// files written.
+/// Creates the RSA-2048 key (and, with `ed25519`, an Ed25519 key) where the layout says
+/// miab-milter reads them; returns the files written.
 pub fn generate(
-    dir: &Path,
+    layout: &Layout,
     ed25519: bool,
     owner: Option<&str>,
     force: bool,
 ) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     // Each key: its PEM file, then opendkim-genkey's record file next to it (`mail.txt`),
     // made from the key file as written.
     let write_key =
-        |file: &str, selector: &str, der: &[u8], record: fn(&Path) -> Result<String>| {
-            let path = dir.join(file);
+        |path: PathBuf, selector: &str, der: &[u8], record: fn(&Path) -> Result<String>| {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+            }
             write_secret(&path, &pem("PRIVATE KEY", der), owner, force)?;
             std::fs::write(
                 path.with_extension("txt"),
@@ -99,7 +101,12 @@ pub fn generate(
     let der: Pkcs8V1Der<'_> = rsa
         .as_der()
         .map_err(|_| anyhow::anyhow!("RSA key encoding failed"))?;
-    written.push(write_key("mail.private", "mail", der.as_ref(), rsa_record)?);
+    written.push(write_key(
+        layout.dkim_key().to_owned(),
+        "mail",
+        der.as_ref(),
+        rsa_record,
+    )?);
     if ed25519 {
         let ed = Ed25519KeyPair::generate()
             .map_err(|_| anyhow::anyhow!("Ed25519 key generation failed"))?;
@@ -107,7 +114,7 @@ pub fn generate(
             .as_der()
             .map_err(|_| anyhow::anyhow!("Ed25519 key encoding failed"))?;
         written.push(write_key(
-            "ed25519.private",
+            layout.dkim_ed25519_key_to_make(),
             "ed",
             der.as_ref(),
             ed25519_record,
@@ -146,19 +153,19 @@ pub fn ed25519_record(path: &Path) -> Result<String> {
 }
 
 /// The TXT records `domain` needs, as (name, value): SPF and DMARC as MIAB publishes them,
-/// and the DKIM keys found in `dir`.
-pub fn records(domain: &str, dir: &Path) -> Result<Vec<(String, String)>> {
+/// and the DKIM keys miab-milter signs `domain` with.
+pub fn records(domain: &str, layout: &Layout) -> Result<Vec<(String, String)>> {
     let mut out = vec![(format!("{domain}."), "v=spf1 mx -all".to_owned())];
-    let own = dir.join(format!("{domain}.private"));
+    let own = layout.dkim_dir().join(format!("{domain}.private"));
     let rsa = if own.is_file() {
         own
     } else {
-        dir.join("mail.private")
+        layout.dkim_key().to_owned()
     };
     if rsa.is_file() {
         out.push((format!("mail._domainkey.{domain}."), rsa_record(&rsa)?));
     }
-    let ed = dir.join("ed25519.private");
+    let ed = layout.dkim_ed25519_key_to_make();
     if ed.is_file() {
         out.push((format!("ed._domainkey.{domain}."), ed25519_record(&ed)?));
     }

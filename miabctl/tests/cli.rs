@@ -674,3 +674,48 @@ fn root_commands_follow_no_link_planted_in_the_daemons_directories() {
     );
     assert_eq!(before(&wal_victim), w);
 }
+
+/// miabctl asks the daemons' storage layout for every path: with a configuration that moves
+/// the sending DB and the DKIM key, `held` opens the moved DB and `dkim generate` writes the
+/// key where miab-milter would read it (and `dns records` publishes that key).
+#[test]
+fn the_configured_layout_is_the_one_miabctl_uses() {
+    let root = Scratch::new("miabctl-layout");
+    ok(root.path(), &["init"], None);
+    let sending = root.path().join("elsewhere/sending.sqlite");
+    let key = root.path().join("keys/box.pem");
+    let config = root.path().join("sidecars.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage_root = {:?}\n[policyd.containment]\ndb = {:?}\n[milter]\nkey_file = {:?}\n",
+            root.path(),
+            sending,
+            key
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let without = refused(root.path(), &["held"], None);
+    assert!(
+        without.contains("mail/policyd"),
+        "without the configuration, the default path: {without}"
+    );
+    state::sending::Sending::open(&sending).unwrap();
+    assert_eq!(
+        ok(root.path(), &["--config", config, "held"], None).trim(),
+        "no login is held"
+    );
+    let written = ok(root.path(), &["--config", config, "dkim", "generate"], None);
+    assert_eq!(written.lines().next(), Some(key.to_str().unwrap()));
+    assert!(key.is_file() && !root.path().join("mail/dkim/mail.private").exists());
+    let records = ok(
+        root.path(),
+        &["--config", config, "dns", "records", "example.com"],
+        None,
+    );
+    assert!(
+        records.contains("mail._domainkey.example.com."),
+        "{records}"
+    );
+}

@@ -17,8 +17,9 @@ pub enum DomainCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum DkimCmd {
-    /// Create STORAGE_ROOT/mail/dkim/mail.private (RSA 2048, PKCS#8 PEM, mode 0600) and
-    /// mail.txt, as opendkim-genkey does; with --ed25519 also ed25519.private (selector "ed").
+    /// Create the key miab-milter reads (RSA 2048, PKCS#8 PEM, mode 0600; default
+    /// STORAGE_ROOT/mail/dkim/mail.private) and mail.txt next to it, as opendkim-genkey does;
+    /// with --ed25519 also an Ed25519 key (selector "ed"; default ed25519.private beside it).
     Generate {
         #[arg(long)]
         ed25519: bool,
@@ -69,8 +70,7 @@ pub fn dkim(cli: &Cli, cmd: &DkimCmd) -> Result<()> {
             owner,
             force,
         } => {
-            let dir = cli.layout()?.dkim_dir();
-            for path in dkim::generate(&dir, *ed25519, owner.as_deref(), *force)? {
+            for path in dkim::generate(&cli.layout()?, *ed25519, owner.as_deref(), *force)? {
                 println!("{}", path.display());
             }
             if *force {
@@ -95,10 +95,10 @@ pub fn dns(cli: &Cli, cmd: &DnsCmd) -> Result<()> {
                     .into_iter()
                     .collect(),
             };
-            let dir = cli.layout()?.dkim_dir();
+            let layout = cli.layout()?;
             let mut records = Vec::new();
             for d in &domains {
-                records.extend(dkim::records(d, &dir)?);
+                records.extend(dkim::records(d, &layout)?);
             }
             if cli.json {
                 let rows: Vec<RecordRow<'_>> = records
