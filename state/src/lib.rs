@@ -7,7 +7,8 @@
 //!   ([`known_devices`]) and app-password use ([`app_password_use`]);
 //! - the one group commit every store's writes go through ([`commit`]): requests queue up,
 //!   one transaction takes all that wait, each is answered after the commit;
-//! - how the SQLite state files are opened ([`sqlite`]);
+//! - how the SQLite state files are opened ([`sqlite`]); PostgreSQL, for several hosts, with
+//!   its schema, deadlines and circuit breaker, and the same stores over it ([`pg`]);
 //! - the backup hold that keeps them copyable ([`backup`]);
 //! - the clock, and the civil date of a day count, for what the binaries print ([`clock`]).
 //!
@@ -21,6 +22,7 @@ pub mod commit;
 mod error;
 pub mod greylist;
 pub mod known_devices;
+pub mod pg;
 pub mod sending;
 pub mod sqlite;
 

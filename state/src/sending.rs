@@ -28,11 +28,11 @@ use std::time::Duration;
 /// Recipients not written to for this long are new again.
 pub const KNOWN_DAYS: i64 = 400;
 /// Seconds in an hour.
-const HOUR: i64 = 3600;
+pub(crate) const HOUR: i64 = 3600;
 /// Longest login and recipient kept (RFC 5321's path limit); longer ones are cut.
 const MAX_ADDRESS: usize = 256;
 /// Seconds in a day.
-const DAY: i64 = 86_400;
+pub(crate) const DAY: i64 = 86_400;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS hours (
@@ -234,16 +234,16 @@ type Memo = std::collections::HashMap<String, (i64, Vec<Day>)>;
 /// Logins remembered at most; past this the memo starts over.
 const MEMO_MAX: usize = 50_000;
 
-fn to_u64(v: i64) -> u64 {
+pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// `s` lowercased and cut to [`MAX_ADDRESS`] bytes on a character boundary.
-fn bounded(s: &str) -> String {
+pub(crate) fn bounded(s: &str) -> String {
     let mut end = s.len().min(MAX_ADDRESS);
     while !s.is_char_boundary(end) {
         end -= 1;
@@ -586,9 +586,7 @@ fn record_one(
             [&login, rcpt],
             |r| r.get(0),
         )?;
-        let is_new = known.is_none_or(|seen| now - seen > KNOWN_DAYS * DAY);
-        // last_seen moves at most daily.
-        if is_new || known.is_some_and(|seen| now - seen > DAY) {
+        if let Some(is_new) = to_learn_at(known, now) {
             to_learn.push((rcpt, is_new));
         }
     }
@@ -683,6 +681,50 @@ fn record_one(
     })
 }
 
+/// Whether a recipient last written to at `known` is to be written down now, and whether it
+/// counts as new: new when never seen or unused for [`KNOWN_DAYS`]; `last_seen` moves at most
+/// daily. `None`: nothing to write.
+pub(crate) fn to_learn_at(known: Option<i64>, now: i64) -> Option<bool> {
+    let is_new = known.is_none_or(|seen| now - seen > KNOWN_DAYS * DAY);
+    (is_new || known.is_some_and(|seen| now - seen > DAY)).then_some(is_new)
+}
+
+/// The last hour as a sliding window from the (clock hour, figures) of this hour and the one
+/// before: this one whole, the part of the previous one still inside the window in proportion.
+pub(crate) fn sliding_hour(rows: impl IntoIterator<Item = (i64, Figures)>, now: i64) -> Figures {
+    let hour = now.div_euclid(HOUR);
+    let left = to_u64(HOUR - now.rem_euclid(HOUR));
+    let mut f = Figures::default();
+    for (h, v) in rows {
+        let v = if h == hour {
+            v
+        } else {
+            v.zip(v, |x, _| x.saturating_mul(left) / to_u64(HOUR))
+        };
+        f = f.zip(v, u64::saturating_add);
+    }
+    f
+}
+
+/// The busiest hour of the clean past days (with what a release was at) and the limits.
+pub(crate) fn busiest_and_limits(
+    rule: &Rule,
+    days: &[Day],
+    released: Figures,
+) -> (Figures, Figures) {
+    let busiest = days
+        .iter()
+        .filter(|d| !d.held)
+        .fold(released, |b, d| b.zip(d.busiest, u64::max));
+    (busiest, rule.limits(days, released))
+}
+
+/// The first hour of the history window (`history_days` before today), and today's first.
+pub(crate) fn history_window(rule: &Rule, now: i64) -> (i64, i64) {
+    let today = now.div_euclid(DAY);
+    ((today - to_i64(rule.history_days)) * 24, today * 24)
+}
+
 /// One row of a query prepared once per connection, if there is one.
 fn row<T, P: rusqlite::Params>(
     conn: &Connection,
@@ -706,28 +748,19 @@ fn last_hour(conn: &Connection, login: &str, now: i64) -> rusqlite::Result<Figur
         "SELECT hour, messages, recipients, new_recipients FROM hours
          WHERE login=?1 AND hour IN (?2, ?3)",
     )?;
-    let rows = stmt.query_map(params![login, hour, hour - 1], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            Figures {
-                messages: to_u64(r.get(1)?),
-                recipients: to_u64(r.get(2)?),
-                new_recipients: to_u64(r.get(3)?),
-            },
-        ))
-    })?;
-    let left = to_u64(HOUR - now.rem_euclid(HOUR));
-    let mut f = Figures::default();
-    for row in rows {
-        let (h, v) = row?;
-        let v = if h == hour {
-            v
-        } else {
-            v.zip(v, |x, _| x.saturating_mul(left) / to_u64(HOUR))
-        };
-        f = f.zip(v, u64::saturating_add);
-    }
-    Ok(f)
+    let rows = stmt
+        .query_map(params![login, hour, hour - 1], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                Figures {
+                    messages: to_u64(r.get(1)?),
+                    recipients: to_u64(r.get(2)?),
+                    new_recipients: to_u64(r.get(3)?),
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(sliding_hour(rows, now))
 }
 
 /// The busiest hour of the clean past days (display) and the limits, from the days before
@@ -741,14 +774,15 @@ fn history(
     memo: Option<&mut Memo>,
 ) -> rusqlite::Result<(Figures, Figures)> {
     let today = now.div_euclid(DAY);
-    let since = today - to_i64(rule.history_days);
+    let (first_hour, today_hour) = history_window(rule, now);
+    let since = first_hour / 24;
     let read = || -> rusqlite::Result<Vec<Day>> {
         let mut stmt = conn.prepare_cached(
             "SELECT hour / 24, max(messages), max(recipients), max(new_recipients), max(held)
              FROM hours WHERE login=?1 AND hour>=?2 AND hour<?3 GROUP BY 1 ORDER BY 1",
         )?;
         let days = stmt
-            .query_map(params![login, since * 24, today * 24], |r| {
+            .query_map(params![login, first_hour, today_hour], |r| {
                 Ok(Day {
                     busiest: Figures {
                         messages: to_u64(r.get(1)?),
@@ -785,12 +819,11 @@ fn history(
             })
         },
     )?;
-    let released = released.unwrap_or_default();
-    let busiest = days
-        .iter()
-        .filter(|d| !d.held)
-        .fold(released, |b, d| b.zip(d.busiest, u64::max));
-    Ok((busiest, rule.limits(&days, released)))
+    Ok(busiest_and_limits(
+        rule,
+        &days,
+        released.unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]

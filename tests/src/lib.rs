@@ -10,6 +10,7 @@ pub mod dovecot;
 pub mod fixture;
 pub mod inproc;
 pub mod postfix;
+pub mod postgres;
 pub mod process;
 pub mod sink;
 pub mod tools;
