@@ -46,7 +46,9 @@ impl<J: Send + 'static> Outbox<J> {
             async move {
                 loop {
                     let batch: Vec<J> = {
-                        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut q = queue
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         let n = q.len().min(BATCH);
                         q.drain(..n).collect()
                     };
@@ -57,7 +59,9 @@ impl<J: Send + 'static> Outbox<J> {
                     if let Err(e) = write(batch.clone()).await {
                         tracing::debug!(error = %e, kept = batch.len(), "kept for later");
                         {
-                            let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                            let mut q = queue
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
                             for j in batch.into_iter().rev() {
                                 q.push_front(j);
                             }
@@ -77,7 +81,10 @@ impl<J: Send + 'static> Outbox<J> {
 
     /// Queues a write.
     pub fn send(&self, job: J) {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if q.len() >= self.cap {
             q.pop_front();
             tracing::warn!(
@@ -92,7 +99,10 @@ impl<J: Send + 'static> Outbox<J> {
 
     /// Writes still queued.
     pub fn queued(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 }
 

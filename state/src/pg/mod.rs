@@ -311,7 +311,10 @@ struct Breaker {
 impl Breaker {
     /// May a call go out now? While open, one call per `open_for` is let through to probe.
     fn allow(&self, open_for: Duration) -> bool {
-        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        let mut opened = self
+            .opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match *opened {
             None => true,
             Some(at) if at.elapsed() >= open_for => {
@@ -325,7 +328,10 @@ impl Breaker {
 
     fn succeeded(&self) {
         self.failures.store(0, Ordering::Relaxed);
-        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        let mut opened = self
+            .opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if opened.take().is_some() {
             tracing::info!("PostgreSQL answers again");
         }
@@ -334,7 +340,10 @@ impl Breaker {
     /// Counts a failure; true if it opened the breaker.
     fn failed(&self, threshold: u32) -> bool {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        let mut opened = self
+            .opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if n >= u64::from(threshold.max(1)) {
             let newly = opened.is_none();
             *opened = Some(Instant::now());
@@ -346,7 +355,7 @@ impl Breaker {
     fn is_open(&self) -> bool {
         self.opened
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .is_some()
     }
 }
