@@ -27,6 +27,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use state::commit::GroupCommit;
+use state::pg::Pg;
+use state::pg::device_store::{Outbox, PgKnownDevices};
+use std::sync::Arc;
 use state::known_devices::{Change, KnownDeviceStore, KnownDevices, Writer};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -222,6 +225,16 @@ impl Known {
     }
 }
 
+/// Adds sightings read from a store (oldest first, so the per-login bound keeps the newest).
+fn learn(known: &Mutex<Known>, rows: Vec<(String, String, i64)>) {
+    let mut known = lock(known);
+    for (login, net, at) in rows.into_iter().rev() {
+        if let Ok(net) = net.parse::<IpAddr>() {
+            known.insert(&login, ip_key(net), at);
+        }
+    }
+}
+
 /// Failures per client network (IPv4 address, IPv6 /64) and per login; past a limit, the
 /// key is refused for `cooloff`.
 pub struct Brake {
@@ -231,10 +244,25 @@ pub struct Brake {
     blocked: Mutex<HashMap<String, Instant>>,
     proxies: Vec<Cidr>,
     /// (login, client network) pairs that logged in, with when they last did.
-    known: Mutex<Known>,
-    /// The file they are kept in, if any; written through the group commit.
-    store: Option<GroupCommit<Writer<KnownDevices>>>,
+    known: Arc<Mutex<Known>>,
+    /// Where they are kept, if anywhere.
+    store: Option<DeviceStore>,
 }
+
+/// Where known devices are kept: this host's file, written through the group commit, or the
+/// store shared by several hosts, written through an outbox (kept while it is away) and read
+/// back every few seconds for what the other hosts learnt.
+#[derive(Debug)]
+enum DeviceStore {
+    File(GroupCommit<Writer<KnownDevices>>),
+    Shared {
+        writes: Outbox<Change>,
+        _refresh: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// How often the other hosts' sightings are read from a shared store.
+const REFRESH: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Brake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -281,7 +309,7 @@ impl Brake {
             cooloff,
             blocked: Mutex::new(HashMap::new()),
             proxies,
-            known: Mutex::new(Known::default()),
+            known: Arc::new(Mutex::new(Known::default())),
             store: None,
         }
     }
@@ -310,14 +338,64 @@ impl Brake {
                 }
             }
         }
-        self.store = Some(GroupCommit::new(Writer(file), 256));
+        self.store = Some(DeviceStore::File(GroupCommit::new(Writer(file), 256)));
         Ok(n)
     }
 
+    /// Keeps the known devices in the store several hosts share: those seen in the last 30
+    /// days are read now (if the store answers), the other hosts' new sightings every few
+    /// seconds, and every change is queued for it. Returns how many were read. Must run
+    /// inside a tokio runtime.
+    pub async fn keep_known_in_store(&mut self, pg: Arc<Pg>) -> usize {
+        let store = PgKnownDevices::new(pg);
+        let now = state::clock::unix_now();
+        let rows = match store.load(now - KNOWN_FOR, MAX_KNOWN).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "known devices not read from the store; reading them again later");
+                Vec::new()
+            }
+        };
+        let n = rows.len();
+        learn(&self.known, rows);
+        let writes = {
+            let store = store.clone();
+            Outbox::start(MAX_KNOWN, move |batch| {
+                let store = store.clone();
+                async move { store.apply(batch).await }
+            })
+        };
+        let refresh = tokio::spawn({
+            let known = Arc::clone(&self.known);
+            async move {
+                let mut since = now - KNOWN_FOR;
+                loop {
+                    tokio::time::sleep(REFRESH).await;
+                    // A little overlap: a sighting committed just before the last read.
+                    let from = state::clock::unix_now() - 60;
+                    match store.load(since, MAX_KNOWN).await {
+                        Ok(rows) => {
+                            learn(&known, rows);
+                            since = from;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "known devices not refreshed"),
+                    }
+                }
+            }
+        });
+        self.store = Some(DeviceStore::Shared {
+            writes,
+            _refresh: refresh,
+        });
+        n
+    }
+
     fn write(&self, changes: impl IntoIterator<Item = Change>) {
-        if let Some(s) = &self.store {
-            for c in changes {
-                s.send(c);
+        match &self.store {
+            None => {}
+            Some(DeviceStore::File(s)) => changes.into_iter().for_each(|c| s.send(c)),
+            Some(DeviceStore::Shared { writes, .. }) => {
+                changes.into_iter().for_each(|c| writes.send(c));
             }
         }
     }

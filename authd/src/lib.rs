@@ -23,6 +23,7 @@ use daemon::{Config, Limits, Listener, Loaded, Shutdown};
 use directory::{Hashers, Live};
 use state::app_password_use::UsageLog;
 use state::commit::GroupCommit;
+use state::pg::device_store::{Outbox, PgUsage};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -53,7 +54,7 @@ pub struct State {
     touched: Mutex<HashMap<i64, Instant>>,
     /// Our own record of app password use (the user DB stays read-only); `None` if it could
     /// not be opened, which costs only the last-use times.
-    usage: Option<GroupCommit<UsageLog>>,
+    usage: Option<Usage>,
 }
 
 // The cookie and the decoy hash stay out of Debug prints.
@@ -80,12 +81,12 @@ pub enum StartError {
 
 impl State {
     /// Opens the DB named by `config`. Must run inside the runtime.
-    pub fn open(
+    pub async fn open(
         config: &Config,
         section: &Loaded<settings::Settings>,
     ) -> Result<State, StartError> {
         let a = &section.settings;
-        let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
+        let (dir, pg) = daemon::open_directory(config).await?;
         // Twice the cores: a verification waits for the blocking pool's hand-off now and
         // then, and the cores should not idle meanwhile.
         let hashers = Hashers::new(match a.hash_threads {
@@ -105,13 +106,19 @@ impl State {
         );
         let layout = config.layout();
         let known = layout.known_devices_db();
-        match brake.keep_known_in(&known) {
-            Ok(n) => {
-                tracing::info!(known_devices = n, file = %known.display(), "known devices read");
+        match &pg {
+            Some(pg) => {
+                let n = brake.keep_known_in_store(Arc::clone(pg)).await;
+                tracing::info!(known_devices = n, store = %pg.target(), "known devices read");
             }
-            // A convenience for the innocent, not a check: without the file they live in
-            // memory until the next restart.
-            Err(e) => tracing::warn!(error = %e, "known devices are kept in memory only"),
+            None => match brake.keep_known_in(&known) {
+                Ok(n) => {
+                    tracing::info!(known_devices = n, file = %known.display(), "known devices read");
+                }
+                // A convenience for the innocent, not a check: without the file they live in
+                // memory until the next restart.
+                Err(e) => tracing::warn!(error = %e, "known devices are kept in memory only"),
+            },
         }
         Ok(State {
             dir,
@@ -130,7 +137,13 @@ impl State {
             mail_uid: a.mail_uid.clone(),
             mail_gid: a.mail_gid.clone(),
             touched: Mutex::new(HashMap::new()),
-            usage: open_usage_log(&layout.app_password_use_db()),
+            usage: match pg {
+                Some(pg) => Some(Usage::Shared(Outbox::start(100_000, move |batch| {
+                    let store = PgUsage::new(Arc::clone(&pg));
+                    async move { store.record_all(batch).await }
+                }))),
+                None => open_usage_log(&layout.app_password_use_db()).map(Usage::File),
+            },
         })
     }
 
@@ -167,10 +180,20 @@ impl State {
             }
             t.insert(id, now);
         }
-        if let Some(usage) = &self.usage {
-            usage.send((id, state::clock::unix_now()));
+        let used = (id, state::clock::unix_now());
+        match &self.usage {
+            None => {}
+            Some(Usage::File(u)) => u.send(used),
+            Some(Usage::Shared(u)) => u.send(used),
         }
     }
+}
+
+/// Where app-password use is recorded: this host's file, or the store several hosts share.
+#[derive(Debug)]
+enum Usage {
+    File(GroupCommit<UsageLog>),
+    Shared(Outbox<(i64, i64)>),
 }
 
 fn open_usage_log(path: &std::path::Path) -> Option<GroupCommit<UsageLog>> {

@@ -27,8 +27,8 @@ fn main() -> ExitCode {
                 section.settings.checkpassword_listen = Some(addr);
             }
         },
-        |config, section| {
-            let state = authd::State::open(config, section)?;
+        |config, section| async move {
+            let state = authd::State::open(&config, &section).await?;
             Ok::<_, authd::StartError>((state, format!("db={}", config.db_path().display())))
         },
         |mut l, state, shutdown| {

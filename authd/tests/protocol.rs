@@ -28,7 +28,7 @@ fn start(dir: &Scratch, extra: &str) -> (InProcess, u16) {
     let section = config.section::<authd::settings::Settings>().unwrap();
     let d = InProcess::start(
         "info",
-        move || authd::State::open(&config, &section).unwrap(),
+        move || async move { authd::State::open(&config, &section).await.unwrap() },
         |listener, state, shutdown| authd::run(listener, None, state, shutdown),
     );
     let port = d.port;

@@ -40,6 +40,8 @@ pub struct Config {
     pub db_busy_timeout_ms: u64,
     /// `[dns]`: how the daemons reach DNS.
     pub dns: DnsConfig,
+    /// `[store]`: a PostgreSQL server shared by several hosts, if any.
+    pub store: StoreConfig,
     // The daemons' sections are only checked to be tables here; each daemon reads its own.
     lookup: Option<toml::Table>,
     policyd: Option<toml::Table>,
@@ -67,6 +69,74 @@ pub struct DnsConfig {
     pub timeout_ms: u64,
 }
 
+/// `[store]`: where the sidecars' state lives when several hosts share it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgresql://USER[:PASSWORD]@HOST[:PORT]/DB`: the greylist, the sending record and
+    /// holds, known devices and app-password use live there, and the directory is read from
+    /// there on every host that does not `publish`. Absent (the default): this host's own
+    /// SQLite files, and MIAB's `users.sqlite`. Never logged.
+    #[serde(deserialize_with = "empty_is_off")]
+    pub url: Option<String>,
+    /// This host holds MIAB's `users.sqlite` (the primary, whose control panel writes it):
+    /// its daemons read the file itself, and miab-lookup mirrors every change into the store
+    /// for the other hosts. Default false.
+    pub publish: bool,
+    /// The most one call to the store may take, connecting included, in milliseconds.
+    /// Default 500.
+    pub deadline_ms: u64,
+    /// Failed calls in a row after which calls are not tried for `retry_after_ms`, so a dead
+    /// server costs requests nothing. Default 3.
+    pub failures_before_pause: u32,
+    /// How long calls pause after that, in milliseconds; then one call tries again. Default
+    /// 5000.
+    pub retry_after_ms: u64,
+    /// Connections per daemon at most. Default 16.
+    pub connections: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            publish: false,
+            deadline_ms: 500,
+            failures_before_pause: 3,
+            retry_after_ms: 5000,
+            connections: 16,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The bounds calls to the store run under.
+    pub fn limits(&self) -> state::pg::Limits {
+        state::pg::Limits {
+            deadline: Duration::from_millis(self.deadline_ms.max(1)),
+            failures: self.failures_before_pause.max(1),
+            open_for: Duration::from_millis(self.retry_after_ms),
+            connections: self.connections.max(1),
+        }
+    }
+
+    /// The store's pool, with its schema made or migrated in the background until the server
+    /// answers; `None` without a `url`. Must run inside a tokio runtime.
+    pub fn connect(&self) -> Result<Option<std::sync::Arc<state::pg::Pg>>, state::pg::PgError> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let pg = std::sync::Arc::new(state::pg::Pg::new(url, self.limits())?);
+        state::pg::keep_migrating(&pg);
+        Ok(Some(pg))
+    }
+
+    /// Does this host read the directory from the store (a store, and not the publisher)?
+    pub fn directory_from_store(&self) -> bool {
+        self.url.is_some() && !self.publish
+    }
+}
+
 impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig {
@@ -91,6 +161,7 @@ impl Default for Config {
             recipient_delimiter: "+".into(),
             db_busy_timeout_ms: 5000,
             dns: DnsConfig::default(),
+            store: StoreConfig::default(),
             lookup: None,
             policyd: None,
             authd: None,

@@ -39,19 +39,20 @@ impl Listeners {
 }
 
 /// Runs a daemon with section `S`. `adjust` applies the daemon's own flags to its section;
-/// `open` builds its state inside the runtime and returns it with a summary for the "ready"
-/// line; `run` serves.
-pub fn launch<S, St, E, Fut>(
+/// `open` builds its state inside the runtime (given its own copy of the configuration) and
+/// returns it with a summary for the "ready" line; `run` serves.
+pub fn launch<S, St, E, Open, Fut>(
     name: &str,
     runtime: Runtime,
     common: &CommonArgs,
     adjust: impl FnOnce(&mut Loaded<S>),
-    open: impl FnOnce(&Config, &Loaded<S>) -> Result<(St, String), E>,
+    open: impl FnOnce(Config, Loaded<S>) -> Open,
     run: impl FnOnce(Listeners, Arc<St>, Shutdown) -> Fut,
 ) -> ExitCode
 where
-    S: Section,
+    S: Section + Clone,
     E: Display,
+    Open: Future<Output = Result<(St, String), E>>,
     Fut: Future<Output = io::Result<()>>,
 {
     let fail = |what: String| {
@@ -88,7 +89,7 @@ where
         Err(e) => return fail(format!("tokio runtime: {e}")),
     };
     rt.block_on(async {
-        let (state, summary) = match open(&config, &section) {
+        let (state, summary) = match open(config.clone(), section.clone()).await {
             Ok(s) => s,
             Err(e) => return fail(e.to_string()),
         };

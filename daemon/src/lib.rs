@@ -16,9 +16,31 @@ pub mod serve;
 pub mod session;
 
 pub use cli::CommonArgs;
-pub use config::{Config, ConfigError, DnsConfig, Endpoint, Loaded, Section, Server};
+pub use config::{Config, ConfigError, DnsConfig, Endpoint, Loaded, Section, Server, StoreConfig};
 pub use launch::{Listeners, Runtime, launch};
 pub use layout::Layout;
+
+/// The directory this host answers from: MIAB's file, or, on a host that reads it from the
+/// store (`[store] url` without `publish`), the store's mirror; with the store's pool.
+#[cfg(feature = "directory")]
+pub async fn open_directory(
+    config: &Config,
+) -> Result<(directory::Live, Option<std::sync::Arc<state::pg::Pg>>), userdb::Error> {
+    let pg = config
+        .store
+        .connect()
+        .map_err(|e| userdb::Error::Internal(format!("store: {e}")))?;
+    let from_store = match (&pg, &config.store.url) {
+        (Some(pg), Some(url)) if config.store.directory_from_store() => {
+            Some((std::sync::Arc::clone(pg), url.as_str()))
+        }
+        _ => None,
+    };
+    let dir =
+        directory::pg::open_for_host(&config.db_path(), config.db_busy_timeout(), from_store)
+            .await?;
+    Ok((dir, pg))
+}
 pub use listen::{ListenAddr, Listener, Peer, Stream, UnixOptions};
 pub use serve::{
     Conn, Limits, Periodic, Shutdown, Trigger, on_reload, periodic, reloads, serve,

@@ -14,11 +14,15 @@
 //!   [`SqliteSource`] reads MIAB's file; another backend (a shared SQL server for several
 //!   hosts) is another `Source`, and no daemon changes;
 //! - [`Live`] (feature `async`): the handle that swaps snapshots as the DB changes, and
-//!   [`Hashers`], the bounded pool password checks run on.
+//!   [`Hashers`], the bounded pool password checks run on;
+//! - [`pg`] (feature `async`): the directory shared through PostgreSQL by several hosts: the
+//!   primary's publisher and the other hosts' source.
 
 #[cfg(feature = "async")]
 mod live;
 mod maps;
+#[cfg(feature = "async")]
+pub mod pg;
 mod sqlite;
 #[cfg(feature = "async")]
 pub use live::{Hashers, Live};

@@ -24,6 +24,8 @@ pub struct State {
     dir: Live,
     delims: Arc<Delimiters>,
     limits: Limits,
+    /// On the host that publishes the directory to the store: the mirror.
+    publisher: Option<directory::pg::Publisher>,
 }
 
 impl State {
@@ -33,18 +35,28 @@ impl State {
             dir,
             delims: Arc::new(delims),
             limits,
+            publisher: None,
         }
     }
 
-    /// Opens the DB named by `config`. A missing or foreign DB is an error here, at start-up,
-    /// rather than a stream of TEMP answers.
-    pub fn open(config: &Config, server: &daemon::Server) -> userdb::Result<State> {
-        let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
-        Ok(State::new(
+    /// Opens the directory `config` names (MIAB's file, or the store's mirror). A missing or
+    /// foreign DB is an error here, at start-up, rather than a stream of TEMP answers. On the
+    /// host that publishes the directory to the store, the publisher runs here too.
+    pub async fn open(config: &Config, server: &daemon::Server) -> userdb::Result<State> {
+        let (dir, pg) = daemon::open_directory(config).await?;
+        let mut state = State::new(
             dir,
             Delimiters::new(config.recipient_delimiter.clone()),
             server.limits.clone(),
-        ))
+        );
+        if let Some(pg) = pg.filter(|_| config.store.publish) {
+            state.publisher = Some(directory::pg::Publisher::start(
+                &config.db_path(),
+                config.db_busy_timeout(),
+                pg,
+            )?);
+        }
+        Ok(state)
     }
 }
 

@@ -20,9 +20,11 @@ fn main() -> ExitCode {
         Runtime::MultiThread,
         &args.common,
         |_: &mut daemon::Loaded<lookup::settings::Settings>| {},
-        |config, section| {
+        |config, section| async move {
             let summary = format!("db={}", config.db_path().display());
-            lookup::State::open(config, &section.server).map(|s| (s, summary))
+            lookup::State::open(&config, &section.server)
+                .await
+                .map(|s| (s, summary))
         },
         |l, state, shutdown| lookup::run(l.main, state, shutdown),
     )

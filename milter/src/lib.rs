@@ -83,7 +83,7 @@ pub enum StartError {
 
 impl State {
     /// Loads the keys, opens the DB and builds the resolver from `config`.
-    pub fn open(
+    pub async fn open(
         config: &Config,
         section: &Loaded<settings::Settings>,
     ) -> Result<State, StartError> {
@@ -91,7 +91,7 @@ impl State {
         let key = m.key_file.clone().unwrap_or_default();
         let keys = keys::Keyring::load(&key, m.ed25519_key_file.as_deref())?;
         let key_paths = (key, m.ed25519_key_file.clone());
-        let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
+        let (dir, _) = daemon::open_directory(config).await?;
         let limits = &section.server.limits;
         Ok(State {
             hostname: config.box_hostname(),

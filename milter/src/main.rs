@@ -21,8 +21,8 @@ fn main() -> ExitCode {
         Runtime::CurrentThread,
         &args.common,
         |_: &mut daemon::Loaded<miab_milter::settings::Settings>| {},
-        |config, section| {
-            let state = miab_milter::State::open(config, section)?;
+        |config, section| async move {
+            let state = miab_milter::State::open(&config, &section).await?;
             let summary = format!("authserv-id={}", config.box_hostname());
             Ok::<_, miab_milter::StartError>((state, summary))
         },

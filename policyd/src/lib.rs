@@ -26,7 +26,6 @@ pub mod verdict;
 use checks::greylist::store;
 use checks::{Building, Shared};
 use daemon::{Config, Limits, Listener, Loaded, Shutdown};
-use directory::Live;
 use policy::Policy;
 use settings::Settings;
 use state::greylist::Counts;
@@ -68,17 +67,18 @@ pub struct Report {
 
 impl State {
     /// Builds everything from the configuration. Must run inside a tokio runtime.
-    pub fn open(
+    pub async fn open(
         config: &Config,
         section: &Loaded<Settings>,
     ) -> Result<(State, Report), StartError> {
         let p = &section.settings;
         let auth = dns::authenticator(&config.dns).map_err(StartError::Dns)?;
-        let dir = Live::open(config.db_path(), config.db_busy_timeout())?;
+        let (dir, store) = daemon::open_directory(config).await?;
         let mut report = Report::default();
         let hostname = config.box_hostname();
         let checks = checks::build_all(&mut Building {
             settings: p,
+            store,
             hostname: &hostname,
             report: &mut report,
         })?;

@@ -23,8 +23,8 @@ fn main() -> ExitCode {
         Runtime::CurrentThread,
         &args.common,
         |_: &mut daemon::Loaded<policyd::settings::Settings>| {},
-        |config, section| {
-            policyd::State::open(config, section).map(|(state, r)| {
+        |config, section| async move {
+            policyd::State::open(&config, &section).await.map(|(state, r)| {
                 let checks: Vec<&str> = section.settings.checks.iter().map(|c| c.as_str()).collect();
                 let summary = format!(
                     "checks={checks:?} greylist_db={:?} greylist_entries={:?} whitelist_entries={} sending_db={:?}",

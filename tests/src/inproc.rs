@@ -21,9 +21,10 @@ pub struct InProcess {
 impl InProcess {
     /// Opens the daemon's state with `open` inside the runtime, as `daemon::launch` does
     /// before it binds, then serves it with `run`; logs at `level` (`info`, `debug`).
-    pub fn start<S, O, R, Fut>(level: &str, open: O, run: R) -> InProcess
+    pub fn start<S, O, OFut, R, Fut>(level: &str, open: O, run: R) -> InProcess
     where
-        O: FnOnce() -> S + Send + 'static,
+        O: FnOnce() -> OFut + Send + 'static,
+        OFut: Future<Output = S>,
         R: FnOnce(daemon::Listener, Arc<S>, daemon::Shutdown) -> Fut + Send + 'static,
         Fut: Future<Output = std::io::Result<()>>,
     {
@@ -45,7 +46,7 @@ impl InProcess {
                     .build()
                     .unwrap();
                 rt.block_on(async {
-                    let state = Arc::new(open());
+                    let state = Arc::new(open().await);
                     let listen = "inet:127.0.0.1:0".parse().unwrap();
                     let listener =
                         daemon::Listener::bind(&listen, &daemon::UnixOptions::default()).unwrap();

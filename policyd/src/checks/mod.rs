@@ -129,6 +129,8 @@ impl CheckName {
 #[derive(Debug)]
 pub struct Building<'a> {
     pub settings: &'a Settings,
+    /// The store several hosts share, if the configuration names one.
+    pub store: Option<Arc<state::pg::Pg>>,
     pub hostname: &'a str,
     pub report: &'a mut Report,
 }
@@ -295,6 +297,7 @@ mod tests {
         let mut report = Report::default();
         let all = build_all(&mut Building {
             settings: &settings,
+            store: None,
             hostname: "box.example.com",
             report: &mut report,
         })

@@ -61,7 +61,7 @@ pub fn start_in_process(dir: &Scratch, config: &str) -> Policyd {
     let section = config.section::<policyd::settings::Settings>().unwrap();
     let inproc = InProcess::start(
         "info",
-        move || policyd::State::open(&config, &section).unwrap().0,
+        move || async move { policyd::State::open(&config, &section).await.unwrap().0 },
         |l, s, sh| policyd::run(l, None, s, sh),
     );
     Policyd {

@@ -214,6 +214,30 @@ impl Pg {
     }
 }
 
+/// Makes or migrates the schema now, and again every few seconds until the server answers (a
+/// host may start while the store is away). A newer schema is logged and left alone.
+pub fn keep_migrating(pg: &std::sync::Arc<Pg>) {
+    let pg = std::sync::Arc::clone(pg);
+    tokio::spawn(async move {
+        loop {
+            match pg.call(pg.migrate()).await {
+                Ok(v) => {
+                    tracing::info!(store = %pg.target(), schema = v, "store schema ready");
+                    return;
+                }
+                Err(e @ PgError::Newer { .. }) => {
+                    tracing::error!(store = %pg.target(), error = %e, "store left alone");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(store = %pg.target(), error = %e, "store not reached; trying again");
+                    tokio::time::sleep(pg.limits.open_for.max(Duration::from_secs(1))).await;
+                }
+            }
+        }
+    });
+}
+
 /// `host:port/db` of a configuration.
 fn describe(c: &tokio_postgres::Config) -> String {
     let host = c

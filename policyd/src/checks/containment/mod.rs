@@ -23,7 +23,8 @@ use crate::verdict::{Action, Verdict};
 use directory::{Directory, Snapshot};
 use notice::Notice;
 use state::commit::GroupCommit;
-use state::sending::{Decision, Message, NewHold, Recorder, Sending};
+use state::pg::sending::PgSending;
+use state::sending::{Decision, Message, NewHold, Recorder, Rule, Sending};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -74,7 +75,7 @@ struct Pending {
 /// The check's settings and its DB.
 #[derive(Debug)]
 pub struct Containment {
-    db: GroupCommit<Recorder<Sending>>,
+    db: Record,
     pending: Mutex<Notes>,
     exempt: Vec<String>,
     action: settings::Action,
@@ -83,11 +84,40 @@ pub struct Containment {
 
 pub const NAME: &str = "containment";
 
+/// Where messages are counted: this host's file, through the group commit, or the store
+/// several hosts share (one transaction per message, under the login's lock).
+#[derive(Debug, Clone)]
+enum Record {
+    File(GroupCommit<Recorder<Sending>>),
+    Shared(PgSending, Rule),
+}
+
 pub fn build(b: &mut Building<'_>) -> Result<Arc<dyn Check>, StartError> {
     let s = &b.settings.containment;
-    b.report.sending_db = Some(s.db().to_owned());
-    let c = Containment::open(s, b.hostname).map_err(StartError::Sending)?;
-    Ok(Arc::new(c))
+    let db = match &b.store {
+        Some(pg) => {
+            let store = PgSending::new(Arc::clone(pg));
+            let rule = s.rule();
+            // For `miabctl held`; the check itself needs no answer.
+            tokio::spawn({
+                let store = store.clone();
+                async move {
+                    if let Err(e) = store.set_rule(&rule).await {
+                        tracing::warn!(error = %e, "containment rule not recorded in the store");
+                    }
+                }
+            });
+            Record::Shared(store, rule)
+        }
+        None => {
+            b.report.sending_db = Some(s.db().to_owned());
+            let rule = s.rule();
+            let store = Sending::open(s.db()).map_err(StartError::Sending)?;
+            store.set_rule(&rule).map_err(StartError::Sending)?;
+            Record::File(GroupCommit::new(Recorder { store, rule }, BATCH))
+        }
+    };
+    Ok(Arc::new(Containment::new(s, b.hostname, db)))
 }
 
 impl Check for Containment {
@@ -132,13 +162,10 @@ impl Check for Containment {
 }
 
 impl Containment {
-    /// Opens the sending DB.
-    fn open(s: &ContainmentSettings, hostname: &str) -> state::Result<Containment> {
-        let rule = s.rule();
-        let store = Sending::open(s.db())?;
-        store.set_rule(&rule)?;
-        Ok(Containment {
-            db: GroupCommit::new(Recorder { store, rule }, BATCH),
+    /// The check over `db`.
+    fn new(s: &ContainmentSettings, hostname: &str, db: Record) -> Containment {
+        Containment {
+            db,
             pending: Mutex::new(Notes::default()),
             exempt: s.exempt_logins.iter().map(|l| l.to_lowercase()).collect(),
             action: s.action.clone(),
@@ -147,7 +174,7 @@ impl Containment {
                 smtp: s.notify_smtp,
                 hostname: hostname.to_owned(),
             }),
-        })
+        }
     }
 
     /// The verdict for one authenticated request: at RCPT (with a recipient) the recipient is
@@ -266,11 +293,11 @@ impl Containment {
             enforce,
             now: state::clock::unix_now(),
         };
-        let decision = self
-            .db
-            .submit(message)
-            .await
-            .map_err(|e| Failed(format!("sending DB: {e}")))?;
+        let decision = match &self.db {
+            Record::File(db) => db.submit(message).await.map_err(|e| e.to_string()),
+            Record::Shared(db, rule) => db.record(rule, &message).await.map_err(|e| e.to_string()),
+        }
+        .map_err(|e| Failed(format!("sending DB: {e}")))?;
         match decision {
             Decision::Send => Ok(Verdict::Dunno),
             Decision::Hold { newly } => {
@@ -306,10 +333,15 @@ impl Containment {
         }
         let db = self.db.clone();
         tokio::spawn(async move {
-            let done = db
-                .maintain(|r| r.store.expire(&r.rule, state::clock::unix_now()))
-                .await;
-            if let Some(Err(e)) = done {
+            let now = state::clock::unix_now();
+            let done = match db {
+                Record::File(db) => db
+                    .maintain(move |r| r.store.expire(&r.rule, now).map_err(|e| e.to_string()))
+                    .await
+                    .unwrap_or_else(|| Err("panic".into())),
+                Record::Shared(db, rule) => db.expire(&rule, now).await.map_err(|e| e.to_string()),
+            };
+            if let Err(e) = done {
                 tracing::warn!(error = %e, "sending DB expiry failed");
             }
         });
@@ -371,7 +403,15 @@ mod tests {
             db: Some(dir.path().join("sending.sqlite")),
             ..ContainmentSettings::default()
         };
-        let c = Containment::open(&settings, "box.example.com").unwrap();
+        let store = Sending::open(settings.db()).unwrap();
+        let db = Record::File(GroupCommit::new(
+            Recorder {
+                store,
+                rule: settings.rule(),
+            },
+            BATCH,
+        ));
+        let c = Containment::new(&settings, "box.example.com", db);
         let rcpts = |n: usize, tag: &str| -> Vec<String> {
             (0..n).map(|i| format!("{tag}-{i}@x.example")).collect()
         };

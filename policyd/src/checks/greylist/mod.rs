@@ -56,15 +56,18 @@ pub fn build(b: &mut Building<'_>) -> Result<Arc<dyn Check>, StartError> {
         awl_interval: secs(g.auto_whitelist_interval_secs),
     };
     let path = g.db().to_owned();
-    let (store, counts) = Store::start(
-        &path,
-        timing,
-        Duration::from_secs(g.expire_interval_secs.max(1)),
-    )?;
+    let every = Duration::from_secs(g.expire_interval_secs.max(1));
+    let store = match b.store.clone() {
+        Some(pg) => Store::shared(pg, timing, every),
+        None => {
+            let (store, counts) = Store::start(&path, timing, every)?;
+            b.report.greylist_db = Some(path);
+            b.report.greylist_entries = Some(counts);
+            store
+        }
+    };
     let (whitelists, skipped) = Whitelists::load(&g.whitelist_clients, &g.whitelist_recipients);
     log_skipped(&skipped);
-    b.report.greylist_db = Some(path);
-    b.report.greylist_entries = Some(counts);
     b.report.whitelist_entries = whitelists.len();
     b.report.skipped_lines = skipped.len();
     Ok(Arc::new(Greylisting {

@@ -1,11 +1,16 @@
-//! Greylisting's decisions over its store (`state::greylist`): each request is decided by
-//! [`super::rule::decide`] inside the store's transaction, through the group commit all the
-//! sidecars' stores share, and answered only after the commit. A background task runs one
-//! bounded expiry round at a time, off the request path.
+//! Greylisting's decisions over its store: each request is decided by
+//! [`super::rule::decide`] inside the store's transaction and answered only after the commit.
+//! This host's SQLite file (`state::greylist`) is written through the group commit all the
+//! sidecars' stores share; the store several hosts share (`state::pg::greylist`) takes one
+//! transaction per request, under the triplet's lock. A background task runs one bounded
+//! expiry round at a time, off the request path.
 
 use super::rule::{Outcome, Timing, Writes, decide};
 use state::commit::{Batch, CommitError, GroupCommit, WeakCommit};
 use state::greylist::{Ages, Awl, Counts, GreylistStore, Lookup, SqliteGreylist, Update};
+use state::pg::Pg;
+use state::pg::greylist::PgGreylist;
+use std::sync::Arc;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,6 +24,8 @@ pub enum StoreError {
     Open(#[from] state::Error),
     #[error("greylist DB: {0}")]
     Commit(#[from] CommitError),
+    #[error("greylist store: {0}")]
+    Shared(#[from] state::pg::PgError),
 }
 
 /// The store with the rule that decides over it.
@@ -56,7 +63,13 @@ impl<S: GreylistStore> Batch for Deciding<S> {
 /// The handle requests go through; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    commit: GroupCommit<Deciding<SqliteGreylist>>,
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    File(GroupCommit<Deciding<SqliteGreylist>>),
+    Shared(PgGreylist, Timing),
 }
 
 impl Store {
@@ -70,7 +83,40 @@ impl Store {
         let found = store.counts()?;
         let commit = GroupCommit::new(Deciding { store, timing }, BATCH);
         tokio::spawn(sweeper(commit.downgrade(), expire_every));
-        Ok((Store { commit }, found))
+        Ok((
+            Store {
+                backend: Backend::File(commit),
+            },
+            found,
+        ))
+    }
+
+    /// The greylist in the store several hosts share, and its expiry sweep (every host
+    /// sweeps; a round deletes a bounded number of rows). Must run inside a tokio runtime.
+    pub fn shared(pg: Arc<Pg>, timing: Timing, expire_every: Duration) -> Store {
+        let store = PgGreylist::new(pg);
+        tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tick = tokio::time::interval(expire_every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let ages = Ages {
+                        max_age: timing.max_age,
+                        retry_window: timing.retry_window,
+                    };
+                    match store.expire_round(state::clock::unix_now(), ages).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(deleted = n, "greylist entries expired"),
+                        Err(e) => tracing::debug!(error = %e, "greylist expiry failed; will retry"),
+                    }
+                }
+            }
+        });
+        Store {
+            backend: Backend::Shared(store, timing),
+        }
     }
 
     /// Decides for `key` (the triplet) and `client` (the address counted for the
@@ -81,7 +127,23 @@ impl Store {
         client: String,
         now: i64,
     ) -> Result<(Outcome, Writes), StoreError> {
-        Ok(self.commit.submit(Lookup { key, client, now }).await?)
+        let lookup = Lookup { key, client, now };
+        match &self.backend {
+            Backend::File(commit) => Ok(commit.submit(lookup).await?),
+            Backend::Shared(store, t) => {
+                let t = *t;
+                Ok(store
+                    .decide(&lookup, t.awl_threshold > 0, |trip, awl| {
+                        let (outcome, w) = decide(now, trip, awl, &t);
+                        let update = Update {
+                            triplet: w.triplet,
+                            awl: w.awl,
+                        };
+                        (update, (outcome, w))
+                    })
+                    .await?)
+            }
+        }
     }
 }
 
