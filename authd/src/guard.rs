@@ -27,14 +27,14 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use state::commit::GroupCommit;
+use state::known_devices::{Change, KnownDeviceStore, KnownDevices, Writer};
 use state::pg::Pg;
 use state::pg::device_store::{Outbox, PgKnownDevices};
-use std::sync::Arc;
-use state::known_devices::{Change, KnownDeviceStore, KnownDevices, Writer};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 

@@ -36,9 +36,8 @@ pub async fn open_directory(
         }
         _ => None,
     };
-    let dir =
-        directory::pg::open_for_host(&config.db_path(), config.db_busy_timeout(), from_store)
-            .await?;
+    let dir = directory::pg::open_for_host(&config.db_path(), config.db_busy_timeout(), from_store)
+        .await?;
     Ok((dir, pg))
 }
 pub use listen::{ListenAddr, Listener, Peer, Stream, UnixOptions};

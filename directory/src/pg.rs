@@ -28,7 +28,10 @@ const WATCH: Duration = Duration::from_millis(200);
 /// The mirror's tables and the columns each holds, in `RowSink` order.
 const TABLES: [(&str, &str); 6] = [
     ("directory_users", "id, email, password, privileges, quota"),
-    ("directory_aliases", "source, destination, permitted_senders"),
+    (
+        "directory_aliases",
+        "source, destination, permitted_senders",
+    ),
     ("directory_auto_aliases", "source, destination"),
     ("directory_app_required", "user_id"),
     ("directory_suspended", "user_id"),
@@ -239,9 +242,15 @@ impl PgSource {
                     match read_mirror(&pg).await {
                         Ok((v, snap)) => {
                             current = v;
-                            tracing::debug!(version = v, ms = started.elapsed().as_millis(),
-                                "directory read from the store");
-                            let mut r = me.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            tracing::debug!(
+                                version = v,
+                                ms = started.elapsed().as_millis(),
+                                "directory read from the store"
+                            );
+                            let mut r = me
+                                .state
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
                             r.version = pg_version(v);
                             r.snapshot = Some(snap.with_version(pg_version(v)));
                         }
@@ -287,9 +296,11 @@ impl Source for PgSource {
 
 async fn published_version(pg: &Pg) -> std::result::Result<i64, PgError> {
     let c = pg.client().await?;
-    Ok(c.query_one("SELECT version FROM directory_version WHERE id = 1", &[])
-        .await?
-        .get(0))
+    Ok(
+        c.query_one("SELECT version FROM directory_version WHERE id = 1", &[])
+            .await?
+            .get(0),
+    )
 }
 
 /// The mirror's version and a snapshot of it, read in one transaction. Reading 100,000 users
@@ -359,7 +370,11 @@ fn listen(url: String, wake: Arc<Notify>) {
                             }
                         }
                     });
-                    if client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_ok() {
+                    if client
+                        .batch_execute(&format!("LISTEN {CHANNEL}"))
+                        .await
+                        .is_ok()
+                    {
                         // Whatever was published while this was away.
                         wake.notify_one();
                         while let Some(m) = rx.recv().await {

@@ -39,11 +39,16 @@ impl Cli {
     /// Where every file lives, as the daemons see it: the configuration's layout, under
     /// `--storage-root` if given.
     pub fn layout(&self) -> anyhow::Result<daemon::Layout> {
+        Ok(self.config()?.layout())
+    }
+
+    /// The daemons' configuration, under `--storage-root` if given.
+    pub fn config(&self) -> anyhow::Result<daemon::Config> {
         let mut config = daemon::Config::load(self.config.as_deref())?;
         if let Some(root) = &self.storage_root {
             config.storage_root.clone_from(root);
         }
-        Ok(config.layout())
+        Ok(config)
     }
 }
 

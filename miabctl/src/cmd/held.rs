@@ -2,7 +2,9 @@
 //! their figures; `held release`, which lets a login send again and releases its mail from
 //! Postfix's hold queue; `held drop`, which deletes a stolen login's held mail. The figures
 //! and limits are read from miab-policyd's sending DB, with the rule the daemon recorded
-//! there.
+//! there: this host's file, or with `[store] url` the store all hosts share (then a release
+//! lets the login send on every host, and each host's own hold queue is released where the
+//! command runs).
 
 use super::app_password::utc;
 use super::print_json;
@@ -11,10 +13,13 @@ use crate::owner::AsOwner;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use state::clock::unix_now;
+use state::pg::Pg;
+use state::pg::sending::PgSending;
 use state::sending::{Figures, LoginStatus, Sending};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 #[derive(Debug, clap::Args)]
 pub struct HeldArgs {
@@ -48,34 +53,75 @@ pub enum HeldCmd {
     },
 }
 
+/// The sending record: this host's file (worked on as the owner of its directory,
+/// miab-policyd's, never as root), or the store several hosts share.
+enum Db {
+    File(Sending, AsOwner),
+    Shared(PgSending, tokio::runtime::Runtime),
+}
+
+impl Db {
+    fn open(cli: &Cli, args: &HeldArgs) -> Result<Db> {
+        let config = cli.config()?;
+        if args.sending_db.is_none()
+            && let Some(url) = &config.store.url
+        {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let pg = rt.block_on(async { Pg::new(url, config.store.limits()) })?;
+            return Ok(Db::Shared(PgSending::new(Arc::new(pg)), rt));
+        }
+        let path = match &args.sending_db {
+            Some(p) => p.clone(),
+            None => config.layout().sending_db().to_owned(),
+        };
+        let owner = AsOwner::of(path.parent().unwrap_or(Path::new("/")))?;
+        match Sending::open_existing(&path) {
+            Err(state::Error::Missing(p)) => bail!(
+                "{}: no sending DB (is miab-policyd's containment check on? wrong --storage-root?)",
+                p.display()
+            ),
+            r => Ok(Db::File(r?, owner)),
+        }
+    }
+
+    fn statuses(&self, all: bool, now: i64) -> Result<Vec<LoginStatus>> {
+        Ok(match self {
+            Db::File(db, _) => db.statuses(&db.rule()?, all, now)?,
+            Db::Shared(db, rt) => rt.block_on(async {
+                let rule = db.rule().await?;
+                db.statuses(&rule, all, now).await
+            })?,
+        })
+    }
+
+    /// Releases `login`; true when it was held. The DB is closed (and root is root again)
+    /// before anything else runs.
+    fn release(self, login: &str, now: i64) -> Result<bool> {
+        Ok(match self {
+            Db::File(mut db, owner) => {
+                let was = db.release(login, now)?;
+                drop(db);
+                drop(owner);
+                was
+            }
+            Db::Shared(db, rt) => rt.block_on(db.release(login, now))?,
+        })
+    }
+}
+
 pub fn run(cli: &Cli, args: &HeldArgs) -> Result<()> {
-    let path = match &args.sending_db {
-        Some(p) => p.clone(),
-        None => cli.layout()?.sending_db().to_owned(),
-    };
-    // The DB is worked on as the owner of its directory (miab-policyd's), never as root.
-    let owner = AsOwner::of(path.parent().unwrap_or(Path::new("/")))?;
-    let db = match Sending::open_existing(&path) {
-        Err(state::Error::Missing(p)) => bail!(
-            "{}: no sending DB (is miab-policyd's containment check on? wrong --storage-root?)",
-            p.display()
-        ),
-        r => r?,
-    };
     match &args.command {
-        None => list(cli, &db, args.all),
+        None => list(cli, &Db::open(cli, args)?, args.all),
         Some(HeldCmd::Release {
             login,
             postfix_config,
-        }) => release(db, owner, login, postfix_config.as_deref()),
+        }) => release(Db::open(cli, args)?, login, postfix_config.as_deref()),
         Some(HeldCmd::Drop {
             login,
             postfix_config,
-        }) => {
-            drop(db);
-            drop(owner);
-            drop_mail(login, postfix_config.as_deref())
-        }
+        }) => drop_mail(login, postfix_config.as_deref()),
     }
 }
 
@@ -86,9 +132,9 @@ fn figures(f: Figures) -> String {
     )
 }
 
-fn list(cli: &Cli, db: &Sending, all: bool) -> Result<()> {
+fn list(cli: &Cli, db: &Db, all: bool) -> Result<()> {
     let now = unix_now();
-    let rows = db.statuses(&db.rule()?, all, now)?;
+    let rows = db.statuses(all, now)?;
     if cli.json {
         return print_json(&rows);
     }
@@ -133,16 +179,9 @@ fn print_status(r: &LoginStatus) {
 
 /// `held release`: the login released in the DB (as its owner), then, as root again, its
 /// held mail.
-fn release(
-    mut db: Sending,
-    owner: AsOwner,
-    login: &str,
-    postfix_config: Option<&Path>,
-) -> Result<()> {
+fn release(db: Db, login: &str, postfix_config: Option<&Path>) -> Result<()> {
     let login = login.to_lowercase();
     let was_held = db.release(&login, unix_now())?;
-    drop(db);
-    drop(owner);
     let ids = held_mail_of(&login, postfix_config)?;
     if !ids.is_empty() {
         postsuper(postfix_config, "-H", &ids)

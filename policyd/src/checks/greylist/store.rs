@@ -10,8 +10,8 @@ use state::commit::{Batch, CommitError, GroupCommit, WeakCommit};
 use state::greylist::{Ages, Awl, Counts, GreylistStore, Lookup, SqliteGreylist, Update};
 use state::pg::Pg;
 use state::pg::greylist::PgGreylist;
-use std::sync::Arc;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Requests answered per transaction at most.
