@@ -143,6 +143,7 @@ fn unknown_sections_and_shared_keys_are_refused() {
 fn the_sample_configs_shared_part_is_the_defaults() {
     let sample = include_str!("../../../packaging/sidecars.toml");
     let c = Config::from_toml(sample, Path::new("packaging/sidecars.toml")).unwrap();
+    assert_eq!(c.store, StoreConfig::default());
     assert_eq!(c.dns, DnsConfig::default());
     assert_eq!(c.storage_root, Config::default().storage_root);
     assert_eq!(c.recipient_delimiter, Config::default().recipient_delimiter);
@@ -152,4 +153,25 @@ fn the_sample_configs_shared_part_is_the_defaults() {
 fn missing_explicit_file_is_an_error() {
     let e = Config::load(Some(Path::new("/nonexistent/sidecars.toml"))).unwrap_err();
     assert!(matches!(e, ConfigError::Read { .. }));
+}
+
+#[test]
+fn store_section() {
+    let c = Config::from_toml(
+        "[store]\nurl = \"postgresql://miab@db.example/miab\"\ndeadline_ms = 200\n",
+        Path::new("x.toml"),
+    )
+    .unwrap();
+    assert!(c.store.directory_from_store());
+    assert_eq!(c.store.limits().deadline, Duration::from_millis(200));
+    let primary = Config::from_toml(
+        "[store]\nurl = \"postgresql://miab@db.example/miab\"\npublish = true\n",
+        Path::new("x.toml"),
+    )
+    .unwrap();
+    assert!(!primary.store.directory_from_store());
+    let off = Config::from_toml("[store]\nurl = \"\"\n", Path::new("x.toml")).unwrap();
+    assert_eq!(off.store.url, None);
+    let e = Config::from_toml("[store]\nurll = \"x\"\n", Path::new("x.toml")).unwrap_err();
+    assert!(e.to_string().contains("urll"), "{e}");
 }
