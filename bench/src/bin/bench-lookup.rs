@@ -12,6 +12,11 @@
 //!
 //! Build and run (as root, Postfix must be installed):
 //! `cargo build --release -p lookup -p miab-bench && target/release/bench-lookup`
+//!
+//! `--store` measures the directory shared through PostgreSQL instead (a throw-away
+//! PostgreSQL 15): at 1,000, 20,000 and 100,000 users (with as many aliases), the primary's
+//! publication, another host's rebuild from the mirror, and how long a change on the primary
+//! takes to answer on another host, beside the SQLite snapshot read.
 
 use lookup::proto;
 use miab_bench::{
@@ -35,6 +40,9 @@ const USERS: usize = 5000;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--store") {
+        return store(quick);
+    }
     let scale = if quick { 10 } else { 1 };
     let lookup_bin = std::env::current_exe()
         .unwrap()
@@ -295,6 +303,94 @@ fn main() {
 }
 
 /// Adds `n` users (with one fixed hash: hashing is not what is measured) and `n` aliases.
+/// `--store`: the directory through PostgreSQL.
+fn store(quick: bool) {
+    use directory::pg::{PgSource, Publisher};
+    use state::pg::{Limits, Pg};
+    let server = miab_e2e::postgres::Postgres::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let limits = Limits {
+        deadline: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let pg = Arc::new(Pg::new(&server.url(), limits).unwrap());
+    rt.block_on(pg.call(pg.migrate())).unwrap();
+    println!("# The directory through PostgreSQL\n");
+    println!(
+        "PostgreSQL 15 on loopback (fsync off). Publication: the primary's miab-lookup reads users.sqlite and replaces the mirror in one transaction. Rebuild: another host reads the mirror into its in-memory directory (its start, and every change). Change answered: an alias added to users.sqlite on the primary until another host's directory answers it (publication, NOTIFY, rebuild).\n"
+    );
+    println!(
+        "| users + aliases | SQLite snapshot read | publication | rebuild from PostgreSQL | change answered on another host |"
+    );
+    println!("|---|---|---|---|---|");
+    let sizes: &[usize] = if quick {
+        &[1_000, 10_000]
+    } else {
+        &[1_000, 20_000, 100_000]
+    };
+    let dir = Scratch::new("bench");
+    let version = || server.psql("SELECT version FROM directory_version");
+    for &n in sizes {
+        let root = dir.mkdir(format!("store{n}-data"));
+        let db = fixture::miab_box(&root);
+        grow(&db, n);
+        let read = (0..3)
+            .map(|_| {
+                let u = userdb::UserDb::open(&db, userdb::Access::ReadOnly).unwrap();
+                let t = Instant::now();
+                let snap = directory::Snapshot::read(&u).unwrap();
+                assert!(snap.counts().0 >= n);
+                t.elapsed()
+            })
+            .min()
+            .unwrap();
+        let before = version();
+        let t = Instant::now();
+        let _guard = rt.enter();
+        let publisher = Publisher::start(&db, Duration::from_secs(5), Arc::clone(&pg)).unwrap();
+        while version() == before {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let published = t.elapsed();
+        let t = Instant::now();
+        let source = rt
+            .block_on(PgSource::start(Arc::clone(&pg), &server.url()))
+            .unwrap();
+        let rebuilt = t.elapsed();
+        let live = directory::Live::new(source).unwrap();
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute(
+            "INSERT INTO aliases (source, destination) VALUES ('changed@d1.example', 'user1@d1.example')",
+            [],
+        )
+        .unwrap();
+        let t = Instant::now();
+        let delims = userdb::Delimiters::default();
+        let answered = loop {
+            let snap = rt.block_on(live.current()).unwrap();
+            if directory::Directory::resolve_alias(&*snap, "changed@d1.example", &delims).is_some()
+            {
+                break t.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        drop(publisher);
+        let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+        println!(
+            "| {} + {} | {} | {} | {} | {} |",
+            n + 4,
+            n + 10,
+            ms(read),
+            ms(published),
+            ms(rebuilt),
+            ms(answered)
+        );
+    }
+}
+
 fn grow(db: &Path, n: usize) {
     let c = rusqlite::Connection::open(db).unwrap();
     c.execute_batch("BEGIN").unwrap();

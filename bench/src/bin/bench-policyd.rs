@@ -17,6 +17,11 @@
 //! miab-policyd instances: `sender_login` alone (what MIAB's Postfix map does), with the
 //! fixed `rate_limit`, and with `containment`, whose sending DB holds four weeks of hourly
 //! history for each login first.
+//!
+//! `--store` measures the store several hosts share: miab-policyd on its SQLite files and on
+//! PostgreSQL (a throw-away PostgreSQL 15, pinned to the daemon's core, its CPU counted with
+//! the daemon's), on the greylisting stream above and on the authenticated stream with
+//! containment, in one run.
 
 use miab_bench::{cpu_seconds, percentile, pin_self_to_core_1, status_kib};
 use miab_e2e::process::DaemonProcess;
@@ -70,6 +75,9 @@ fn main() {
     let (per_conn, rounds) = if quick { (250, 1) } else { (2500, 5) };
     if std::env::args().any(|a| a == "--outbound") {
         return outbound(per_conn, rounds);
+    }
+    if std::env::args().any(|a| a == "--store") {
+        return store(per_conn, rounds);
     }
     let bin = std::env::current_exe()
         .unwrap()
@@ -257,6 +265,103 @@ fn outbound(per_conn: usize, rounds: usize) {
     println!(
         "\ncontainment / sender_login alone, round with the median throughput ratio: throughput {:.2}x, CPU per request {:.2}x (vs the fixed rate_limit: {:.2}x)",
         m.0, m.1, m.2
+    );
+}
+
+/// `--store`: SQLite files against PostgreSQL, greylisting and containment.
+fn store(per_conn: usize, rounds: usize) {
+    let bin = std::env::current_exe()
+        .unwrap()
+        .with_file_name("miab-policyd");
+    let pg = miab_e2e::postgres::Postgres::start();
+    let pg_pid = pg.pid().expect("the postmaster's pid");
+    // The server and every backend it forks later on the daemon's core.
+    let _ = Command::new("/usr/bin/taskset")
+        .args(["-a", "-p", "-c", "0", &pg_pid.to_string()])
+        .stdout(Stdio::null())
+        .status();
+    let _syslog = miab_bench::SyslogSink::open();
+    let dir = Scratch::new("bench");
+    let root = dir.mkdir("data");
+    fixture::miab_box(&root);
+    let greylist = "checks = [\"greylist\"]\ntrusted_clients = []\n[policyd.greylist]\nspf_pool = false\nsyslog_socket = \"\"";
+    let containment = "checks = [\"sender_login\", \"containment\"]\n[policyd.containment]\nfloor_messages = 1000000000\nfloor_recipients = 1000000000\nfloor_new_recipients = 1000000000\nnotify = \"\"";
+    let store = format!("[store]\nurl = \"{}\"\npublish = true\n", pg.url());
+    let variants: [(&'static str, &str, String); 4] = [
+        ("greylist, SQLite", greylist, String::new()),
+        ("greylist, PostgreSQL", greylist, store.clone()),
+        ("containment, SQLite", containment, String::new()),
+        ("containment, PostgreSQL", containment, store),
+    ];
+    let daemons: Vec<(&'static str, u16, DaemonProcess)> = variants
+        .iter()
+        .map(|(name, checks, store)| {
+            let port = free_port();
+            let config = dir.join(format!("policyd-{port}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "storage_root = \"{}\"\nhostname = \"bench.example\"\n{store}[policyd]\nlisten = \"inet:127.0.0.1:{port}\"\n{checks}\n",
+                    root.display()
+                ),
+            )
+            .unwrap();
+            let d = DaemonProcess::start(
+                Path::new("/usr/bin/taskset"),
+                &["-c", "0", bin.to_str().unwrap(), "--config", config.to_str().unwrap()],
+                dir.join(format!("policyd-{port}.log")),
+            );
+            (*name, port, d)
+        })
+        .collect();
+    pin_self_to_core_1();
+    println!(
+        "# miab-policyd on SQLite and on PostgreSQL\n\n{rounds} rounds; each sends {CONNS} connections x {per_conn} requests to each instance in turn: the greylisting stream (4 in 5 new triplets, 1 in 5 repeats) and the authenticated stream (RCPT then END-OF-MESSAGE, each message new, containment counting it). PostgreSQL 15 (fsync off, as in the tests) pinned to the daemons' core; its CPU is counted with the daemon's.\n"
+    );
+    println!(
+        "| round | daemon | requests/s | p50 | p99 | CPU per request | peak RSS | deferred / not DUNNO |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        let grey = streams(round, CONNS, per_conn);
+        let auth = outbound_streams(round, CONNS, per_conn);
+        let mut runs = Vec::new();
+        for (i, (name, port, d)) in daemons.iter().enumerate() {
+            let stream = if i < 2 { &grey } else { &auth };
+            let with_pg = i % 2 == 1;
+            let pg_cpu = || -> f64 {
+                miab_bench::with_children(pg_pid)
+                    .into_iter()
+                    .map(cpu_seconds)
+                    .sum()
+            };
+            let before = if with_pg { pg_cpu() } else { 0.0 };
+            let mut r = measure(name, *port, d.pid(), stream);
+            if with_pg {
+                r.cpu += pg_cpu() - before;
+            }
+            print_row(round, &r);
+            runs.push(r);
+        }
+        ratios.push((
+            runs[1].rate() / runs[0].rate(),
+            runs[1].cpu_per_request_ms() / runs[0].cpu_per_request_ms(),
+            runs[3].rate() / runs[2].rate(),
+            runs[3].cpu_per_request_ms() / runs[2].cpu_per_request_ms(),
+        ));
+    }
+    let median = |f: fn(&(f64, f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = ratios.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\nPostgreSQL / SQLite, median of {rounds} rounds: greylisting throughput {:.2}x, CPU per request {:.2}x; containment throughput {:.2}x, CPU per request {:.2}x",
+        median(|r| r.0),
+        median(|r| r.1),
+        median(|r| r.2),
+        median(|r| r.3)
     );
 }
 
