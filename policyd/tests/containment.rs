@@ -88,25 +88,6 @@ fn send_many(port: u16, login: &str, n: usize, tag: &str, suspend_first: &[&str]
     r
 }
 
-/// `postqueue -j`'s entries in the hold queue.
-fn held_ids(pf: &Postfix) -> Vec<String> {
-    let out = Command::new("/usr/sbin/postqueue")
-        .arg("-c")
-        .arg(pf.config_dir())
-        .arg("-j")
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.replace([' ', '\t'], ""))
-        .filter(|l| l.contains("\"queue_name\":\"hold\""))
-        .map(|l| {
-            let id = l.split("\"queue_id\":\"").nth(1).unwrap();
-            id[..id.find('"').unwrap()].to_owned()
-        })
-        .collect()
-}
-
 /// Messages the sink got whose subject starts with `tag`.
 fn delivered(pf: &Postfix, tag: &str) -> usize {
     let subject = format!("Subject: {tag} ");
@@ -233,7 +214,7 @@ fn a_hijacked_login_is_held_told_released_and_suspended() {
     // A busy login within its own history: 150 new recipients in a minute, none held.
     send_many(pf.smtp_port(), "you@example.com", 150, "busy", &[]);
     wait_delivered(&pf, "busy", 150);
-    assert!(held_ids(&pf).is_empty(), "{}", pf.queue());
+    assert!(pf.held_ids().is_empty(), "{}", pf.queue());
 
     // The quiet login, hijacked: 200 messages to new recipients in a few seconds.
     let r = send_many(pf.smtp_port(), "me@example.com", 200, "spam", &[]);
@@ -245,7 +226,7 @@ fn a_hijacked_login_is_held_told_released_and_suspended() {
     );
     wait_delivered(&pf, "spam", 50);
     let held = wait_until(Duration::from_secs(30), || {
-        let ids = held_ids(&pf);
+        let ids = pf.held_ids();
         (ids.len() == 150).then_some(ids)
     });
     assert!(
@@ -295,7 +276,7 @@ fn a_hijacked_login_is_held_told_released_and_suspended() {
     // More mail from the held login: held too, and no second notice.
     send_many(pf.smtp_port(), "me@example.com", 5, "more", &[]);
     wait_until(Duration::from_secs(30), || {
-        (held_ids(&pf).len() == 155).then_some(())
+        (pf.held_ids().len() == 155).then_some(())
     })
     .unwrap_or_else(|| panic!("{}", pf.queue()));
     std::thread::sleep(Duration::from_secs(2));
@@ -339,7 +320,7 @@ fn a_hijacked_login_is_held_told_released_and_suspended() {
     );
     wait_delivered(&pf, "spam", 200);
     wait_delivered(&pf, "more", 5);
-    assert!(held_ids(&pf).is_empty(), "{}", pf.queue());
+    assert!(pf.held_ids().is_empty(), "{}", pf.queue());
     assert_eq!(ctl(&["held"]).stdout.trim(), "no login is held");
 
     // Suspension: the next SMTP AUTH and IMAP login are refused, and so is mail from a
@@ -401,7 +382,7 @@ fn a_hijacked_login_is_held_told_released_and_suspended() {
     // A stolen login's held mail is deleted; the login stays held.
     send_many(pf.smtp_port(), "boss@other.example", 60, "stolen", &[]);
     wait_until(Duration::from_secs(30), || {
-        (held_ids(&pf).len() == 10).then_some(())
+        (pf.held_ids().len() == 10).then_some(())
     })
     .unwrap_or_else(|| panic!("{}", pf.queue()));
     let dropped = ctl(&[
@@ -416,7 +397,7 @@ fn a_hijacked_login_is_held_told_released_and_suspended() {
         "10 held messages of boss@other.example deleted",
         "{dropped:?}"
     );
-    assert!(held_ids(&pf).is_empty(), "{}", pf.queue());
+    assert!(pf.held_ids().is_empty(), "{}", pf.queue());
     assert!(
         ctl(&["held"])
             .stdout

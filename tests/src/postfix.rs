@@ -245,6 +245,25 @@ smtpd_hard_error_limit = 1000
         )
     }
 
+    /// The queue ids in the hold queue (`postqueue -j`).
+    pub fn held_ids(&self) -> Vec<String> {
+        let out = Command::new("/usr/sbin/postqueue")
+            .arg("-c")
+            .arg(self.config_dir())
+            .arg("-j")
+            .output()
+            .expect("run postqueue -j");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.replace([' ', '\t'], ""))
+            .filter(|l| l.contains("\"queue_name\":\"hold\""))
+            .filter_map(|l| {
+                let id = l.split("\"queue_id\":\"").nth(1)?;
+                Some(id[..id.find('"')?].to_owned())
+            })
+            .collect()
+    }
+
     /// Asks the queue manager to retry deferred mail now.
     pub fn flush(&self) {
         let _ = Command::new("/usr/sbin/postqueue")

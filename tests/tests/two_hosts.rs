@@ -1,10 +1,10 @@
-//! Two hosts sharing one PostgreSQL 15, each a Postfix with its own miab-lookup,
-//! miab-policyd and miab-authd (and host 2 a Dovecot logging in through them): host 1 holds
-//! MIAB's `users.sqlite` and publishes it; host 2 has no user DB at all.
+//! Two hosts sharing one PostgreSQL 15, each a Postfix with its own four daemons (miab-lookup,
+//! miab-policyd, miab-authd, miab-milter; host 2 also a Dovecot logging in through them): host
+//! 1 holds MIAB's `users.sqlite` and publishes it; host 2 has no user DB at all.
 //!
 //! - A sender greylisted at host 1 is accepted on its retry at host 2.
 //! - A user added with `miabctl` on host 1 is known on host 2 within a second: its address
-//!   takes mail there, and it logs in there over IMAP and SMTP AUTH.
+//!   takes mail there, it logs in there over IMAP and SMTP AUTH, and its mail is signed there.
 //! - A login sending through both hosts is held at its one limit, not twice it.
 //! - A device that logged in at host 1 is known at host 2 while strangers brake the login.
 //! - PostgreSQL stopped: greylisting fails open, containment closed, the directory answers
@@ -35,6 +35,7 @@ struct Host {
     lookup: DaemonProcess,
     policyd: DaemonProcess,
     authd: DaemonProcess,
+    milter: DaemonProcess,
 }
 
 impl Host {
@@ -70,6 +71,21 @@ impl Host {
             all.extend_from_slice(args);
             DaemonProcess::start(&workspace_bin(bin), &all, dir.join(format!("{bin}.log")))
         };
+        let key = run(
+            Command::new(workspace_bin("miabctl")).args([
+                "--config",
+                config.to_str().unwrap(),
+                "dkim",
+                "generate",
+            ]),
+            None,
+        );
+        assert!(key.ok(), "{}{}", key.stdout, key.stderr);
+        let milter_port = free_port();
+        let milter = start(
+            "miab-milter",
+            &["--listen", &format!("inet:127.0.0.1:{milter_port}")],
+        );
         let lookup_port = free_port();
         let lookup = start(
             "miab-lookup",
@@ -113,7 +129,9 @@ impl Host {
                     svc("recipient")
                 ),
             )
-            .set("smtpd_end_of_data_restrictions", svc("data")),
+            .set("smtpd_end_of_data_restrictions", svc("data"))
+            .set("smtpd_milters", format!("inet:127.0.0.1:{milter_port}"))
+            .set("milter_default_action", "tempfail"),
         );
         Host {
             dir,
@@ -123,6 +141,7 @@ impl Host {
             lookup,
             policyd,
             authd,
+            milter,
         }
     }
 
@@ -189,27 +208,16 @@ impl Host {
     }
 
     fn held(&self) -> usize {
-        let out = Command::new("/usr/sbin/postqueue")
-            .arg("-c")
-            .arg(self.pf.config_dir())
-            .arg("-j")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| {
-                l.replace([' ', '\t'], "")
-                    .contains("\"queue_name\":\"hold\"")
-            })
-            .count()
+        self.pf.held_ids().len()
     }
 
     fn logs(&self) -> String {
         format!(
-            "lookup:\n{}\npolicyd:\n{}\nauthd:\n{}",
+            "lookup:\n{}\npolicyd:\n{}\nauthd:\n{}\nmilter:\n{}",
             self.lookup.log(),
             self.policyd.log(),
-            self.authd.log()
+            self.authd.log(),
+            self.milter.log()
         )
     }
 }
@@ -311,6 +319,16 @@ fn two_hosts_share_one_postgresql() {
     );
     let smtp = two.auth("127.0.0.1", "new@example.com", "a-new-password", "auth 1");
     assert!(smtp.ok(), "{}", smtp.stdout);
+    let signed = two
+        .pf
+        .sink
+        .wait_for("Subject: auth 1", Duration::from_secs(20))
+        .expect("delivered");
+    assert!(
+        signed.data.contains("DKIM-Signature:") && signed.data.contains("d=example.com"),
+        "signed at host 2 for the new user's domain:\n{}",
+        signed.data
+    );
 
     // One login through both hosts: one limit (10 an hour), not ten per host.
     send_many(one.pf.smtp_port(), "me@example.com", 8, "both-1");

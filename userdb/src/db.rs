@@ -300,7 +300,8 @@ impl UserDb {
 
     // ----- records -----
 
-    fn user_select(&self) -> String {
+    /// The users with MIAB's columns, whatever the schema generation has of them.
+    pub(crate) fn user_select(&self) -> String {
         format!(
             "SELECT id, email, password, {}, {} FROM users",
             if self.schema.users_privileges {

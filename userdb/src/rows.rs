@@ -47,7 +47,7 @@ impl UserDb {
                 .map_err(|e| self.err(e))
         };
         sink.sizes(count("users")?, count("aliases")?);
-        self.each_row(&self.user_sql(), |r| sink.user(r))?;
+        self.each_row(&self.user_select(), |r| sink.user(r))?;
         let ps = if self.schema.aliases_permitted_senders {
             "permitted_senders"
         } else {
@@ -73,22 +73,6 @@ impl UserDb {
             self.each_row(sql, |r| sink.app_password(r))?;
         }
         tx.commit().map_err(|e| self.err(e))
-    }
-
-    fn user_sql(&self) -> String {
-        format!(
-            "SELECT id, email, password, {}, {} FROM users",
-            if self.schema.users_privileges {
-                "privileges"
-            } else {
-                "''"
-            },
-            if self.schema.users_quota {
-                "quota"
-            } else {
-                "'0'"
-            },
-        )
     }
 
     /// Calls `f` with every row of `sql`, each column as text or `None`.

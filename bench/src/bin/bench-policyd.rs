@@ -217,21 +217,7 @@ fn outbound(per_conn: usize, rounds: usize) {
     let daemons: Vec<(&'static str, u16, DaemonProcess)> = variants
         .iter()
         .map(|(name, checks)| {
-            let port = free_port();
-            let config = dir.join(format!("policyd-{port}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "storage_root = \"{}\"\nhostname = \"bench.example\"\n[policyd]\nlisten = \"inet:127.0.0.1:{port}\"\n{checks}\n",
-                    root.display()
-                ),
-            )
-            .unwrap();
-            let d = DaemonProcess::start(
-                Path::new("/usr/bin/taskset"),
-                &["-c", "0", bin.to_str().unwrap(), "--config", config.to_str().unwrap()],
-                dir.join(format!("policyd-{port}.log")),
-            );
+            let (port, d) = start_pinned(&bin, &dir, &root, "", checks);
             (*name, port, d)
         })
         .collect();
@@ -268,6 +254,39 @@ fn outbound(per_conn: usize, rounds: usize) {
     );
 }
 
+/// miab-policyd pinned to core 0 on a free port, over the storage root `root`, with `top`
+/// (shared settings, `[store]`) and `checks` (the rest of `[policyd]`) in its configuration.
+fn start_pinned(
+    bin: &Path,
+    dir: &Scratch,
+    root: &Path,
+    top: &str,
+    checks: &str,
+) -> (u16, DaemonProcess) {
+    let port = free_port();
+    let config = dir.join(format!("policyd-{port}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "storage_root = \"{}\"\nhostname = \"bench.example\"\n{top}[policyd]\nlisten = \"inet:127.0.0.1:{port}\"\n{checks}\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let d = DaemonProcess::start(
+        Path::new("/usr/bin/taskset"),
+        &[
+            "-c",
+            "0",
+            bin.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        dir.join(format!("policyd-{port}.log")),
+    );
+    (port, d)
+}
+
 /// `--store`: SQLite files against PostgreSQL, greylisting and containment.
 fn store(per_conn: usize, rounds: usize) {
     let bin = std::env::current_exe()
@@ -296,21 +315,7 @@ fn store(per_conn: usize, rounds: usize) {
     let daemons: Vec<(&'static str, u16, DaemonProcess)> = variants
         .iter()
         .map(|(name, checks, store)| {
-            let port = free_port();
-            let config = dir.join(format!("policyd-{port}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "storage_root = \"{}\"\nhostname = \"bench.example\"\n{store}[policyd]\nlisten = \"inet:127.0.0.1:{port}\"\n{checks}\n",
-                    root.display()
-                ),
-            )
-            .unwrap();
-            let d = DaemonProcess::start(
-                Path::new("/usr/bin/taskset"),
-                &["-c", "0", bin.to_str().unwrap(), "--config", config.to_str().unwrap()],
-                dir.join(format!("policyd-{port}.log")),
-            );
+            let (port, d) = start_pinned(&bin, &dir, &root, store, checks);
             (*name, port, d)
         })
         .collect();
