@@ -120,14 +120,24 @@ impl StoreConfig {
         }
     }
 
-    /// The store's pool, with its schema made or migrated in the background until the server
-    /// answers; `None` without a `url`. Must run inside a tokio runtime.
-    pub fn connect(&self) -> Result<Option<std::sync::Arc<state::pg::Pg>>, state::pg::PgError> {
+    /// The store's pool, its schema made or migrated now (or, if the server does not answer,
+    /// in the background until it does); `None` without a `url`. A schema newer than this
+    /// program is an error. Must run inside a tokio runtime.
+    pub async fn connect(
+        &self,
+    ) -> Result<Option<std::sync::Arc<state::pg::Pg>>, state::pg::PgError> {
         let Some(url) = &self.url else {
             return Ok(None);
         };
         let pg = std::sync::Arc::new(state::pg::Pg::new(url, self.limits())?);
-        state::pg::keep_migrating(&pg);
+        match pg.call(pg.migrate()).await {
+            Ok(_) => {}
+            Err(e @ state::pg::PgError::Newer { .. }) => return Err(e),
+            Err(e) => {
+                tracing::warn!(store = %pg.target(), error = %e, "store not reached at start; trying again");
+                state::pg::keep_migrating(&pg);
+            }
+        }
         Ok(Some(pg))
     }
 

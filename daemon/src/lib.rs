@@ -29,6 +29,7 @@ pub async fn open_directory(
     let pg = config
         .store
         .connect()
+        .await
         .map_err(|e| userdb::Error::Internal(format!("store: {e}")))?;
     let from_store = match (&pg, &config.store.url) {
         (Some(pg), Some(url)) if config.store.directory_from_store() => {

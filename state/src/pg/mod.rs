@@ -47,7 +47,11 @@ pub enum PgError {
 
 impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> Self {
-        PgError::Failed(e.to_string())
+        // The server's own words, not only "db error".
+        PgError::Failed(match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        })
     }
 }
 

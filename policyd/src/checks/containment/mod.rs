@@ -98,12 +98,14 @@ pub fn build(b: &mut Building<'_>) -> Result<Arc<dyn Check>, StartError> {
         Some(pg) => {
             let store = PgSending::new(Arc::clone(pg));
             let rule = s.rule();
-            // For `miabctl held`; the check itself needs no answer.
+            // For `miabctl held`; the check itself needs no answer, so it is recorded in the
+            // background, again until the store takes it.
             tokio::spawn({
                 let store = store.clone();
                 async move {
-                    if let Err(e) = store.set_rule(&rule).await {
-                        tracing::warn!(error = %e, "containment rule not recorded in the store");
+                    while let Err(e) = store.set_rule(&rule).await {
+                        tracing::warn!(error = %e, "containment rule not recorded in the store; trying again");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
                     }
                 }
             });
