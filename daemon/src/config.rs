@@ -52,10 +52,19 @@ pub struct Config {
 }
 
 /// The file a configuration was read from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Source {
     path: PathBuf,
     text: String,
+}
+
+// The text may hold the store's password: a debug print names the file only.
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[dns]`.
@@ -70,7 +79,7 @@ pub struct DnsConfig {
 }
 
 /// `[store]`: where the sidecars' state lives when several hosts share it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `postgresql://USER[:PASSWORD]@HOST[:PORT]/DB`: the greylist, the sending record and
@@ -106,6 +115,20 @@ impl Default for StoreConfig {
             retry_after_ms: 5000,
             connections: 16,
         }
+    }
+}
+
+// The URL may hold a password: a debug print shows only whether there is one.
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("publish", &self.publish)
+            .field("deadline_ms", &self.deadline_ms)
+            .field("failures_before_pause", &self.failures_before_pause)
+            .field("retry_after_ms", &self.retry_after_ms)
+            .field("connections", &self.connections)
+            .finish()
     }
 }
 

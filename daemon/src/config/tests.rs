@@ -158,11 +158,16 @@ fn missing_explicit_file_is_an_error() {
 #[test]
 fn store_section() {
     let c = Config::from_toml(
-        "[store]\nurl = \"postgresql://miab@db.example/miab\"\ndeadline_ms = 200\n",
+        "[store]\nurl = \"postgresql://miab:secret@db.example/miab\"\ndeadline_ms = 200\n",
         Path::new("x.toml"),
     )
     .unwrap();
     assert!(c.store.directory_from_store());
+    let shown = format!("{c:?}");
+    assert!(
+        !shown.contains("secret") && shown.contains("<set>"),
+        "{shown}"
+    );
     assert_eq!(c.store.limits().deadline, Duration::from_millis(200));
     let primary = Config::from_toml(
         "[store]\nurl = \"postgresql://miab@db.example/miab\"\npublish = true\n",
