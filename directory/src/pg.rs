@@ -197,6 +197,8 @@ const PUBLISH_DEADLINE: Duration = Duration::from_secs(60);
 pub struct PgSource {
     state: Mutex<Ready>,
     task: tokio::task::JoinHandle<()>,
+    /// The connection that listens for publications (its client goes with it).
+    listener: tokio::task::JoinHandle<()>,
 }
 
 /// The version the daemons see, and the snapshot read for it that nobody took yet.
@@ -209,6 +211,7 @@ struct Ready {
 impl Drop for PgSource {
     fn drop(&mut self) {
         self.task.abort();
+        self.listener.abort();
     }
 }
 
@@ -219,7 +222,7 @@ impl PgSource {
         pg.call(pg.migrate()).await.map_err(store_error)?;
         let (version, first) = read_mirror(&pg).await.map_err(store_error)?;
         let wake = Arc::new(Notify::new());
-        listen(url.to_owned(), Arc::clone(&wake));
+        let listener = listen(url.to_owned(), Arc::clone(&wake));
         let source = Arc::new_cyclic(|weak: &std::sync::Weak<PgSource>| {
             let weak = weak.clone();
             let task = tokio::spawn(async move {
@@ -265,6 +268,7 @@ impl PgSource {
                     snapshot: Some(first.with_version(pg_version(version))),
                 }),
                 task,
+                listener,
             }
         });
         Ok(source)
@@ -354,7 +358,7 @@ async fn read_mirror(pg: &Pg) -> std::result::Result<(i64, Snapshot), PgError> {
 
 /// A connection of its own that `LISTEN`s for publications and wakes the reader; it connects
 /// again (every few seconds) whenever it is lost.
-fn listen(url: String, wake: Arc<Notify>) {
+fn listen(url: String, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
@@ -389,7 +393,7 @@ fn listen(url: String, wake: Arc<Notify>) {
             }
             tokio::time::sleep(BACKSTOP).await;
         }
-    });
+    })
 }
 
 /// The directory this host's daemons answer from: MIAB's file at `db`, or the store's mirror
