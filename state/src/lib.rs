@@ -1,10 +1,11 @@
 //! The sidecars' own state, each store owned by one daemon and opened only through here.
 //!
 //! Responsibilities:
-//! - the stores, each behind a trait of what its daemon asks of it, with SQLite as the
-//!   embedded backend: miab-policyd's greylist ([`greylist`]) and its record of what each
-//!   login sends with the held logins ([`sending`]); miab-authd's known devices
-//!   ([`known_devices`]) and app-password use ([`app_password_use`]);
+//! - the stores, each owned by one daemon, with SQLite as the embedded backend:
+//!   miab-policyd's greylist ([`greylist`], behind `GreylistStore`) and its record of what
+//!   each login sends with the held logins ([`sending`], behind `SendingStore`); miab-authd's
+//!   known devices ([`known_devices`], behind `KnownDeviceStore`) and app-password use
+//!   ([`app_password_use`]);
 //! - the one group commit every store's writes go through ([`commit`]): requests queue up,
 //!   one transaction takes all that wait, each is answered after the commit;
 //! - how the SQLite state files are opened ([`sqlite`]); PostgreSQL, for several hosts, with
