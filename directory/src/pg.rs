@@ -217,9 +217,9 @@ impl Drop for PgSource {
 
 impl PgSource {
     /// Reads the mirror once now (the start fails if it cannot), then follows it. `url` is the
-    /// store's, for the listening connection. Must run inside a tokio runtime.
+    /// store's, for the listening connection. The schema is the pool's owner's to make
+    /// (`daemon::StoreConfig::connect`). Must run inside a tokio runtime.
     pub async fn start(pg: Arc<Pg>, url: &str) -> Result<Arc<PgSource>> {
-        pg.call(pg.migrate()).await.map_err(store_error)?;
         let (version, first) = read_mirror(&pg).await.map_err(store_error)?;
         let wake = Arc::new(Notify::new());
         let listener = listen(url.to_owned(), Arc::clone(&wake));

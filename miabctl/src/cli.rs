@@ -42,6 +42,22 @@ impl Cli {
         Ok(self.config()?.layout())
     }
 
+    /// The store several hosts share, if the configuration names one, with a runtime to ask it
+    /// on.
+    pub fn store(
+        &self,
+    ) -> anyhow::Result<Option<(tokio::runtime::Runtime, std::sync::Arc<state::pg::Pg>)>> {
+        let store = self.config()?.store;
+        let Some(url) = &store.url else {
+            return Ok(None);
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let pg = rt.block_on(async { state::pg::Pg::new(url, store.limits()) })?;
+        Ok(Some((rt, std::sync::Arc::new(pg))))
+    }
+
     /// The daemons' configuration, under `--storage-root` if given.
     pub fn config(&self) -> anyhow::Result<daemon::Config> {
         let mut config = daemon::Config::load(self.config.as_deref())?;

@@ -89,22 +89,11 @@ fn list(cli: &Cli, email: &str) -> Result<()> {
     let db = open(cli, Access::ReadOnly)?;
     // The last-use times are in miab-authd's directory: read as its owner, so a link its
     // account planted there (a `-shm` to a root-only place) leads nowhere root could go.
-    let config = cli.config()?;
-    let used = match &config.store.url {
+    let used = match cli.store()? {
         // Every host records use in the store they share.
-        Some(url) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let pg = state::pg::Pg::new(url, config.store.limits())?;
-                state::pg::device_store::PgUsage::new(std::sync::Arc::new(pg))
-                    .read()
-                    .await
-            })?
-        }
+        Some((rt, pg)) => rt.block_on(state::pg::device_store::PgUsage::new(pg).read())?,
         None => {
-            let usage = config.layout().app_password_use_db();
+            let usage = cli.layout()?.app_password_use_db();
             let owner = match usage.parent() {
                 Some(dir) if std::fs::symlink_metadata(dir).is_ok() => Some(AsOwner::of(dir)?),
                 _ => None,

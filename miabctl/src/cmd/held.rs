@@ -13,13 +13,11 @@ use crate::owner::AsOwner;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use state::clock::unix_now;
-use state::pg::Pg;
 use state::pg::sending::PgSending;
 use state::sending::{Figures, LoginStatus, Sending};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
 #[derive(Debug, clap::Args)]
 pub struct HeldArgs {
@@ -62,19 +60,12 @@ enum Db {
 
 impl Db {
     fn open(cli: &Cli, args: &HeldArgs) -> Result<Db> {
-        let config = cli.config()?;
-        if args.sending_db.is_none()
-            && let Some(url) = &config.store.url
-        {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let pg = rt.block_on(async { Pg::new(url, config.store.limits()) })?;
-            return Ok(Db::Shared(PgSending::new(Arc::new(pg)), rt));
-        }
         let path = match &args.sending_db {
             Some(p) => p.clone(),
-            None => config.layout().sending_db().to_owned(),
+            None => match cli.store()? {
+                Some((rt, pg)) => return Ok(Db::Shared(PgSending::new(pg), rt)),
+                None => cli.layout()?.sending_db().to_owned(),
+            },
         };
         let owner = AsOwner::of(path.parent().unwrap_or(Path::new("/")))?;
         match Sending::open_existing(&path) {
