@@ -47,8 +47,60 @@ pub const REPLACED: [(&str, &str); 3] = [
         include_str!("../../../packaging/neutralise/opendmarc.conf"),
     ),
 ];
-/// Our Dovecot passdb and userdb.
-pub const DOVECOT_CONF: &str = include_str!("../../../packaging/dovecot-checkpassword.conf");
+/// Our Dovecot 2.3 passdb and userdb (checkpassword).
+pub const DOVECOT_CONF_23: &str = include_str!("../../../packaging/dovecot-checkpassword.conf");
+/// Our Dovecot 2.4 passdb and userdb (Lua; 2.4 has no checkpassword).
+pub const DOVECOT_CONF_24: &str = include_str!("../../../packaging/dovecot-lua.conf");
+/// The Lua script [`DOVECOT_CONF_24`] names, installed by the package.
+pub const DOVECOT_LUA: &str = "/usr/share/miab-sidecars/dovecot-auth.lua";
+
+/// Which Dovecot the box runs: the syntax and the passdb driver `enable` writes depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dovecot {
+    /// 2.3 (Debian 12, Ubuntu 22.04): checkpassword through miab-checkpassword.
+    V23,
+    /// 2.4 (Debian 13, Ubuntu 26.04): Lua through dovecot-auth.lua.
+    V24,
+}
+
+impl Dovecot {
+    /// From `dovecot --version` ("2.4.1-4 (7d8c0e5759)"); `None` if it is not a version.
+    pub fn from_version(text: &str) -> Option<Dovecot> {
+        let mut parts = text.trim().split(['.', '-', ' ']);
+        let major: u32 = parts.next()?.parse().ok()?;
+        let minor: u32 = parts.next()?.parse().ok()?;
+        Some(if (major, minor) >= (2, 4) {
+            Dovecot::V24
+        } else {
+            Dovecot::V23
+        })
+    }
+
+    /// Our passdb and userdb file for this version.
+    pub fn conf(self) -> &'static str {
+        match self {
+            Dovecot::V23 => DOVECOT_CONF_23,
+            Dovecot::V24 => DOVECOT_CONF_24,
+        }
+    }
+
+    /// The driver of our passdb, as `doveconf -n` shows it.
+    pub fn driver(self) -> &'static str {
+        match self {
+            Dovecot::V23 => "checkpassword",
+            Dovecot::V24 => "lua",
+        }
+    }
+}
+
+impl std::fmt::Display for Dovecot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dovecot::V23 => "2.3",
+            Dovecot::V24 => "2.4",
+        })
+    }
+}
 
 /// Files `enable` changes or creates; `disable` undoes its edits or removes them.
 pub const MAIN_CF: &str = "/etc/postfix/main.cf";
@@ -120,6 +172,38 @@ impl Sys {
     /// Is the box switched (has `enable` run and `disable` not)?
     pub fn enabled(&self) -> bool {
         self.state("enabled").exists()
+    }
+
+    /// The Dovecot the box runs: `dovecot --version` on the live box; in a scratch tree (or
+    /// where that cannot be asked), 2.4 if `dovecot.conf` starts the 2.4 way
+    /// (`dovecot_config_version`), else 2.3.
+    pub fn dovecot(&self) -> Dovecot {
+        if self.is_live()
+            && let Some(v) = self
+                .run("dovecot", &["--version"])
+                .ok()
+                .and_then(|out| Dovecot::from_version(&out))
+        {
+            return v;
+        }
+        let conf =
+            std::fs::read_to_string(self.path("/etc/dovecot/dovecot.conf")).unwrap_or_default();
+        if conf
+            .lines()
+            .any(|l| l.trim_start().starts_with("dovecot_config_version"))
+        {
+            Dovecot::V24
+        } else {
+            Dovecot::V23
+        }
+    }
+
+    /// `dovecot --version`'s first word, or "unknown".
+    pub fn dovecot_version(&self) -> String {
+        self.run("dovecot", &["--version"])
+            .ok()
+            .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into())
     }
 
     /// Runs a command on the live box; in a scratch tree, does nothing.
@@ -480,9 +564,12 @@ fn wire(sys: &Sys) -> Result<Vec<String>> {
 fn wire_dovecot(sys: &Sys) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let ours = sys.path(OUR_DOVECOT_CONF);
-    if std::fs::read_to_string(&ours).ok().as_deref() != Some(DOVECOT_CONF) {
-        write_file(&ours, DOVECOT_CONF)?;
-        done.push(format!("wrote {OUR_DOVECOT_CONF}"));
+    // The version is asked every time: a box upgraded from 2.3 to 2.4 while switched gets
+    // the 2.4 file at the next repair (its 2.3 file would stop Dovecot 2.4 from starting).
+    let dovecot = sys.dovecot();
+    if std::fs::read_to_string(&ours).ok().as_deref() != Some(dovecot.conf()) {
+        write_file(&ours, dovecot.conf())?;
+        done.push(format!("wrote {OUR_DOVECOT_CONF} (Dovecot {dovecot})"));
     }
     let auth = sys.path(AUTH_CONF);
     if let Ok(text) = std::fs::read_to_string(&auth)
@@ -495,7 +582,18 @@ fn wire_dovecot(sys: &Sys) -> Result<Vec<String>> {
     }
     if !done.is_empty() {
         // Only if it runs: a stopped Dovecot (MIAB's backup) reads the files when it starts.
-        sys.systemctl(&["try-reload-or-restart", "dovecot"])?;
+        // One that failed to start (a 2.4 that found our 2.3 file after an upgrade) is
+        // started again now that the file is right.
+        let failed = sys
+            .run("systemctl", &["is-failed", "--quiet", "dovecot"])
+            .is_ok()
+            && sys.is_live();
+        if failed {
+            sys.systemctl(&["restart", "dovecot"])?;
+            done.push("started Dovecot again (it had failed to start)".into());
+        } else {
+            sys.systemctl(&["try-reload-or-restart", "dovecot"])?;
+        }
     }
     Ok(done)
 }
@@ -780,6 +878,20 @@ fn preflight(sys: &Sys) -> Result<()> {
             bail!("{f} is missing: this does not look like a Mail-in-a-Box box");
         }
     }
+    if sys.dovecot() == Dovecot::V24 {
+        let missing: Vec<String> = sys
+            .lua_parts()
+            .into_iter()
+            .filter(|(_, found)| !found)
+            .map(|(what, _)| what)
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "Dovecot 2.4 asks miab-authd through Lua, and {} missing: apt-get install dovecot-auth-lua lua-socket",
+                missing.join(", ") + if missing.len() == 1 { " is" } else { " are" }
+            );
+        }
+    }
     Ok(())
 }
 
@@ -961,6 +1073,77 @@ mod tests {
             "sqlite:/etc/postfix/virtual-alias-maps.cf"
         );
         assert!(wiring::zpush_uses_sendmail(&read(&sys, ZPUSH_IMAP_CONF)));
+    }
+
+    #[test]
+    fn dovecot_versions_are_read() {
+        assert_eq!(
+            Dovecot::from_version("2.3.19.1 (9b53102964)"),
+            Some(Dovecot::V23)
+        );
+        assert_eq!(
+            Dovecot::from_version("2.4.1-4 (7d8c0e5759)\n"),
+            Some(Dovecot::V24)
+        );
+        assert_eq!(Dovecot::from_version("2.4.5"), Some(Dovecot::V24));
+        assert_eq!(Dovecot::from_version("3.0.0"), Some(Dovecot::V24));
+        assert_eq!(Dovecot::from_version("doveconf: Fatal"), None);
+        assert_eq!(Dovecot::from_version(""), None);
+    }
+
+    /// A 2.4 box gets the Lua file; a 2.3 box switched, then upgraded to 2.4 in place, gets
+    /// the Lua file at the next repair (never a 2.3 file 2.4 cannot read), and disable
+    /// leaves no file of ours either way.
+    #[test]
+    fn a_box_upgraded_from_dovecot_2_3_to_2_4_while_switched_gets_the_lua_passdb() {
+        let (_dir, sys) = scratch();
+        enable(&sys).unwrap();
+        assert_eq!(sys.dovecot(), Dovecot::V23);
+        assert_eq!(read(&sys, OUR_DOVECOT_CONF), DOVECOT_CONF_23);
+        let before_upgrade = snapshot(&sys);
+        // The upgrade: Dovecot 2.4's dovecot.conf, and MIAB's 2.4 setup uncomments its SQL
+        // include again.
+        write_file(
+            &sys.path("/etc/dovecot/dovecot.conf"),
+            "dovecot_config_version = 2.4.1\ndovecot_storage_version = 2.4.1\n!include conf.d/*.conf\n",
+        )
+        .unwrap();
+        write_file(
+            &sys.path(AUTH_CONF),
+            "#!include auth-system.conf.ext\n!include auth-sql.conf.ext\n",
+        )
+        .unwrap();
+        assert_eq!(sys.dovecot(), Dovecot::V24);
+        let findings = status::check(&sys);
+        assert!(
+            findings
+                .iter()
+                .any(|f| !f.ok && f.what.contains("not Dovecot 2.4's")),
+            "{findings:?}"
+        );
+        repair(&sys).unwrap();
+        assert_eq!(read(&sys, OUR_DOVECOT_CONF), DOVECOT_CONF_24);
+        assert!(!wiring::auth_conf_has_sql(&read(&sys, AUTH_CONF)));
+        let findings = status::check(&sys);
+        assert!(
+            findings.iter().any(|f| f.ok
+                && f.what
+                    .starts_with("Dovecot 2.4 checks passwords through miab-authd only (lua")),
+            "{findings:?}"
+        );
+        repair(&sys).unwrap();
+        assert_eq!(read(&sys, OUR_DOVECOT_CONF), DOVECOT_CONF_24, "stable");
+        disable(&sys).unwrap();
+        assert!(!sys.path(OUR_DOVECOT_CONF).exists());
+        assert!(wiring::auth_conf_has_sql(&read(&sys, AUTH_CONF)));
+        assert_ne!(snapshot(&sys), before_upgrade, "the upgrade's files stay");
+    }
+
+    #[test]
+    fn the_lua_file_names_the_script_the_package_installs() {
+        assert!(DOVECOT_CONF_24.contains(&format!("lua_file = {DOVECOT_LUA}\n")));
+        assert!(!DOVECOT_CONF_24.contains("checkpassword\n"));
+        assert!(DOVECOT_CONF_23.contains("driver = checkpassword"));
     }
 
     /// A box switched by a version that kept no record of its edits, wired the old way (the

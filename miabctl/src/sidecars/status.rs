@@ -1,7 +1,7 @@
 //! `miabctl sidecars status`: every integration point of a switched box, each answered in
 //! plain words, and for each problem the command that fixes it.
 
-use super::{AUTH_CONF, DAEMONS, DOVECOT_CONF, OUR_DOVECOT_CONF, REPAIR_UNITS, REPLACED, Sys};
+use super::{AUTH_CONF, DAEMONS, OUR_DOVECOT_CONF, REPAIR_UNITS, REPLACED, Sys};
 use super::{drop_in, wiring};
 use daemon::Layout;
 use std::fmt;
@@ -186,6 +186,14 @@ pub fn check(sys: &Sys) -> Vec<Finding> {
         ));
         return out;
     }
+    if sys.is_live() {
+        out.push(ok(format!(
+            "Postfix {} and Dovecot {} (the wiring for Dovecot {})",
+            sys.postconf("mail_version"),
+            sys.dovecot_version(),
+            sys.dovecot()
+        )));
+    }
     for unit in DAEMONS {
         if active(sys, unit) {
             out.push(ok(format!("{unit} is running")));
@@ -239,20 +247,24 @@ pub fn check(sys: &Sys) -> Vec<Finding> {
             REPAIR,
         ));
     }
+    let dovecot = sys.dovecot();
+    let driver = dovecot.driver();
     let ours = std::fs::read_to_string(sys.path(OUR_DOVECOT_CONF)).ok();
     let sql = std::fs::read_to_string(sys.path(AUTH_CONF))
         .map(|t| wiring::auth_conf_has_sql(&t))
         .unwrap_or(false);
-    match (ours.as_deref() == Some(DOVECOT_CONF), sql) {
-        (true, false) => out.push(ok(
-            "Dovecot checks passwords through miab-authd only (checkpassword passdb first, SQL passdb off)",
-        )),
+    match (ours.as_deref() == Some(dovecot.conf()), sql) {
+        (true, false) => out.push(ok(format!(
+            "Dovecot {dovecot} checks passwords through miab-authd only ({driver} passdb first, SQL passdb off)"
+        ))),
         (true, true) => out.push(bad(
             "Dovecot's SQL passdb is back in 10-auth.conf (behind ours, which answers first)",
             REPAIR,
         )),
         (false, _) => out.push(bad(
-            format!("{OUR_DOVECOT_CONF} is missing or changed: IMAP logins may skip miab-authd"),
+            format!(
+                "{OUR_DOVECOT_CONF} is missing, changed or not Dovecot {dovecot}'s: IMAP logins may skip miab-authd"
+            ),
             REPAIR,
         )),
     }
@@ -269,13 +281,23 @@ pub fn check(sys: &Sys) -> Vec<Finding> {
         }
     }
     if let Some(first) = sys.first_passdb() {
-        if first == "checkpassword" {
-            out.push(ok("doveconf: the first passdb is checkpassword"));
+        if first == driver {
+            out.push(ok(format!("doveconf: the first passdb is {driver}")));
         } else {
             out.push(bad(
-                format!("doveconf: the first passdb is {first}, not checkpassword"),
+                format!("doveconf: the first passdb is {first}, not {driver}"),
                 REPAIR,
             ));
+        }
+    }
+    if dovecot == super::Dovecot::V24 {
+        for (what, found) in sys.lua_parts() {
+            if !found {
+                out.push(bad(
+                    format!("{what} is missing: Dovecot 2.4 cannot ask miab-authd"),
+                    "apt-get install dovecot-auth-lua lua-socket",
+                ));
+            }
         }
     }
     for unit in REPAIR_UNITS {
@@ -327,6 +349,31 @@ impl Sys {
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_default(),
         )
+    }
+
+    /// What Dovecot 2.4's Lua passdb needs, each with whether it is there; nothing in a
+    /// scratch tree.
+    pub fn lua_parts(&self) -> Vec<(String, bool)> {
+        if !self.is_live() {
+            return Vec::new();
+        }
+        [
+            (
+                format!("the Lua script {}", super::DOVECOT_LUA),
+                super::DOVECOT_LUA,
+            ),
+            (
+                "Dovecot's Lua passdb (package dovecot-auth-lua)".to_owned(),
+                "/usr/lib/dovecot/modules/auth/libauthdb_lua.so",
+            ),
+            (
+                "LuaSocket for Lua 5.4 (package lua-socket)".to_owned(),
+                "/usr/share/lua/5.4/socket.lua",
+            ),
+        ]
+        .into_iter()
+        .map(|(what, path)| (what, self.path(path).exists()))
+        .collect()
     }
 
     /// The driver of the first passdb in `doveconf -n`; `None` in a scratch tree.
