@@ -102,8 +102,19 @@ local function ask(line)
   return parts
 end
 
+-- MIAB's quota (users.quota: "0", "500M", "5G", ...) as Dovecot 2.4 takes it: the limit, and
+-- a grace of a tenth of it in bytes (2.3's global quota_grace = 10%; 2.4's
+-- quota_storage_grace takes only a size), computed as SQLite computes the translated
+-- user_query: the leading integer times the unit, divided by 10.
+local function quota_fields(f, prefix, q)
+  f[prefix .. "quota_storage_size"] = q
+  local n = tonumber(q:match("^(%d+)")) or 0
+  local unit = ({ G = 1073741824, M = 1048576 })[q:sub(-1)] or 1
+  f[prefix .. "quota_storage_grace"] = string.format("%d", (n * unit) // 10)
+end
+
 -- The userdb fields MIAB's user_query gives, in Dovecot 2.4's names (the quota rule
--- "*:bytes=N" became quota_storage_size = N).
+-- "*:bytes=N" became quota_storage_size and quota_storage_grace).
 local function fields_of(parts, from, prefix)
   local f = {}
   for i = from, #parts do
@@ -113,7 +124,7 @@ local function fields_of(parts, from, prefix)
       if k == "quota_rule" then
         local bytes = v:match("^%*:bytes=(.+)$")
         if bytes ~= nil then
-          f[prefix .. "quota_storage_size"] = bytes
+          quota_fields(f, prefix, bytes)
         end
       elseif k == "user" then
         f["user"] = v

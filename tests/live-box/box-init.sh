@@ -1,13 +1,13 @@
 #!/bin/bash
 # PID 1 of the box's new PID namespace (started by lib.sh's box_boot through unshare), as
-# box-init.sh STATE HOSTNAME CACHE: mounts
-# the box's root (overlayfs over the host's /, changes in STATE/upper), its own /proc, /dev,
+# box-init.sh STATE HOSTNAME CACHE [CGNS [LOWER]]: mounts
+# the box's root (overlayfs over LOWER, default the host's /, changes in STATE/upper), its own /proc, /dev,
 # /tmp and /run, then becomes systemd. Never boot systemd without the private /tmp and /run:
 # its tmpfiles cleanup would empty the host's.
 set -euo pipefail
-state=$1 hostname=$2 cache=$3 cgns=${4:-}
+state=$1 hostname=$2 cache=$3 cgns=${4:-} lower=${5:-/}
 root=$state/root
-mount -t overlay overlay -o "lowerdir=/,upperdir=$state/upper,workdir=$state/work" "$root"
+mount -t overlay overlay -o "lowerdir=$lower,upperdir=$state/upper,workdir=$state/work" "$root"
 mount -t proc proc "$root/proc"
 # The host's downloads (debs, wheels), wherever they live, at the same path inside.
 mkdir -p "$cache" "$root$cache"

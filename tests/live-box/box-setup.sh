@@ -4,6 +4,7 @@
 #   box-setup.sh base          preseed Postfix, the packages MIAB's system.sh provides, locale
 #   box-setup.sh conf          /etc/mailinabox.conf, storage user and root (questions/start.sh)
 #   box-setup.sh miab SCRIPT.. run MIAB's setup scripts, as start.sh does, one after another
+#                              (miab-2.4/SCRIPT: our Dovecot 2.4 translation of one)
 #   box-setup.sh venv WHEELS DUPLICITY
 #                              MIAB's management venv, duplicity, the backup key and
 #                              target (setup/management.sh)
@@ -90,7 +91,10 @@ cmd_miab() {
 	local s t0
 	for s in "$@"; do
 		t0=$(date +%s)
-		if [ "$s" = spamassassin.sh ]; then
+		# miab-2.4/NAME: our translation of MIAB's setup/NAME to Dovecot 2.4 (see there).
+		local src=setup/$s
+		case $s in miab-2.4/*) src=$HERE/$s ;; esac
+		if [ "$(basename "$s")" = spamassassin.sh ]; then
 			# Debian 12's spamassassin 4.0 has no /etc/default/spamassassin and MIAB's
 			# editconf.py refuses a missing file.
 			touch /etc/default/spamassassin
@@ -98,10 +102,10 @@ cmd_miab() {
 		# start.sh sources each script in one shell; a shell per script is the same
 		# (each sources functions.sh and the conf itself) and tells which one failed.
 		# stderr (openssl's progress dots, apt's notes) goes to a log shown on failure.
-		bash -c "source setup/functions.sh; source /etc/mailinabox.conf; source setup/$s" </dev/null \
-			2>"/var/log/miab-livebox-setup-$s.err" ||
-			{ tail -40 "/var/log/miab-livebox-setup-$s.err"; echo "MIAB setup/$s failed"; exit 1; }
-		echo "   setup/$s: $(( $(date +%s) - t0 ))s"
+		local log=/var/log/miab-livebox-setup-$(basename "$s").err
+		bash -c "source setup/functions.sh; source /etc/mailinabox.conf; source $src" </dev/null \
+			2>"$log" || { tail -40 "$log"; echo "MIAB $src failed"; exit 1; }
+		echo "   $src: $(( $(date +%s) - t0 ))s"
 	done
 }
 

@@ -6,6 +6,9 @@ LB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LB_CACHE=${MIAB_LIVEBOX_CACHE:-/var/cache/miab-livebox}   # debs + wheels, kept between runs
 LB_STATE_BASE=${MIAB_LIVEBOX_STATE:-/var/lib/miab-livebox} # one fresh directory per run
 LB_HOSTNAME=box.example.org
+# The box's root: an overlayfs over LB_LOWER, the host's / (Debian 12, the first box) or a
+# Debian 13 root built by trixie-root.sh (the second box).
+LB_LOWER=${LB_LOWER:-/}
 # MIAB v75's sources (test input, never copied into the project): $MIAB_SRC, else the
 # shared/ folder beside the checkout, else the workplace's /work/shared.
 if [ -z "${MIAB_SRC:-}" ]; then
@@ -84,6 +87,33 @@ fetch_wheels() {
 		/usr/bin/python3 -m pip wheel -q --disable-pip-version-check --wheel-dir "$dup" "fasteners>=0.19" >>"$LB_CACHE/pip.log" 2>&1 ||
 		{ tail -30 "$LB_CACHE/pip.log"; return 1; }
 	echo "duplicity: $(cd "$dup" && ls ./*.whl | tr '\n' ' ')"
+}
+
+# Debian 13's Dovecot 2.4 for an in-place upgrade of the Debian 12 box, and whatever it
+# pulls in (libc6 2.41, OpenSSL 3.5, ...): resolved against the box's own dpkg status, from
+# bookworm and trixie together, into LB_CACHE/trixie-upgrade, which the box reads through its
+# bind mount of LB_CACHE (apt_upgrade_opts gives both sides the same view).
+LB_UPGRADE_PKGS="dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-sqlite dovecot-sieve dovecot-managesieved dovecot-auth-lua lua-socket"
+apt_upgrade_opts() {
+	local d=$LB_CACHE/trixie-upgrade
+	echo "-o Dir::Etc::sourcelist=$d/sources.list -o Dir::Etc::sourceparts=- -o Dir::State::Lists=$d/lists -o Dir::Cache::archives=$d/archives"
+}
+fetch_trixie_upgrade() {
+	local d=$LB_CACHE/trixie-upgrade
+	mkdir -p "$d/lists/partial" "$d/archives/partial"
+	cat >"$d/sources.list" <<-EOF
+	deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
+	deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
+	deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
+	EOF
+	# shellcheck disable=SC2046
+	apt-get -q $(apt_upgrade_opts) update >"$d/update.log" 2>&1 || { tail -20 "$d/update.log"; return 1; }
+	# shellcheck disable=SC2046,SC2086
+	DEBIAN_FRONTEND=noninteractive apt-get -q -y $(apt_upgrade_opts) \
+		-o "Dir::State::status=$LB_STATE/upper/var/lib/dpkg/status" \
+		install --download-only -t trixie $LB_UPGRADE_PKGS >"$d/download.log" 2>&1 ||
+		{ tail -30 "$d/download.log"; return 1; }
+	grep -E 'upgraded|newly installed' "$d/download.log" || true
 }
 
 # ---------------------------------------------------------------------------------------
@@ -177,7 +207,19 @@ box_boot() {
 	# systemd (where this was built) the box's systemd gets the host's hierarchy, as in
 	# live-box.md's recipe; nothing else manages it there.
 	local cg=() cgns=""
-	if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+	if [ "$LB_LOWER" != / ] && [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] &&
+		[ "$(readlink /proc/1/exe)" != /usr/lib/systemd/systemd ] && [ "$(readlink /proc/1/exe)" != /lib/systemd/systemd ]; then
+		# A v1/hybrid host without systemd, and a box whose systemd (257, Debian 13) no
+		# longer boots on cgroup v1: a cgroup2 hierarchy of the box's own (it has no
+		# controllers there, all are bound to v1; systemd only tracks processes with it),
+		# mounted once on the host outside any box, and a cgroup namespace rooted in it.
+		local v2=/run/miab-livebox-cgroup2
+		mkdir -p "$v2"
+		[ "$(stat -fc %T "$v2")" = cgroup2fs ] || mount -t cgroup2 cgroup2 "$v2"
+		cgns=--cgroup
+		echo "$v2/miab-livebox-$(basename "$s")" >"$s/cgroup"
+		cg=(/bin/bash -c 'mkdir -p "$0" && echo $$ >"$0/cgroup.procs" && exec "$@"' "$(cat "$s/cgroup")")
+	elif [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
 		cgns=--cgroup
 		if [ "$(readlink /proc/1/exe)" = /usr/lib/systemd/systemd ] || [ "$(readlink /proc/1/exe)" = /lib/systemd/systemd ]; then
 			cg=(systemd-run --quiet --scope --collect -p Delegate=yes "--unit=miab-livebox-$(basename "$s")-$(date +%s)")
@@ -189,7 +231,7 @@ box_boot() {
 		lb_die "the host runs systemd on cgroup v1: refusing to share its cgroup hierarchy with the box"
 	fi
 	setsid "${cg[@]}" unshare --pid --fork --mount --net --uts --ipc $cgns --propagation private \
-		/bin/bash "$LB_DIR/box-init.sh" "$s" "$LB_HOSTNAME" "$LB_CACHE" "$cgns" >>"$s/console.log" 2>&1 </dev/null &
+		/bin/bash "$LB_DIR/box-init.sh" "$s" "$LB_HOSTNAME" "$LB_CACHE" "$cgns" "$LB_LOWER" >>"$s/console.log" 2>&1 </dev/null &
 	LB_UNSHARE_PID=$!
 	LB_BOX_PID=""
 	echo "$LB_UNSHARE_PID" >"$s/unshare.pid"

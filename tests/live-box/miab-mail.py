@@ -3,6 +3,7 @@
 Run inside the box with MIAB's venv and PYTHONPATH=/root/mailinabox/management:
   miab-mail.py add-user EMAIL PASSWORD [PRIV] mailconfig.add_mail_user (which kicks)
   miab-mail.py add-alias ADDRESS TO SENDERS   mailconfig.add_mail_alias (which kicks)
+  miab-mail.py set-quota EMAIL QUOTA          mailconfig.set_mail_quota
   miab-mail.py kick                           mailconfig.kick
   miab-mail.py dump                           users and aliases, one per line, sorted
 
@@ -47,6 +48,8 @@ def main():
     elif cmd == "add-alias":
         senders = args[2] if len(args) > 2 else ""
         check(mailconfig.add_mail_alias(args[0], args[1], senders, env))
+    elif cmd == "set-quota":
+        check(mailconfig.set_mail_quota(args[0], args[1], env))
     elif cmd == "kick":
         check(mailconfig.kick(env))
     elif cmd == "dump":

@@ -3,63 +3,9 @@
 # sidecars package installed, `miabctl sidecars enable`, every check after each of MIAB's
 # own maintenance events, a restore from the backup taken meanwhile, `disable`.
 
-# --- what enable must leave alone (and disable must put back byte for byte) -------------
-ZPUSH_CONF=/usr/local/lib/z-push/backend/imap/config.php
-# The files enable edits or must leave alone; with "nomain", all but main.cf (which a MIAB
-# upgrade made while switched changes, and disable must keep that change).
-record_stock() {
-	box_exec bash -c '
-		[ "${1:-}" = nomain ] || sha256sum /etc/postfix/main.cf
-		sha256sum /etc/postfix/master.cf '"$ZPUSH_CONF"'
-		find /etc/dovecot/conf.d -type f -print0 | sort -z | xargs -0 sha256sum
-		echo "systemctl cat postgrey opendkim opendmarc: $(systemctl cat postgrey opendkim opendmarc 2>&1 | sha256sum)"' _ "${2:-}"
-}
-compare_record() {
-	local now
-	now=$(record_stock "" "${2:-}")
-	if [ "$now" != "$(cat "$1")" ]; then
-		diff -u "$1" <(echo "$now") || true
-		echo "differs from the record taken before enable ($1)"
-		return 1
-	fi
-	echo "master.cf, Z-Push's config.php, dovecot conf.d, the postgrey/opendkim/opendmarc units${2:+ (not main.cf)}$([ -n "${2:-}" ] || echo " and main.cf") match the record"
-}
+# --- the package, then enable ----------------------------------------------------------
 step "box: Z-Push's IMAP backend configuration, as setup/zpush.sh writes it" inbox zpush
 
-install_deb() {
-	local debs
-	# shellcheck disable=SC2206
-	debs=($DEB_GLOB)
-	if [ ! -f "${debs[0]}" ]; then
-		echo "no package at $DEB_GLOB: build it first with packaging/build-deb"
-		return 1
-	fi
-	[ "${#debs[@]}" = 1 ] || { echo "more than one package: ${debs[*]}"; return 1; }
-	echo "package: ${debs[0]}"
-	record_stock >"$LB_STATE/record-before-install"
-	mail_cli dump >"$LB_STATE/users-before"
-	box_exec bash -c 'cat >/root/miab-sidecars.deb' <"${debs[0]}"
-	box_exec dpkg -i /root/miab-sidecars.deb
-	local f
-	for f in /usr/bin/miabctl /usr/bin/miab-lookup /usr/bin/miab-policyd /usr/bin/miab-authd \
-		/usr/bin/miab-milter /usr/bin/miab-checkpassword /etc/miab/sidecars.toml; do
-		box_exec test -e "$f" || { echo "the package has no $f"; return 1; }
-	done
-	for f in miab-lookup.service miab-policyd.service miab-authd.service miab-milter.service \
-		miab-sidecars-repair.path miab-sidecars-repair.timer miab-sidecars-repair.service; do
-		box_exec systemctl cat "$f" >/dev/null || { echo "the package has no unit $f"; return 1; }
-	done
-	# The box's stand-in for a foreign client is 127.0.0.9 (Postfix's mynetworks is
-	# 127.0.0.1/32 here): trust only what Postfix trusts, as an operator would.
-	box_exec sed -i 's|^trusted_clients = .*|trusted_clients = ["127.0.0.1/32", "::1/128"]|' /etc/miab/sidecars.toml
-	# Likewise the webmail proxy is 127.0.0.1 only: other loopback addresses are the
-	# devices and strangers of the brake's checks.
-	box_exec sed -i 's|^proxy_networks = .*|proxy_networks = ["127.0.0.1/32", "::1/128"]|' /etc/miab/sidecars.toml
-	box_exec grep -n '^trusted_clients\|^proxy_networks' /etc/miab/sidecars.toml
-	# Installing switches nothing.
-	compare_record "$LB_STATE/record-before-install"
-	box_exec systemctl is-active postgrey opendkim opendmarc postfix dovecot
-}
 step "sidecars: dpkg -i the package (installing switches nothing)" install_deb
 record_stock >"$LB_STATE/record-before-enable"
 record_stock "" nomain >"$LB_STATE/record-before-enable-nomain"
@@ -67,101 +13,6 @@ box_exec cp /etc/postfix/main.cf /root/main.cf.before-enable
 step "sidecars: miabctl sidecars enable" box_exec miabctl sidecars enable
 
 # --- checks after enable ----------------------------------------------------------------
-# miabctl sidecars status, polled (config-rewriting events leave the repair a moment).
-poll_status() {
-	local i out=""
-	for i in $(seq 1 70); do
-		if out=$(box_exec miabctl sidecars status 2>&1); then
-			echo "miabctl sidecars status: ok after ${i} try/tries"
-			return 0
-		fi
-		sleep 1
-	done
-	echo "$out"
-	echo "miabctl sidecars status still failing after 70 s"
-	return 1
-}
-check_wiring() {
-	local p
-	for p in /var/spool/postfix/miab-lookup/socketmap /var/spool/postfix/miab-authd/auth /run/miab-authd/checkpassword; do
-		box_exec test -S "$p" || { echo "no socket $p"; return 1; }
-	done
-	box_exec bash -c '
-		for pp in 10023:miab-policyd 8891:miab-milter 8893:miab-milter; do
-			port=${pp%%:*} prog=${pp#*:}
-			line=$(ss -Hltnp "sport = :$port")
-			echo "$port: $line"
-			echo "$line" | grep -q "\"$prog\"" || { echo "port $port is not $prog"; exit 1; }
-		done
-		for s in postgrey opendkim opendmarc; do
-			for c in start stop restart; do
-				service "$s" "$c" || { echo "service $s $c failed"; exit 1; }
-			done
-		done
-		sleep 1
-		for s in postgrey opendkim opendmarc; do
-			# Each runs as its own system user (postgrey sets its process name to
-			# "postgrey --inet=...").
-			if pgrep -u "$s" >/dev/null; then echo "$s runs: $(pgrep -a -u "$s")"; exit 1; fi
-		done
-		for pp in 10023:miab-policyd 8891:miab-milter 8893:miab-milter; do
-			ss -Hltnp "sport = :${pp%%:*}" | grep -q "\"${pp#*:}\"" || { echo "port ${pp%%:*} lost after service starts"; exit 1; }
-		done
-		echo "postgrey, opendkim, opendmarc: service start/stop/restart succeed and start nothing"'
-}
-# probe.py "$2..." must be refused (exit 3: 535 for SMTP AUTH, a failed IMAP login); $1 says
-# whose login it is, for the failure.
-expect_refused() {
-	local what=$1 rc
-	shift
-	set +e
-	box_exec python3 /opt/miab-livebox/probe.py "$@"; rc=$?
-	set -e
-	[ "$rc" = 3 ] || { echo "$what: $1 not refused (exit $rc)"; return 1; }
-}
-check_app_password() {
-	local f=$LB_STATE/app-password out
-	if [ ! -s "$f" ]; then
-		out=$(box_exec miabctl user app-password add "$APPUSER" --label t)
-		echo "$out" | grep -Eo '([A-Za-z0-9]{4}-){4}[A-Za-z0-9]{4}' | head -1 >"$f"
-		[ -s "$f" ] || echo "$out" | awk 'NF {l=$NF} END {print l}' >"$f"
-		box_exec miabctl user app-password require "$APPUSER" on
-	fi
-	local app
-	app=$(cat "$f")
-	expect_refused "main password of an app-password-only user" smtp-auth "$APPUSER" "$PW_APP" 465
-	expect_refused "main password of an app-password-only user" imap-login "$APPUSER" "$PW_APP"
-	box_exec python3 /opt/miab-livebox/probe.py smtp-auth "$APPUSER" "$app" 465
-	box_exec python3 /opt/miab-livebox/probe.py imap-login "$APPUSER" "$app"
-}
-check_socketmap() {
-	local out
-	out=$(box_exec postmap -q "$ME" socketmap:unix:/var/spool/postfix/miab-lookup/socketmap:mailboxes)
-	echo "postmap -q $ME socketmap:...:mailboxes -> $out"
-	[ -n "$out" ]
-}
-check_journal_plain() {
-	local n
-	n=$(box_exec journalctl -a -o cat --no-pager -u miab-policyd -u miab-lookup -u miab-authd -u miab-milter |
-		tr -cd '\033' | wc -c)
-	[ "$n" = 0 ] || { echo "$n ESC bytes in the sidecars' journal"; return 1; }
-	echo "no ESC byte in the sidecars' journal"
-}
-check_doveconf() {
-	box_exec bash -c 'doveconf -n' | python3 -c '
-import re, sys
-drivers, cur = [], None
-for line in sys.stdin:
-    s = line.strip()
-    if re.match(r"^passdb(\s+\S+)?\s*\{$", s): cur = []
-    elif cur is not None and s.startswith("driver ="): drivers.append(s.split("=", 1)[1].strip()); cur = None
-    elif s == "}": cur = None
-print("doveconf -n passdb drivers, in order:", drivers)
-if "checkpassword" not in drivers: sys.exit("no checkpassword passdb")
-if "sql" in drivers and drivers.index("sql") < drivers.index("checkpassword"):
-    sys.exit("the sql passdb comes before checkpassword")
-'
-}
 check_all() {
 	local what=$1
 	step "$what: miabctl sidecars status (polled up to 70 s)" poll_status
@@ -174,7 +25,7 @@ check_all() {
 	step "$what: (e) postmap -q through miab-lookup's socketmap" check_socketmap
 	step "$what: (f) no ESC byte in the sidecars' journal" check_journal_plain
 	step "$what: (g) miabctl sidecars status" box_exec miabctl sidecars status
-	step "$what: (h) doveconf -n: checkpassword passdb first" check_doveconf
+	step "$what: (h) doveconf -n: our passdb first (checkpassword on Dovecot 2.3)" check_doveconf
 }
 check_all "enabled"
 
@@ -239,33 +90,11 @@ check_containment() {
 	# miabctl ran as root: the daemon can still write its DB (the -wal file is its own).
 	box_exec ls -l /home/user-data/mail/policyd/
 	box_exec python3 /opt/miab-livebox/probe.py send "$ALICE" "$PW_ALICE" "$ME" "after release" 587
-	box_exec miabctl user suspend "$ALICE" --reason "live-box"
-	expect_refused "suspended $ALICE" smtp-auth "$ALICE" "$PW_ALICE" 587
-	expect_refused "suspended $ALICE" imap-login "$ALICE" "$PW_ALICE"
-	box_exec miabctl user unsuspend "$ALICE"
-	box_exec python3 /opt/miab-livebox/probe.py smtp-auth "$ALICE" "$PW_ALICE" 587
-	box_exec python3 /opt/miab-livebox/probe.py imap-login "$ALICE" "$PW_ALICE"
+	check_suspended
 }
 step "containment: a hijacked login is held, the administrator told, released, suspended" check_containment
 
 # --- the brake: a known device outlives a restart of miab-authd --------------------------
-# alice's phone (127.0.0.20) logs in; thirty strangers (127.0.0.30-59) fail at once and brake
-# the login; a stranger with the right password is refused; miab-authd restarts (as every
-# package upgrade restarts it); thirty more strangers brake it again; the phone still gets in.
-check_brake() {
-	local n
-	box_exec python3 /opt/miab-livebox/probe.py imap-from 127.0.0.20 "$ALICE" "$PW_ALICE"
-	box_exec python3 /opt/miab-livebox/probe.py strangers "$ALICE" 30 30
-	n=$(box_exec journalctl -a -o cat --no-pager -u miab-authd | grep -c "too many failures for login=\"$ALICE\"" || true)
-	[ "$n" -ge 1 ] || { echo "miab-authd logged no brake for $ALICE"; return 1; }
-	expect_refused "a stranger with alice's password" imap-from 127.0.0.99 "$ALICE" "$PW_ALICE"
-	box_exec systemctl restart miab-authd
-	box_exec bash -c 'for i in $(seq 1 100); do test -S /run/miab-authd/checkpassword && exit 0; sleep 0.1; done; exit 1'
-	box_exec python3 /opt/miab-livebox/probe.py strangers "$ALICE" 30 60
-	expect_refused "a stranger with alice's password after the restart" imap-from 127.0.0.98 "$ALICE" "$PW_ALICE"
-	box_exec python3 /opt/miab-livebox/probe.py imap-from 127.0.0.20 "$ALICE" "$PW_ALICE"
-	box_exec sqlite3 "$ST/mail/authd/known-devices.sqlite" "SELECT login, network FROM known_devices"
-}
 step "brake: alice's phone still logs in after a restart of miab-authd while strangers keep failing" check_brake
 
 # --- MIAB's own maintenance, each followed by every check -------------------------------
@@ -372,17 +201,6 @@ step "event: editconf.py rewriting main.cf sixty times while repair runs" editco
 step "event: apt-get install --reinstall postfix" box_exec apt-get install --reinstall -y -q postfix
 check_all "after postfix reinstall"
 
-# After the boot, mail waits until spampd (10025) and Dovecot's LMTP (10026) answer, and
-# whatever Postfix deferred meanwhile is sent now rather than at its next queue run.
-reboot_box() {
-	box_reboot
-	inbox dns
-	box_exec bash -c 'for i in $(seq 1 90); do
-		ss -Hltn "sport = :10025" | grep -q . && ss -Hltn "sport = :10026" | grep -q . && break
-		sleep 1
-	done
-	postqueue -f'
-}
 step "event: reboot of the box" reboot_box
 check_all "after reboot"
 
@@ -433,28 +251,45 @@ main_cf_is_upgraded_stock() {
 	EOF
 }
 step "disabled: main.cf keeps the upgrade's values and has none of ours" main_cf_is_upgraded_stock
-stock_running() {
-	local i
-	for i in $(seq 1 30); do
-		if box_exec systemctl is-active --quiet postgrey opendkim opendmarc &&
-			box_exec bash -c 'for p in 10023 8891 8893; do ss -Hltn "sport = :$p" | grep -q . || exit 1; done'; then
-			box_exec bash -c 'ss -Hltnp "( sport = :10023 or sport = :8891 or sport = :8893 )"'
-			return 0
-		fi
-		sleep 1
-	done
-	box_exec systemctl status --no-pager postgrey opendkim opendmarc || true
-	return 1
-}
 step "disabled: postgrey, opendkim, opendmarc run again" stock_running
 step "disabled: tests/test_mail.py on the stock box" check_test_mail
-users_unchanged() {
-	mail_cli dump >"$LB_STATE/users-after"
-	# Everything phase A made is still there, unchanged (phase B added bob@ and app passwords).
-	local missing
-	missing=$(comm -23 <(sort "$LB_STATE/users-before") <(sort "$LB_STATE/users-after"))
-	[ -z "$missing" ] || { echo "changed or gone after disable:"; echo "$missing"; return 1; }
-	echo "users and aliases unchanged"
-}
 step "disabled: users and aliases unchanged" users_unchanged
+
+# --- Dovecot 2.3 -> 2.4 in place, while switched ----------------------------------------
+# The box is switched again, then its Dovecot packages are replaced by Debian 13's (with
+# what they pull in), the maintainer's new configuration files taken, and MIAB's next
+# version's Dovecot setup run (our 2.4 translation). Dovecot 2.4 cannot read the 2.3 file
+# enable wrote; repair (the path unit sees the new binary and dovecot.conf) writes the Lua
+# one and starts Dovecot again. Users log in throughout what follows.
+step "upgrade: miabctl sidecars enable again" box_exec miabctl sidecars enable
+step "upgrade: host downloads Debian 13's Dovecot 2.4 for this box" fetch_trixie_upgrade
+upgrade_dovecot() {
+	# shellcheck disable=SC2046,SC2086
+	box_exec env DEBIAN_FRONTEND=noninteractive apt-get -q -y $(apt_upgrade_opts) \
+		-o Dpkg::Options::=--force-confnew install -t trixie $LB_UPGRADE_PKGS \
+		>"$LB_STATE/upgrade.log" 2>&1 || { tail -40 "$LB_STATE/upgrade.log"; return 1; }
+	grep -E 'upgraded|newly installed' "$LB_STATE/upgrade.log" || true
+	box_exec dovecot --version | grep '^2\.4\.'
+}
+step "upgrade: apt-get install -t trixie Dovecot 2.4 (2.3 replaced in place)" upgrade_dovecot
+step "upgrade: MIAB's next version's Dovecot setup (mail-dovecot.sh, mail-users.sh, spamassassin.sh for 2.4)" \
+	inbox miab miab-2.4/mail-dovecot.sh miab-2.4/mail-users.sh miab-2.4/spamassassin.sh
+upgraded_is_switched() {
+	local i
+	for i in $(seq 1 90); do
+		box_exec grep -q 'driver = lua' /etc/dovecot/conf.d/00-miab-sidecars.conf &&
+			box_exec systemctl is-active --quiet dovecot && break
+		sleep 1
+	done
+	box_exec grep -n 'driver = lua' /etc/dovecot/conf.d/00-miab-sidecars.conf
+	box_exec systemctl is-active dovecot
+	box_exec journalctl -a -o cat --no-pager -u miab-sidecars-repair.service | grep -F 'Dovecot 2.4'
+}
+step "upgrade: repair wrote the Lua passdb and Dovecot 2.4 runs" upgraded_is_switched
+step "upgraded: miabctl sidecars status (polled up to 70 s)" poll_status
+step "upgraded: doveconf -n: the Lua passdb first" check_doveconf
+step "upgraded: SMTP AUTH and IMAP for a normal user" check_normal_login
+step "upgraded: app-password-only user: main password refused, app password works" check_app_password
+step "upgraded: a suspended user is refused on SMTP AUTH and IMAP" check_suspended
+step "upgraded: tests/test_mail.py" check_test_mail
 echo "phase B passed"

@@ -27,7 +27,7 @@ dovecot-managesieved dovecot-auth-lua lua-socket
 opendkim opendkim-tools opendmarc
 spampd razor pyzor libmail-dkim-perl
 python3-dnspython python3-dkim swaks"
-recipe=$(printf '%s\n%s\n%s\n' "$PKGS" "$(cat "$HERE/wheels.list")" "$(sha256sum "$0")" | sha256sum | cut -c1-16)
+recipe=$(printf '%s\n%s\n%s\n' "$PKGS" "$(cat "$HERE/wheels.list")" "$(sha256sum <"$0")" | sha256sum | cut -c1-16)
 
 if [ -f "$dest/.built" ] && [ "$(cat "$dest/.built")" = "$recipe" ]; then
 	echo "trixie root $dest is current ($recipe)"

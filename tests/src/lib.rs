@@ -9,6 +9,7 @@ pub mod dns;
 pub mod dovecot;
 pub mod fixture;
 pub mod inproc;
+pub mod live_box;
 pub mod postfix;
 pub mod postgres;
 pub mod process;
