@@ -257,23 +257,32 @@ step "disabled: users and aliases unchanged" users_unchanged
 
 # --- Dovecot 2.3 -> 2.4 in place, while switched ----------------------------------------
 # The box is switched again, then its Dovecot packages are replaced by Debian 13's (with
-# what they pull in), the maintainer's new configuration files taken, and MIAB's next
-# version's Dovecot setup run (our 2.4 translation). Dovecot 2.4 cannot read the 2.3 file
-# enable wrote; repair (the path unit sees the new binary and dovecot.conf) writes the Lua
-# one and starts Dovecot again. Users log in throughout what follows.
+# what they pull in), taking the maintainer's new configuration files (ucf's too), then
+# MIAB's next version's Dovecot setup runs (our 2.4 translation) and dpkg finishes. Until
+# that setup has run, Dovecot 2.4 cannot start on MIAB's own 2.3 files (99-local*.conf),
+# so dovecot-core's postinst fails to restart it and dpkg leaves it unconfigured: the same
+# on a box that was never switched. Dovecot 2.4 cannot read the 2.3 file enable wrote
+# either; repair (the path unit sees the new binary and dovecot.conf) writes the Lua one
+# before the setup restarts Dovecot. Users log in throughout what follows.
 step "upgrade: miabctl sidecars enable again" box_exec miabctl sidecars enable
 step "upgrade: host downloads Debian 13's Dovecot 2.4 for this box" fetch_trixie_upgrade
 upgrade_dovecot() {
+	local rc
+	set +e
 	# shellcheck disable=SC2046,SC2086
-	box_exec env DEBIAN_FRONTEND=noninteractive apt-get -q -y $(apt_upgrade_opts) \
+	box_exec env DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFNEW=1 apt-get -q -y $(apt_upgrade_opts) \
 		-o Dpkg::Options::=--force-confnew install -t trixie $LB_UPGRADE_PKGS \
-		>"$LB_STATE/upgrade.log" 2>&1 || { tail -40 "$LB_STATE/upgrade.log"; return 1; }
-	grep -E 'upgraded|newly installed' "$LB_STATE/upgrade.log" || true
+		>"$LB_STATE/upgrade.log" 2>&1
+	rc=$?
+	set -e
+	grep -E 'upgraded|newly installed|^dpkg: error|Fatal:' "$LB_STATE/upgrade.log" || true
+	echo "apt-get exit $rc (dovecot-core's postinst cannot restart Dovecot on MIAB's 2.3 files yet)"
 	box_exec dovecot --version | grep '^2\.4\.'
 }
 step "upgrade: apt-get install -t trixie Dovecot 2.4 (2.3 replaced in place)" upgrade_dovecot
 step "upgrade: MIAB's next version's Dovecot setup (mail-dovecot.sh, mail-users.sh, spamassassin.sh for 2.4)" \
 	inbox miab miab-2.4/mail-dovecot.sh miab-2.4/mail-users.sh miab-2.4/spamassassin.sh
+step "upgrade: dpkg --configure -a finishes (Dovecot 2.4 starts)" box_exec dpkg --configure -a
 upgraded_is_switched() {
 	local i
 	for i in $(seq 1 90); do

@@ -13,6 +13,9 @@
   probe.py imap-from SOURCE USER PASSWORD     IMAPS 993 login from the local address SOURCE
                                               (a client that is not the webmail proxy): exit
                                               0 ok, 3 refused, 1 other
+  probe.py imap-timing USER PASSWORD N        N IMAP logins one after another on 127.0.0.1:143
+                                              (plain, as Nextcloud logs in), each timed
+                                              from LOGIN to its answer: prints p50/p95/max
   probe.py strangers USER N FIRST             N wrong-password IMAPS logins for USER at once,
                                               from 127.0.0.FIRST, FIRST+1, ...
 """
@@ -93,6 +96,21 @@ def imap_from(source, user, pw):
         return 3
     m.logout()
     print("IMAP login %s from %s accepted" % (user, source))
+    return 0
+
+
+def imap_timing(user, pw, n):
+    times = []
+    for _ in range(n):
+        m = imaplib.IMAP4("127.0.0.1", 143, timeout=60)
+        t0 = time.perf_counter()
+        m.login(user, pw)
+        times.append((time.perf_counter() - t0) * 1000)
+        m.logout()
+    times.sort()
+    pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]
+    print("%d IMAP logins of %s: p50 %.2f ms, p95 %.2f ms, max %.2f ms"
+          % (n, user, pick(0.5), pick(0.95), times[-1]))
     return 0
 
 
@@ -179,6 +197,8 @@ def main():
         return fetch(a[0], a[1], a[2], a[3])
     if cmd == "imap-from":
         return imap_from(a[0], a[1], a[2])
+    if cmd == "imap-timing":
+        return imap_timing(a[0], a[1], int(a[2]))
     if cmd == "strangers":
         return strangers(a[0], int(a[1]), int(a[2]))
     print("unknown command " + cmd, file=sys.stderr)

@@ -584,10 +584,10 @@ fn wire_dovecot(sys: &Sys) -> Result<Vec<String>> {
         // Only if it runs: a stopped Dovecot (MIAB's backup) reads the files when it starts.
         // One that failed to start (a 2.4 that found our 2.3 file after an upgrade) is
         // started again now that the file is right.
-        let failed = sys
-            .run("systemctl", &["is-failed", "--quiet", "dovecot"])
-            .is_ok()
-            && sys.is_live();
+        let failed = sys.is_live()
+            && sys
+                .run("systemctl", &["is-failed", "--quiet", "dovecot"])
+                .is_ok();
         if failed {
             sys.systemctl(&["restart", "dovecot"])?;
             done.push("started Dovecot again (it had failed to start)".into());

@@ -66,11 +66,18 @@
 #   prints the same warnings for MIAB's settings (MIAB issue #535); they are not about
 #   obsolete settings. Cleartext login on 127.0.0.1:143 works as on 2.3 (Dovecot treats
 #   local connections as secure), which is what Nextcloud's IMAP login there needs.
+# * A box upgraded in place from 2.3 still has v75's 99-local-spampd.conf (dovecot-antispam's
+#   plugin {} settings, see spamassassin.sh), which Dovecot 2.4 cannot read and which no 2.4
+#   script rewrites before this one restarts Dovecot: removed here. Every other v75 file this
+#   script and mail-users.sh wrote is written again in 2.4 syntax.
 # * Unchanged: sievec of the global spam script, permissions, the
 #   storage directories, the ufw rules (skipped with DISABLE_FIREWALL), restart_service.
 
 source setup/functions.sh # load our functions
 source /etc/mailinabox.conf # load global vars
+
+# v75's antispam settings on a box upgraded from 2.3 (see the note above).
+rm -f /etc/dovecot/conf.d/99-local-spampd.conf
 
 echo "Installing Dovecot (IMAP server)..."
 apt_install \

@@ -11,16 +11,17 @@
 #   is dropped from the package list and its configuration is not written: no
 #   `mail_plugins = $mail_plugins antispam` edits of 20-imap.conf / 20-pop3.conf (a 2.4
 #   config would refuse both that syntax and the unknown plugin) and no
-#   99-local-spampd.conf plugin {} block (plugin {} no longer exists in 2.4); a box upgraded
-#   from 2.3 has v75's 99-local-spampd.conf, which Dovecot 2.4 cannot read: it is removed
-#   (with dovecot-antispam gone, it configures nothing). Moving mail in
+#   99-local-spampd.conf plugin {} block (plugin {} no longer exists in 2.4; on a box
+#   upgraded from 2.3, mail-dovecot.sh removes v75's). Moving mail in
 #   or out of Spam therefore no longer trains the Bayes filter. /usr/local/bin/sa-learn-pipe.sh,
 #   mail_access_groups=spampd and the Bayes files are still set up as MIAB does, so manual
 #   `sa-learn` and a later IMAPSieve-based replacement work the same way.
 # * spampd 2.62 in Debian 13 reads /etc/spampd.cfg (its unit runs
 #   `spampd --config /etc/spampd.cfg`); /etc/default/spampd is gone. MIAB's
 #   DESTPORT=10026, ADDOPTS="--maxsize=2000" and LOCALONLY=0 become `relayport 10026`,
-#   `maxsize 2000` and `local-only 0` there (editconf.py -s, space-separated).
+#   `maxsize 2000` and `local-only 0` there (editconf.py -s, space-separated). A box upgraded
+#   in place from 2.3 keeps Debian 12's spampd 2.61, which still reads /etc/default/spampd:
+#   there the v75 settings are written as before.
 # * Debian 13's spamassassin has no /etc/default/spamassassin (rule updates run from
 #   spamassassin-maintenance.timer), and editconf.py refuses a missing file: it is created
 #   empty first, so CRON=1 is still recorded as on 2.3 boxes (harmless, nothing reads it).
@@ -35,9 +36,6 @@ source setup/functions.sh # load our functions
 # libmail-dkim-perl makes SpamAssassin's DKIM checks work (Debian bug #689414).
 echo "Installing SpamAssassin..."
 apt_install spampd razor pyzor libmail-dkim-perl
-
-# v75's antispam plugin settings, on a box upgraded from Dovecot 2.3 (see the note above).
-rm -f /etc/dovecot/conf.d/99-local-spampd.conf
 
 # Let SpamAssassin fetch rule updates.
 [ -f /etc/default/spamassassin ] || touch /etc/default/spamassassin
@@ -55,10 +53,17 @@ echo "public.pyzor.org:24441" > /etc/spamassassin/pyzor/servers
 
 # Relay to Dovecot's LMTP on 10026, scan messages up to 2000 KB, allow network checks
 # (Pyzor, DKIM, DNS).
-tools/editconf.py /etc/spampd.cfg -s \
-	relayport=10026 \
-	maxsize=2000 \
-	local-only=0
+if [ -f /etc/spampd.cfg ]; then
+	tools/editconf.py /etc/spampd.cfg -s \
+		relayport=10026 \
+		maxsize=2000 \
+		local-only=0
+else
+	tools/editconf.py /etc/default/spampd \
+		DESTPORT=10026 \
+		ADDOPTS="\"--maxsize=2000\"" \
+		LOCALONLY=0
+fi
 
 # Only add X-Spam-* headers (with the report and score); don't wrap spam in a new message.
 tools/editconf.py /etc/spamassassin/local.cf -s \
