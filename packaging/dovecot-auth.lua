@@ -60,6 +60,23 @@ local function unescape(s)
   return (s:gsub("\001(.)", { ["0"] = "\0", ["1"] = "\1", t = "\t", r = "\r", n = "\n" }))
 end
 
+-- One line from `c`, without its newline, at most max_line bytes (LuaSocket's own "*l" has
+-- no bound); nil and why otherwise.
+local function read_line(c)
+  local buf = {}
+  for i = 1, max_line + 1 do
+    local ch, e = c:receive(1)
+    if ch == nil then
+      return nil, e
+    end
+    if ch == "\n" then
+      return table.concat(buf)
+    end
+    buf[i] = ch
+  end
+  return nil, "over-long line"
+end
+
 -- Sends `line` after the handshake and returns the reply's fields, or nil and why.
 local function ask(line)
   local c = unix.stream and unix.stream() or unix()
@@ -73,7 +90,7 @@ local function ask(line)
     return nil, "connect " .. socket_path .. ": " .. tostring(err)
   end
   for _ = 1, 64 do
-    local l, e = c:receive("*l")
+    local l, e = read_line(c)
     if l == nil then
       c:close()
       return nil, "handshake: " .. tostring(e)
@@ -87,13 +104,10 @@ local function ask(line)
     c:close()
     return nil, "send: " .. tostring(err)
   end
-  local reply, e = c:receive("*l")
+  local reply, e = read_line(c)
   c:close()
   if reply == nil then
     return nil, "reply: " .. tostring(e)
-  end
-  if #reply > max_line then
-    return nil, "over-long reply"
   end
   local parts = {}
   for p in (reply .. "\t"):gmatch("([^\t]*)\t") do
