@@ -14,6 +14,7 @@
 pub mod checkpassword;
 pub mod guard;
 pub mod handler;
+pub mod metrics;
 pub mod proto;
 mod session;
 pub mod settings;

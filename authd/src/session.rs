@@ -8,6 +8,7 @@
 
 use crate::State;
 use crate::handler::{self, Credentials, INSECURE_REASON, LOGIN_PASS_PROMPT, LOGIN_USER_PROMPT};
+use crate::metrics;
 use crate::proto::{self, Auth, Command, LineError, Lines, Reply};
 use crate::verify::Verified;
 use daemon::Conn;
@@ -253,6 +254,7 @@ impl Answers {
         match outcome {
             Verified::Yes(account, how) => {
                 tracing::info!(id, user = ?account.email, rip = ?auth.remote_ip, service = ?auth.service, with = how, "authenticated");
+                metrics::authenticated(&auth.service, &auth.mech, metrics::success(how));
                 self.state.brake.succeeded(
                     auth.remote_ip.parse().ok(),
                     &handler::fold_login(&account.email),
@@ -269,6 +271,7 @@ impl Answers {
             }
             Verified::No(login, why) => {
                 tracing::info!(id, login = ?login, rip = ?auth.remote_ip, service = ?auth.service, reason = why, "authentication failed");
+                metrics::authenticated(&auth.service, &auth.mech, metrics::Result_::failed);
                 if self.socket == Socket::Postfix {
                     tokio::time::sleep(self.state.failure_delay).await;
                 }
@@ -280,6 +283,7 @@ impl Answers {
             }
             Verified::Refused(login) => {
                 tracing::info!(id, login = ?login, rip = ?auth.remote_ip, "refused while cooling off");
+                metrics::authenticated(&auth.service, &auth.mech, metrics::Result_::braked);
                 Reply::Fail {
                     id,
                     temp: false,
@@ -288,6 +292,7 @@ impl Answers {
             }
             Verified::Temp(why) => {
                 tracing::warn!(id, rip = ?auth.remote_ip, error = %why, "user DB unavailable; temporary failure");
+                metrics::authenticated(&auth.service, &auth.mech, metrics::Result_::tempfail);
                 Reply::Fail {
                     id,
                     temp: true,

@@ -95,6 +95,7 @@ impl daemon::Section for Settings {
     /// (smtpd keeps its connection); 5 s drain.
     fn server_defaults() -> Server {
         Server {
+            metrics_listen: None,
             listen: ListenAddr::Unix("/var/spool/postfix/miab-authd/auth".into()),
             unix: UnixOptions::default(),
             limits: Limits {
@@ -160,10 +161,16 @@ mod tests {
     fn the_sample_config_is_the_defaults() {
         let s = sample();
         assert_eq!(s.settings, Settings::default());
-        assert_eq!(s.server, Settings::server_defaults());
+        // The package turns the metrics on, on loopback.
+        let server = daemon::Server {
+            metrics_listen: Some("inet:127.0.0.1:9593".parse().unwrap()),
+            ..Settings::server_defaults()
+        };
+        assert_eq!(s.server, server);
         let e = s.endpoints();
-        assert_eq!(e.len(), 2);
+        assert_eq!(e.len(), 3);
         assert_eq!(e[1].setting, "checkpassword_listen");
+        assert_eq!(e[2].setting, "metrics_listen");
     }
 
     #[test]

@@ -367,8 +367,9 @@ pub trait Section: DeserializeOwned + Default {
     }
 }
 
-/// The listener settings every section has: `listen`, `socket_mode`, `socket_group`,
-/// `max_connections`, `io_timeout_secs`, `idle_timeout_secs`, `drain_timeout_secs`.
+/// The listener settings every section has: `listen`, `metrics_listen`, `socket_mode`,
+/// `socket_group`, `max_connections`, `io_timeout_secs`, `idle_timeout_secs`,
+/// `drain_timeout_secs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Server {
     /// Where to listen, in Postfix notation.
@@ -378,6 +379,9 @@ pub struct Server {
     pub unix: UnixOptions,
     /// Connections at once, and the three timeouts (in seconds in the file).
     pub limits: Limits,
+    /// Where `GET /metrics` is served (`metrics_listen`, Postfix notation); `None` (or `""`
+    /// in the file) serves none.
+    pub metrics_listen: Option<ListenAddr>,
 }
 
 /// A section as read: listener settings and the daemon's own.
@@ -399,6 +403,14 @@ impl<S: Section> Loaded<S> {
             create_parent: false,
         }];
         all.extend(self.settings.more_endpoints(&self.server));
+        if let Some(addr) = &self.server.metrics_listen {
+            all.push(Endpoint {
+                setting: "metrics_listen",
+                addr: addr.clone(),
+                unix: self.server.unix.clone(),
+                create_parent: true,
+            });
+        }
         all
     }
 }
@@ -416,8 +428,9 @@ pub struct Endpoint {
 }
 
 /// The names of [`Server`]'s settings.
-const SERVER_KEYS: [&str; 7] = [
+const SERVER_KEYS: [&str; 8] = [
     "listen",
+    "metrics_listen",
     "socket_mode",
     "socket_group",
     "max_connections",
@@ -556,6 +569,14 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for ServerKeys<A> {
             let secs = |v: u64| Duration::from_secs(v);
             match name {
                 "listen" => s.listen = self.inner.next_value()?,
+                "metrics_listen" => {
+                    let text: String = self.inner.next_value()?;
+                    s.metrics_listen = if text.is_empty() {
+                        None
+                    } else {
+                        Some(text.parse().map_err(de::Error::custom)?)
+                    };
+                }
                 "socket_mode" => s.unix.mode = self.inner.next_value::<Mode>()?.0,
                 "socket_group" => s.unix.group = Some(self.inner.next_value()?),
                 "max_connections" => s.limits.max_connections = self.inner.next_value()?,

@@ -121,7 +121,7 @@ where
         let Some((_, main)) = bound.next() else {
             return fail("no socket to listen on".into());
         };
-        let listeners = Listeners {
+        let mut listeners = Listeners {
             main,
             more: bound.collect(),
         };
@@ -129,6 +129,16 @@ where
         let (trigger, shutdown) = Shutdown::new();
         if let Err(e) = shutdown_on_signals(trigger) {
             return fail(format!("signal handlers: {e}"));
+        }
+        if let Some(m) = listeners.take("metrics_listen") {
+            // A scraper gets a handful of connections and the section's I/O timeout; the
+            // daemon's own sockets keep theirs.
+            let limits = crate::serve::Limits {
+                max_connections: 8,
+                drain_timeout: std::time::Duration::from_secs(1),
+                ..section.server.limits.clone()
+            };
+            tokio::spawn(crate::metrics::serve(m, limits, shutdown.clone()));
         }
         match run(listeners, Arc::new(state), shutdown).await {
             Ok(()) => {

@@ -11,6 +11,7 @@ pub mod dns;
 pub mod launch;
 pub mod layout;
 pub mod listen;
+pub mod metrics;
 pub mod net;
 pub mod serve;
 pub mod session;

@@ -134,7 +134,17 @@ where
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut tasks = JoinSet::new();
     let mut backoff = Duration::from_millis(5);
+    let label = crate::metrics::ListenerLabel {
+        listener: listener
+            .local_addr()
+            .map_or_else(|_| "unknown".into(), |a| a.to_string()),
+    };
+    let figures = crate::metrics::connections();
+    let open = figures.open.get_or_create(&label).clone();
+    let accepted_count = figures.accepted.get_or_create(&label).clone();
+    let waited = figures.waited.get_or_create(&label).clone();
     loop {
+        let full = permits.available_permits() == 0;
         let permit = tokio::select! {
             p = Arc::clone(&permits).acquire_owned() => match p {
                 Ok(p) => p,
@@ -158,8 +168,15 @@ where
                     shutdown: shutdown.clone(),
                 };
                 let fut = session(conn).instrument(span);
+                accepted_count.inc();
+                if full {
+                    waited.inc();
+                }
+                open.inc();
+                let open = open.clone();
                 tasks.spawn(async move {
                     fut.await;
+                    open.dec();
                     drop(permit);
                 });
             }

@@ -9,6 +9,7 @@
 //! - [`run`]: serves a listener until shutdown.
 
 pub mod handler;
+pub mod metrics;
 pub mod proto;
 mod session;
 pub mod settings;

@@ -49,7 +49,10 @@ struct Answers {
 
 impl Handler<Vec<u8>> for Answers {
     async fn answer(&mut self, frame: Vec<u8>, out: &mut Vec<u8>) {
-        answer(&self.state, &frame).await.encode(out);
+        let started = std::time::Instant::now();
+        let (map, reply) = answer(&self.state, &frame).await;
+        crate::metrics::answered(map, &reply, started.elapsed());
+        reply.encode(out);
     }
 
     fn temp_failure(&self, _frame: &Vec<u8>, out: &mut Vec<u8>) {
@@ -57,19 +60,30 @@ impl Handler<Vec<u8>> for Answers {
     }
 }
 
-async fn answer(state: &State, payload: &[u8]) -> Reply {
+/// The answer to one request, with the map it asked (if it named one we serve).
+async fn answer(state: &State, payload: &[u8]) -> (Option<Map>, Reply) {
     let Ok(req) = proto::parse_request(payload) else {
         tracing::warn!("malformed request: expected \"map key\"");
-        return Reply::Perm("malformed request: expected \"map key\"".into());
+        return (
+            None,
+            Reply::Perm("malformed request: expected \"map key\"".into()),
+        );
     };
     let Some(map) = Map::from_name(req.map) else {
         tracing::warn!(map = ?req.map, "unknown map name");
-        return Reply::Perm(format!(
-            "unknown map {:?}: this server answers domains, mailboxes, aliases, senders",
-            req.map
-        ));
+        return (
+            None,
+            Reply::Perm(format!(
+                "unknown map {:?}: this server answers domains, mailboxes, aliases, senders",
+                req.map
+            )),
+        );
     };
-    let key = match req.key {
+    (Some(map), answer_key(state, map, req.key).await)
+}
+
+async fn answer_key(state: &State, map: Map, key: Option<&str>) -> Reply {
+    let key = match key {
         Some(k) if !k.is_empty() => k,
         Some(_) => return Reply::NotFound,
         None => {

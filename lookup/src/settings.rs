@@ -23,6 +23,7 @@ impl daemon::Section for Settings {
     /// server); 10 s per request; 300 s idle (Postfix closes its own after 10); 5 s drain.
     fn server_defaults() -> Server {
         Server {
+            metrics_listen: None,
             listen: ListenAddr::Inet(([127, 0, 0, 1], 10029).into()),
             unix: UnixOptions::default(),
             limits: Limits {
@@ -58,6 +59,7 @@ mod tests {
         let s = c.section::<Settings>().unwrap();
         assert_eq!(s.settings, Settings::default());
         let want = Server {
+            metrics_listen: Some("inet:127.0.0.1:9591".parse().unwrap()),
             listen: ListenAddr::Unix("/var/spool/postfix/miab-lookup/socketmap".into()),
             ..Settings::server_defaults()
         };

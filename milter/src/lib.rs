@@ -22,6 +22,7 @@ mod callbacks;
 pub mod conns;
 pub mod keys;
 mod message;
+mod metrics;
 pub mod results;
 pub mod settings;
 

@@ -156,6 +156,7 @@ impl daemon::Section for Settings {
     /// here.
     fn server_defaults() -> Server {
         Server {
+            metrics_listen: None,
             listen: ListenAddr::Inet(([127, 0, 0, 1], 8891).into()),
             unix: UnixOptions::default(),
             limits: Limits {
@@ -228,7 +229,12 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(s.settings, want);
-        assert_eq!(s.server, Settings::server_defaults());
+        // The package turns the metrics on, on loopback.
+        let server = Server {
+            metrics_listen: Some("inet:127.0.0.1:9594".parse().unwrap()),
+            ..Settings::server_defaults()
+        };
+        assert_eq!(s.server, server);
         assert!(s.settings.ignored(&s.server_keys).is_empty());
         let nets = &s.settings.trusted_hosts;
         assert!(miab_e2e::fixture::takes_mapped_loopback_only(|ip| {

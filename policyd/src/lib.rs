@@ -15,6 +15,7 @@ pub mod checks;
 pub mod dns;
 pub mod dnsbl;
 pub mod login;
+pub mod metrics;
 pub use daemon::net;
 pub mod policy;
 pub mod proto;

@@ -8,12 +8,14 @@
 
 use crate::checks::{self, Ask, Check, ConnState, Failed, Shared};
 use crate::login::Login;
+use crate::metrics::{self, Answer, Outcome};
 use crate::net::{Cidr, any_contains};
 use crate::proto::Request;
 use crate::settings;
 use crate::verdict::{self, Action, Verdict};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Everything a decision may need. Shared by all connections.
 #[derive(Debug)]
@@ -42,24 +44,36 @@ impl Policy {
             {
                 continue;
             }
-            match check.decide(&ask, &self.shared, conn).await {
+            let started = Instant::now();
+            let decided = check.decide(&ask, &self.shared, conn).await;
+            let took = started.elapsed();
+            match decided {
                 Ok(v @ Verdict::Stop(_)) => {
+                    let answer = match &v {
+                        Verdict::Stop(a) => Answer::of(a),
+                        _ => Answer::dunno,
+                    };
+                    metrics::checked(check.name(), Outcome::stop, answer, took);
                     verdicts.push(v);
                     break;
                 }
-                Ok(v) => verdicts.push(v),
+                Ok(v) => {
+                    metrics::checked(check.name(), Outcome::of(&v), Answer::dunno, took);
+                    verdicts.push(v);
+                }
                 Err(Failed(why)) => {
                     // Security checks fail closed; greylisting and block lists fail open.
-                    let action = if check.fails_closed() {
-                        &self.security_fail_action
+                    let (action, outcome) = if check.fails_closed() {
+                        (&self.security_fail_action, Outcome::failed_closed)
                     } else {
-                        &self.fail_action
+                        (&self.fail_action, Outcome::failed_open)
                     };
                     tracing::warn!(
                         check = check.name(), error = %why,
                         action = action.as_str(), "check failed; answering the fail action"
                     );
                     let action = Action::configured(action);
+                    metrics::checked(check.name(), outcome, Answer::of(&action), took);
                     // A DUNNO fail action lets the remaining checks have their say.
                     if !action.is_dunno() {
                         verdicts.push(Verdict::Stop(action));
@@ -68,6 +82,8 @@ impl Policy {
                 }
             }
         }
-        verdict::combine(verdicts)
+        let answer = verdict::combine(verdicts);
+        metrics::answered(&answer);
+        answer
     }
 }

@@ -83,6 +83,7 @@ impl daemon::Section for Settings {
     /// 5 s drain.
     fn server_defaults() -> Server {
         Server {
+            metrics_listen: None,
             listen: ListenAddr::Inet(([127, 0, 0, 1], 10023).into()),
             unix: UnixOptions::default(),
             limits: Limits {
@@ -500,6 +501,8 @@ mod tests {
         server.listen = "unix:/var/spool/postfix/miab-policyd/policy"
             .parse()
             .unwrap();
+        // The package turns the metrics on, on loopback.
+        server.metrics_listen = Some("inet:127.0.0.1:9592".parse().unwrap());
         assert_eq!(s.server, server);
     }
 

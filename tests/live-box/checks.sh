@@ -222,7 +222,12 @@ check_wiring() {
 		for pp in 10023:miab-policyd 8891:miab-milter 8893:miab-milter; do
 			ss -Hltnp "sport = :${pp%%:*}" | grep -q "\"${pp#*:}\"" || { echo "port ${pp%%:*} lost after service starts"; exit 1; }
 		done
-		echo "postgrey, opendkim, opendmarc: service start/stop/restart succeed and start nothing"'
+		echo "postgrey, opendkim, opendmarc: service start/stop/restart succeed and start nothing"
+		for pp in 9591:lookup 9592:policyd 9593:authd 9594:milter; do
+			curl -fsS "http://127.0.0.1:${pp%%:*}/metrics" | grep -q "^# TYPE miab_" ||
+				{ echo "no metrics from miab-${pp#*:} on ${pp%%:*}"; exit 1; }
+		done
+		echo "each daemon serves /metrics on loopback (9591-9594)"'
 }
 # probe.py "$2..." must be refused (exit 3: 535 for SMTP AUTH, a failed IMAP login); $1 says
 # whose login it is, for the failure.

@@ -180,7 +180,7 @@ box_write_identity() {
 	# masked so no cron.daily job runs at a random time: the harness runs MIAB's cron jobs.
 	local m
 	for m in getty@tty1.service console-getty.service serial-getty@.service getty.target \
-		postgresql.service e2scrub_reap.service systemd-timesyncd.service systemd-pstore.service \
+		postgresql.service prometheus.service e2scrub_reap.service systemd-timesyncd.service systemd-pstore.service \
 		apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer \
 		fstrim.timer man-db.timer logrotate.timer systemd-tmpfiles-clean.timer \
 		systemd-udevd.service systemd-udev-trigger.service systemd-udev-settle.service \

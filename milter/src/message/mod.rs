@@ -404,6 +404,7 @@ impl Session {
                 drop(tx);
                 match task.await {
                     Ok(Ok(sigs)) => {
+                        let made = sigs.len() as u64;
                         for sig in sigs {
                             if let Err(e) = actions
                                 .insert_header(0, "DKIM-Signature", format!(" {sig}"))
@@ -414,10 +415,12 @@ impl Session {
                             }
                         }
                         tracing::info!(?domain, "signed");
+                        crate::metrics::signed(crate::metrics::Signing::signed, made);
                         Status::Continue
                     }
                     Ok(Err(e)) => {
                         tracing::error!(domain, error = %e, "signing failed; asking the client to retry");
+                        crate::metrics::signed(crate::metrics::Signing::failed, 1);
                         Status::Tempfail
                     }
                     Err(e) => {

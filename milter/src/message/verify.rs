@@ -157,6 +157,7 @@ impl Session {
                 tracing::warn!(error = %e, "could not add Authentication-Results");
             }
         }
+        crate::metrics::verified(&texts);
         tracing::info!(from = ?header_from, results = ?texts, "verified");
         if let Some(domain) = rejected {
             let _ = reply.set_error_reply(

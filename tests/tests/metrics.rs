@@ -1,0 +1,336 @@
+//! Every daemon's `/metrics` (`metrics_listen`) after real traffic through a real Postfix:
+//! a greylisted stranger, a failed and a good SMTP AUTH login, a signed submission. The
+//! figures move as they should, and Prometheus's own `promtool check metrics` accepts each
+//! endpoint's text. Bad requests to the endpoint get their HTTP error and the daemon keeps
+//! serving.
+
+use miab_e2e::dns::TestDns;
+use miab_e2e::fixture::{HOSTNAME, miab_box};
+use miab_e2e::postfix::{Postfix, PostfixConfig, lookup_socketmaps};
+use miab_e2e::process::DaemonProcess;
+use miab_e2e::tools::{run, swaks};
+use miab_e2e::{Scratch, free_port, require_program, wait_for_port, workspace_bin};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+const PASSWORD: &str = "a-long-password";
+
+/// One HTTP exchange with `port`: the whole answer (head and body).
+fn http(port: u16, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `/metrics` in OpenMetrics (as Prometheus asks for it).
+fn scrape(port: u16) -> String {
+    let answer = http(
+        port,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n\r\n",
+    );
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        head.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    body.to_owned()
+}
+
+/// `/metrics` in Prometheus's text format (what curl and promtool get).
+fn scrape_text(port: u16) -> String {
+    let answer = http(port, b"GET /metrics HTTP/1.0\r\n\r\n");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The value of the sample `name{labels}` (labels as the text spells them), or 0.
+fn value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `promtool check metrics` on the endpoint's text format: it parses it and lints the names,
+/// help texts and types; any finding fails.
+fn promtool(what: &str, port: u16) {
+    let promtool = require_program("/usr/bin/promtool", "prometheus");
+    let text = scrape_text(port);
+    let r = run(
+        Command::new(promtool).args(["check", "metrics"]),
+        Some(&text),
+    );
+    assert!(
+        r.ok(),
+        "{what}: promtool check metrics: {}{}\n{text}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+#[test]
+fn every_daemon_counts_what_postfix_sent_it() {
+    let dir = Scratch::new("metrics");
+    miab_box(dir.path());
+    let dns = TestDns::start();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let (lookup_m, policyd_m, authd_m, milter_m) = (ports[0], ports[1], ports[2], ports[3]);
+    let config = dir.join("sidecars.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage_root = \"{root}\"\nhostname = \"{HOSTNAME}\"\n\
+             [dns]\nnameservers = [\"{dns}\"]\ntimeout_ms = 400\n\
+             [lookup]\nmetrics_listen = \"inet:127.0.0.1:{lookup_m}\"\n\
+             [policyd]\nmetrics_listen = \"inet:127.0.0.1:{policyd_m}\"\n\
+             checks = [\"sender_login\", \"greylist\"]\ntrusted_clients = [\"127.0.0.1/32\"]\n\
+             [policyd.greylist]\nsyslog_socket = \"\"\nwhitelist_clients = []\n\
+             whitelist_recipients = []\ndelay_secs = 1\n\
+             [authd]\nmetrics_listen = \"inet:127.0.0.1:{authd_m}\"\nfailure_delay_ms = 0\n\
+             socket_mode = \"0666\"\nproxy_networks = []\n\
+             [milter]\nmetrics_listen = \"inet:127.0.0.1:{milter_m}\"\n",
+            root = dir.path().display(),
+            dns = dns.addr(),
+        ),
+    )
+    .unwrap();
+    let key = run(
+        Command::new(workspace_bin("miabctl")).args([
+            "--config",
+            config.to_str().unwrap(),
+            "dkim",
+            "generate",
+        ]),
+        None,
+    );
+    assert!(key.ok(), "{}{}", key.stdout, key.stderr);
+    let start = |bin: &str, args: &[&str]| {
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        DaemonProcess::start(&workspace_bin(bin), &all, dir.join(format!("{bin}.log")))
+    };
+    let milter_port = free_port();
+    let milter = start(
+        "miab-milter",
+        &["--listen", &format!("inet:127.0.0.1:{milter_port}")],
+    );
+    let lookup_port = free_port();
+    let lookup = start(
+        "miab-lookup",
+        &["--listen", &format!("inet:127.0.0.1:{lookup_port}")],
+    );
+    let policy_port = free_port();
+    let policyd = start(
+        "miab-policyd",
+        &["--listen", &format!("inet:127.0.0.1:{policy_port}")],
+    );
+    let auth_sock = dir.join("auth.sock");
+    let authd = start(
+        "miab-authd",
+        &[
+            "--listen",
+            &format!("unix:{}", auth_sock.display()),
+            "--checkpassword-listen",
+            &format!("unix:{}", dir.join("cp.sock").display()),
+        ],
+    );
+    let logs = || {
+        format!(
+            "lookup:\n{}\npolicyd:\n{}\nauthd:\n{}\nmilter:\n{}",
+            lookup.log(),
+            policyd.log(),
+            authd.log(),
+            milter.log()
+        )
+    };
+    for p in &ports {
+        assert!(
+            wait_for_port(*p, Duration::from_secs(10)),
+            "metrics port {p}\n{}",
+            logs()
+        );
+    }
+    let svc = |ctx: &str| {
+        format!(
+            "check_policy_service {{ inet:127.0.0.1:{policy_port}, timeout=10s, default_action=DEFER_IF_PERMIT, policy_context={ctx} }}"
+        )
+    };
+    let pf = Postfix::start(
+        lookup_socketmaps(
+            &format!("inet:127.0.0.1:{lookup_port}"),
+            PostfixConfig::default(),
+        )
+        .set("mynetworks", "127.0.0.1/32")
+        .set("smtpd_sasl_auth_enable", "yes")
+        .set("smtpd_sasl_type", "dovecot")
+        .set("smtpd_sasl_path", auth_sock.display().to_string())
+        .set("smtpd_sender_restrictions", svc("sender"))
+        .set(
+            "smtpd_recipient_restrictions",
+            format!(
+                "permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination, {}",
+                svc("recipient")
+            ),
+        )
+        .set("smtpd_milters", format!("inet:127.0.0.1:{milter_port}"))
+        .set("milter_default_action", "tempfail"),
+    );
+
+    // A stranger: greylisted.
+    let grey = swaks(
+        pf.smtp_port(),
+        &[
+            "--local-interface",
+            "127.0.0.9",
+            "--from",
+            "someone@foreign.example",
+            "--to",
+            "me@example.com",
+            "--quit-after",
+            "RCPT",
+        ],
+    );
+    assert!(grey.stdout.contains("450 4.2.0"), "{grey:?}\n{}", logs());
+    // A wrong password, then the right one with a signed message.
+    let auth = |password: &str| {
+        swaks(
+            pf.smtp_port(),
+            &[
+                "--from",
+                "me@example.com",
+                "--to",
+                "someone@elsewhere.example",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "me@example.com",
+                "--auth-password",
+                password,
+            ],
+        )
+    };
+    let bad = auth("wrong");
+    assert!(bad.stdout.contains("535"), "{bad:?}");
+    let good = auth(PASSWORD);
+    assert!(good.ok(), "{good:?}\n{}", logs());
+    // The stranger retries after the delay: accepted, and verified (no signature, no SPF
+    // record here).
+    std::thread::sleep(Duration::from_millis(1500));
+    let inbound = swaks(
+        pf.smtp_port(),
+        &[
+            "--local-interface",
+            "127.0.0.9",
+            "--from",
+            "someone@foreign.example",
+            "--to",
+            "me@example.com",
+        ],
+    );
+    assert!(inbound.ok(), "{inbound:?}\n{}", logs());
+
+    let policy = scrape(policyd_m);
+    promtool("miab-policyd", policyd_m);
+    assert!(
+        value(
+            &policy,
+            "miab_policyd_check_verdicts_total{check=\"greylist\",outcome=\"stop\",answer=\"defer_if_permit\"}"
+        ) >= 1.0,
+        "{policy}"
+    );
+    assert!(
+        value(
+            &policy,
+            "miab_policyd_answers_total{answer=\"defer_if_permit\"}"
+        ) >= 1.0,
+        "{policy}"
+    );
+    assert!(
+        value(
+            &policy,
+            "miab_policyd_check_seconds_count{check=\"greylist\"}"
+        ) >= 1.0,
+        "{policy}"
+    );
+    assert!(
+        !policy.contains("someone@"),
+        "no address as a label: {policy}"
+    );
+    assert!(!policy.contains("127.0.0.9"), "no IP as a label: {policy}");
+
+    let auth_text = scrape(authd_m);
+    promtool("miab-authd", authd_m);
+    for (result, want) in [("failed", 1.0), ("ok_password", 1.0)] {
+        let got = value(
+            &auth_text,
+            &format!(
+                "miab_authd_authentications_total{{service=\"smtp\",mechanism=\"plain\",result=\"{result}\"}}"
+            ),
+        );
+        assert_eq!(got, want, "{result}: {auth_text}");
+    }
+    assert!(!auth_text.contains("me@example.com"), "{auth_text}");
+
+    let lookups = scrape(lookup_m);
+    assert!(
+        value(
+            &lookups,
+            "miab_lookup_queries_total{map=\"domains\",answer=\"found\"}"
+        ) >= 1.0,
+        "{lookups}"
+    );
+    assert!(
+        value(&lookups, "miab_lookup_seconds_count{map=\"domains\"}") >= 1.0,
+        "{lookups}"
+    );
+    let milter_text = scrape(milter_m);
+    assert_eq!(
+        value(
+            &milter_text,
+            "miab_milter_signatures_total{outcome=\"signed\"}"
+        ),
+        1.0,
+        "{milter_text}"
+    );
+    assert!(
+        value(
+            &milter_text,
+            "miab_milter_auth_results_total{method=\"dkim\",result=\"none\"}"
+        ) >= 1.0,
+        "{milter_text}"
+    );
+    assert!(!milter_text.contains("example.com"), "{milter_text}");
+    for (what, port) in [("miab-lookup", lookup_m), ("miab-milter", milter_m)] {
+        let text = scrape(port);
+        promtool(what, port);
+        let accepted: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("miab_connections_accepted_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(accepted >= 1.0, "{what}: {text}");
+    }
+
+    // Bad requests: their HTTP error, and the endpoint keeps serving.
+    let not_found = http(policyd_m, b"GET / HTTP/1.1\r\n\r\n");
+    assert!(not_found.starts_with("HTTP/1.1 404 "), "{not_found}");
+    let post = http(policyd_m, b"POST /metrics HTTP/1.1\r\n\r\n");
+    assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+    let garbage = http(policyd_m, b"\xff\xfe\x00\r\n\r\n");
+    assert!(garbage.starts_with("HTTP/1.1 400 "), "{garbage}");
+    let huge = http(policyd_m, &vec![b'a'; 20_000]);
+    assert!(huge.starts_with("HTTP/1.1 431 "), "{huge}");
+    assert!(scrape(policyd_m).contains("# EOF"));
+}
