@@ -162,7 +162,7 @@ mod tests {
         let s = sample();
         assert_eq!(s.settings, Settings::default());
         // The package turns the metrics on, on loopback.
-        let server = daemon::Server {
+        let server = Server {
             metrics_listen: Some("inet:127.0.0.1:9593".parse().unwrap()),
             ..Settings::server_defaults()
         };
