@@ -77,16 +77,18 @@ chroot "$new" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root DEBI
 
 # MIAB's management venv, as box-setup.sh venv makes it on bookworm.
 reqs=$(sed -e 's/#.*//' "$HERE/wheels.list" | grep -v '^\s*$' | sed -e 's/cryptography==.*/cryptography/' | tr '\n' ' ')
-# The host's CA bundle for pip (its way to PyPI may pass through a proxy of its own).
+# The host's CA bundle and pip configuration for pip (its way to PyPI may pass through a
+# proxy or a mirror of its own).
 cp /etc/ssl/certs/ca-certificates.crt "$new/tmp/host-ca.crt"
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$new/etc/pip.conf"
 # shellcheck disable=SC2086
 chroot "$new" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PIP_CERT=/tmp/host-ca.crt \
-	${PIP_INDEX_URL:+PIP_INDEX_URL=$PIP_INDEX_URL} /bin/bash -euo pipefail -c "
+	${PIP_INDEX_URL:+PIP_INDEX_URL=$PIP_INDEX_URL} ${PIP_EXTRA_INDEX_URL:+PIP_EXTRA_INDEX_URL=$PIP_EXTRA_INDEX_URL} /bin/bash -euo pipefail -c "
 	virtualenv -q -p python3 /usr/local/lib/mailinabox/env
 	/usr/local/lib/mailinabox/env/bin/pip install -q --disable-pip-version-check $reqs
 " >>"$new.log" 2>&1 || { tail -40 "$new.log"; exit 1; }
 
-rm -f "$new/usr/sbin/policy-rc.d" "$new/etc/resolv.conf" "$new/tmp/host-ca.crt"
+rm -f "$new/usr/sbin/policy-rc.d" "$new/etc/resolv.conf" "$new/tmp/host-ca.crt" "$new/etc/pip.conf"
 umount_all
 trap - EXIT
 echo "$recipe" >"$new/.built"
