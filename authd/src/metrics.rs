@@ -63,6 +63,10 @@ pub enum Result_ {
     braked,
     /// The user DB could not be asked: a temporary failure.
     tempfail,
+    /// A mechanism we do not offer.
+    unsupported,
+    /// A cleartext password without TLS, refused before it was checked.
+    insecure,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -144,6 +144,7 @@ impl Answers {
             return fail("request id already in use");
         }
         if !handler::MECHANISMS.contains(&auth.mech.as_str()) {
+            metrics::authenticated(&auth.service, &auth.mech, metrics::Result_::unsupported);
             return fail("Unsupported authentication mechanism.");
         }
         if !handler::plaintext_allowed(
@@ -153,6 +154,7 @@ impl Answers {
             self.state.allow_insecure_plaintext,
         ) {
             tracing::info!(id, rip = ?auth.remote_ip, "plaintext authentication without TLS refused");
+            metrics::authenticated(&auth.service, &auth.mech, metrics::Result_::insecure);
             return fail(INSECURE_REASON);
         }
         let step = match (auth.mech.as_str(), auth.resp.as_deref()) {

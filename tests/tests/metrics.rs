@@ -241,6 +241,22 @@ fn every_daemon_counts_what_postfix_sent_it() {
     );
     assert!(inbound.ok(), "{inbound:?}\n{}", logs());
 
+    // A mechanism miab-authd does not offer, asked on its socket directly.
+    {
+        use std::io::BufRead;
+        let sock = std::os::unix::net::UnixStream::connect(&auth_sock).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        (&sock)
+            .write_all(b"VERSION\t1\t2\nCPID\t1\nAUTH\t7\tCRAM-MD5\tservice=smtp\tsecured\n")
+            .unwrap();
+        let mut lines = std::io::BufReader::new(&sock).lines();
+        let refused = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with("FAIL\t7"));
+        assert!(refused.is_some(), "no FAIL for CRAM-MD5");
+    }
     let policy = scrape(policyd_m);
     promtool("miab-policyd", policyd_m);
     assert!(
@@ -272,11 +288,15 @@ fn every_daemon_counts_what_postfix_sent_it() {
 
     let auth_text = scrape(authd_m);
     promtool("miab-authd", authd_m);
-    for (result, want) in [("failed", 1.0), ("ok_password", 1.0)] {
+    for (mechanism, result, want) in [
+        ("plain", "failed", 1.0),
+        ("plain", "ok_password", 1.0),
+        ("other", "unsupported", 1.0),
+    ] {
         let got = value(
             &auth_text,
             &format!(
-                "miab_authd_authentications_total{{service=\"smtp\",mechanism=\"plain\",result=\"{result}\"}}"
+                "miab_authd_authentications_total{{service=\"smtp\",mechanism=\"{mechanism}\",result=\"{result}\"}}"
             ),
         );
         assert_eq!(got, want, "{result}: {auth_text}");
