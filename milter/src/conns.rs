@@ -13,6 +13,8 @@
 //! [`IN_MESSAGE`] timeout applies. Failing to accept (out of file descriptors) makes room
 //! the same way instead of ending the listener.
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
@@ -125,18 +127,32 @@ pub struct Table {
     idle: Duration,
     next: AtomicU64,
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    /// The listener's connection figures (`miab_connections_*`).
+    open: Gauge,
+    accepted: Counter,
+    waited: Counter,
+    /// Accepting paused for want of room since the last connection.
+    was_full: AtomicBool,
 }
 
 impl Table {
     /// A table for at most `cap` connections, closing those idle between messages for
-    /// longer than `idle`.
-    pub fn new(cap: usize, idle: Duration) -> Arc<Table> {
+    /// longer than `idle`; its figures are counted under `listener`.
+    pub fn new(cap: usize, idle: Duration, listener: &str) -> Arc<Table> {
+        let label = daemon::metrics::ListenerLabel {
+            listener: listener.to_owned(),
+        };
+        let figures = daemon::metrics::connections();
         Arc::new(Table {
             start: Instant::now(),
             cap: cap.max(1),
             idle,
             next: AtomicU64::new(0),
             slots: Mutex::new(HashMap::new()),
+            open: figures.open.get_or_create(&label).clone(),
+            accepted: figures.accepted.get_or_create(&label).clone(),
+            waited: figures.waited.get_or_create(&label).clone(),
+            was_full: AtomicBool::new(false),
         })
     }
 
@@ -240,6 +256,11 @@ impl Table {
             waker: Mutex::new(None),
         });
         self.slots().insert(id, Arc::clone(&slot));
+        self.accepted.inc();
+        self.open.inc();
+        if self.was_full.swap(false, Ordering::Relaxed) {
+            self.waited.inc();
+        }
         (id, slot)
     }
 }
@@ -286,6 +307,7 @@ impl<L: indymilter::Listener> indymilter::Listener for Watched<L> {
                 self.pause = None;
             }
             if !self.table.has_room() {
+                self.table.was_full.store(true, Ordering::Relaxed);
                 self.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_PAUSE)));
                 continue;
             }
@@ -327,6 +349,7 @@ pub struct Stream<S> {
 impl<S> Drop for Stream<S> {
     fn drop(&mut self) {
         self.table.slots().remove(&self.id);
+        self.table.open.dec();
     }
 }
 
@@ -443,7 +466,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn the_idlest_outside_a_message_goes_first() {
-        let t = Table::new(3, Duration::from_secs(330));
+        let t = Table::new(3, Duration::from_secs(330), "test");
         let (_, a) = t.register();
         let (_, b) = t.register();
         let (_, c) = t.register();
@@ -460,7 +483,7 @@ mod tests {
         assert_eq!(t.slots().len(), 2);
         assert!(t.has_room(), "below the cap");
         // All busy inside a message and just active: wait.
-        let t = Table::new(1, Duration::from_secs(330));
+        let t = Table::new(1, Duration::from_secs(330), "test");
         let (_, d) = t.register();
         d.stage.store(Stage::Message as u8, Ordering::Relaxed);
         d.last.store(t.now(), Ordering::Relaxed);

@@ -206,7 +206,10 @@ async fn serve<T: Send + 'static>(
     shutdown: Shutdown,
     drain: Duration,
 ) -> std::io::Result<()> {
-    let table = conns::Table::new(limits.0, limits.1);
+    let label = listener
+        .local_addr()
+        .map_or_else(|_| "unknown".into(), |a| a.to_string());
+    let table = conns::Table::new(limits.0, limits.1, &label);
     table.spawn_sweeper();
     let stop = {
         let shutdown = shutdown.clone();

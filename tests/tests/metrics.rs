@@ -332,6 +332,16 @@ fn every_daemon_counts_what_postfix_sent_it() {
         "{milter_text}"
     );
     assert!(!milter_text.contains("example.com"), "{milter_text}");
+    // Postfix's milter connections, on the milter's own listener.
+    assert!(
+        value(
+            &milter_text,
+            &format!(
+                "miab_connections_accepted_total{{listener=\"inet:127.0.0.1:{milter_port}\"}}"
+            )
+        ) >= 2.0,
+        "{milter_text}"
+    );
     for (what, port) in [("miab-lookup", lookup_m), ("miab-milter", milter_m)] {
         let text = scrape(port);
         promtool(what, port);
