@@ -13,6 +13,7 @@ pub mod live_box;
 pub mod postfix;
 pub mod postgres;
 pub mod process;
+pub mod sidecars;
 pub mod sink;
 pub mod tools;
 

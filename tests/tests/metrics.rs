@@ -6,10 +6,10 @@
 
 use miab_e2e::dns::TestDns;
 use miab_e2e::fixture::{HOSTNAME, miab_box};
-use miab_e2e::postfix::{Postfix, PostfixConfig, lookup_socketmaps};
-use miab_e2e::process::DaemonProcess;
+use miab_e2e::postfix::Postfix;
+use miab_e2e::sidecars::Sidecars;
 use miab_e2e::tools::{run, swaks};
-use miab_e2e::{Scratch, free_port, require_program, wait_for_port, workspace_bin};
+use miab_e2e::{Scratch, free_port, require_program, wait_for_port};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -106,55 +106,8 @@ fn every_daemon_counts_what_postfix_sent_it() {
         ),
     )
     .unwrap();
-    let key = run(
-        Command::new(workspace_bin("miabctl")).args([
-            "--config",
-            config.to_str().unwrap(),
-            "dkim",
-            "generate",
-        ]),
-        None,
-    );
-    assert!(key.ok(), "{}{}", key.stdout, key.stderr);
-    let start = |bin: &str, args: &[&str]| {
-        let mut all = vec!["--config", config.to_str().unwrap()];
-        all.extend_from_slice(args);
-        DaemonProcess::start(&workspace_bin(bin), &all, dir.join(format!("{bin}.log")))
-    };
-    let milter_port = free_port();
-    let milter = start(
-        "miab-milter",
-        &["--listen", &format!("inet:127.0.0.1:{milter_port}")],
-    );
-    let lookup_port = free_port();
-    let lookup = start(
-        "miab-lookup",
-        &["--listen", &format!("inet:127.0.0.1:{lookup_port}")],
-    );
-    let policy_port = free_port();
-    let policyd = start(
-        "miab-policyd",
-        &["--listen", &format!("inet:127.0.0.1:{policy_port}")],
-    );
-    let auth_sock = dir.join("auth.sock");
-    let authd = start(
-        "miab-authd",
-        &[
-            "--listen",
-            &format!("unix:{}", auth_sock.display()),
-            "--checkpassword-listen",
-            &format!("unix:{}", dir.join("cp.sock").display()),
-        ],
-    );
-    let logs = || {
-        format!(
-            "lookup:\n{}\npolicyd:\n{}\nauthd:\n{}\nmilter:\n{}",
-            lookup.log(),
-            policyd.log(),
-            authd.log(),
-            milter.log()
-        )
-    };
+    let daemons = Sidecars::start(&dir, &config);
+    let logs = || daemons.logs();
     for p in &ports {
         assert!(
             wait_for_port(*p, Duration::from_secs(10)),
@@ -162,31 +115,9 @@ fn every_daemon_counts_what_postfix_sent_it() {
             logs()
         );
     }
-    let svc = |ctx: &str| {
-        format!(
-            "check_policy_service {{ inet:127.0.0.1:{policy_port}, timeout=10s, default_action=DEFER_IF_PERMIT, policy_context={ctx} }}"
-        )
-    };
-    let pf = Postfix::start(
-        lookup_socketmaps(
-            &format!("inet:127.0.0.1:{lookup_port}"),
-            PostfixConfig::default(),
-        )
-        .set("mynetworks", "127.0.0.1/32")
-        .set("smtpd_sasl_auth_enable", "yes")
-        .set("smtpd_sasl_type", "dovecot")
-        .set("smtpd_sasl_path", auth_sock.display().to_string())
-        .set("smtpd_sender_restrictions", svc("sender"))
-        .set(
-            "smtpd_recipient_restrictions",
-            format!(
-                "permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination, {}",
-                svc("recipient")
-            ),
-        )
-        .set("smtpd_milters", format!("inet:127.0.0.1:{milter_port}"))
-        .set("milter_default_action", "tempfail"),
-    );
+    let milter_port = daemons.milter_port;
+    let auth_sock = daemons.auth_sock.clone();
+    let pf = Postfix::start(daemons.postfix_config());
 
     // A stranger: greylisted.
     let grey = swaks(

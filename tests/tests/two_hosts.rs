@@ -14,11 +14,11 @@
 use miab_e2e::dns::TestDns;
 use miab_e2e::dovecot::{Auth, Dovecot};
 use miab_e2e::fixture::{HOSTNAME, miab_box};
-use miab_e2e::postfix::{Postfix, PostfixConfig, lookup_socketmaps};
+use miab_e2e::postfix::Postfix;
 use miab_e2e::postgres::Postgres;
-use miab_e2e::process::DaemonProcess;
+use miab_e2e::sidecars::Sidecars;
 use miab_e2e::tools::{Run, imap_login, postmap_lookup, run, swaks};
-use miab_e2e::{Scratch, free_port, require_program, wait_until, workspace_bin};
+use miab_e2e::{Scratch, require_program, wait_until, workspace_bin};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -30,12 +30,8 @@ const DEADLINE_MS: u64 = 500;
 struct Host {
     dir: Scratch,
     config: std::path::PathBuf,
-    lookup_port: u16,
     pf: Postfix,
-    lookup: DaemonProcess,
-    policyd: DaemonProcess,
-    authd: DaemonProcess,
-    milter: DaemonProcess,
+    daemons: Sidecars,
 }
 
 impl Host {
@@ -66,82 +62,13 @@ impl Host {
             ),
         )
         .unwrap();
-        let start = |bin: &str, args: &[&str]| {
-            let mut all = vec!["--config", config.to_str().unwrap()];
-            all.extend_from_slice(args);
-            DaemonProcess::start(&workspace_bin(bin), &all, dir.join(format!("{bin}.log")))
-        };
-        let key = run(
-            Command::new(workspace_bin("miabctl")).args([
-                "--config",
-                config.to_str().unwrap(),
-                "dkim",
-                "generate",
-            ]),
-            None,
-        );
-        assert!(key.ok(), "{}{}", key.stdout, key.stderr);
-        let milter_port = free_port();
-        let milter = start(
-            "miab-milter",
-            &["--listen", &format!("inet:127.0.0.1:{milter_port}")],
-        );
-        let lookup_port = free_port();
-        let lookup = start(
-            "miab-lookup",
-            &["--listen", &format!("inet:127.0.0.1:{lookup_port}")],
-        );
-        let policy_port = free_port();
-        let policyd = start(
-            "miab-policyd",
-            &["--listen", &format!("inet:127.0.0.1:{policy_port}")],
-        );
-        let auth_sock = dir.join("auth.sock");
-        let helper_sock = dir.join("checkpassword.sock");
-        let authd = start(
-            "miab-authd",
-            &[
-                "--listen",
-                &format!("unix:{}", auth_sock.display()),
-                "--checkpassword-listen",
-                &format!("unix:{}", helper_sock.display()),
-            ],
-        );
-        let svc = |ctx: &str| {
-            format!(
-                "check_policy_service {{ inet:127.0.0.1:{policy_port}, timeout=10s, default_action=DEFER_IF_PERMIT, policy_context={ctx} }}"
-            )
-        };
-        let pf = Postfix::start(
-            lookup_socketmaps(
-                &format!("inet:127.0.0.1:{lookup_port}"),
-                PostfixConfig::default(),
-            )
-            .set("mynetworks", "127.0.0.1/32")
-            .set("smtpd_sasl_auth_enable", "yes")
-            .set("smtpd_sasl_type", "dovecot")
-            .set("smtpd_sasl_path", auth_sock.display().to_string())
-            .set("smtpd_sender_restrictions", svc("sender"))
-            .set(
-                "smtpd_recipient_restrictions",
-                format!(
-                    "permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination, {}",
-                    svc("recipient")
-                ),
-            )
-            .set("smtpd_end_of_data_restrictions", svc("data"))
-            .set("smtpd_milters", format!("inet:127.0.0.1:{milter_port}"))
-            .set("milter_default_action", "tempfail"),
-        );
+        let daemons = Sidecars::start(&dir, &config);
+        let pf = Postfix::start(daemons.postfix_config());
         Host {
             dir,
             config,
-            lookup_port,
             pf,
-            lookup,
-            policyd,
-            authd,
-            milter,
+            daemons,
         }
     }
 
@@ -149,13 +76,16 @@ impl Host {
         format!(
             "{} --socket {}",
             workspace_bin("miab-checkpassword").display(),
-            self.dir.join("checkpassword.sock").display()
+            self.daemons.checkpassword_sock.display()
         )
     }
 
     /// Does this host's miab-lookup know the mailbox (`postmap -q` over its socketmap)?
     fn knows(&self, address: &str) -> bool {
-        let map = format!("socketmap:inet:127.0.0.1:{}:mailboxes", self.lookup_port);
+        let map = format!(
+            "socketmap:inet:127.0.0.1:{}:mailboxes",
+            self.daemons.lookup_port
+        );
         matches!(postmap_lookup(None, address, &map), Ok(Some(_)))
     }
 
@@ -212,13 +142,7 @@ impl Host {
     }
 
     fn logs(&self) -> String {
-        format!(
-            "lookup:\n{}\npolicyd:\n{}\nauthd:\n{}\nmilter:\n{}",
-            self.lookup.log(),
-            self.policyd.log(),
-            self.authd.log(),
-            self.milter.log()
-        )
+        self.daemons.logs()
     }
 }
 
@@ -283,11 +207,12 @@ fn two_hosts_share_one_postgresql() {
     let retry = two.send("127.0.0.5", "alice@example.net", "me@example.com", "grey 2");
     assert!(retry.ok(), "{}\n{}", retry.stdout, two.logs());
     assert!(
-        two.policyd
+        two.daemons
+            .policyd
             .log()
             .contains("action=pass, reason=triplet found"),
         "{}",
-        two.policyd.log()
+        two.daemons.policyd.log()
     );
 
     // A user added on host 1 is known on host 2 within a second.
@@ -415,7 +340,8 @@ fn two_hosts_share_one_postgresql() {
         "the directory answers from its snapshot"
     );
     assert!(
-        two.policyd
+        two.daemons
+            .policyd
             .log()
             .contains("check failed; answering the fail action")
     );
