@@ -257,6 +257,7 @@ impl Answers {
             Verified::Yes(account, how) => {
                 tracing::info!(id, user = ?account.email, rip = ?auth.remote_ip, service = ?auth.service, with = how, "authenticated");
                 metrics::authenticated(&auth.service, &auth.mech, metrics::success(how));
+                journal(auth, &account.email, || format!("ok: with {how}"));
                 self.state.brake.succeeded(
                     auth.remote_ip.parse().ok(),
                     &handler::fold_login(&account.email),
@@ -274,6 +275,7 @@ impl Answers {
             Verified::No(login, why) => {
                 tracing::info!(id, login = ?login, rip = ?auth.remote_ip, service = ?auth.service, reason = why, "authentication failed");
                 metrics::authenticated(&auth.service, &auth.mech, metrics::Result_::failed);
+                journal(auth, &login, || format!("failed: {why}"));
                 if self.socket == Socket::Postfix {
                     tokio::time::sleep(self.state.failure_delay).await;
                 }
@@ -286,6 +288,9 @@ impl Answers {
             Verified::Refused(login) => {
                 tracing::info!(id, login = ?login, rip = ?auth.remote_ip, "refused while cooling off");
                 metrics::authenticated(&auth.service, &auth.mech, metrics::Result_::braked);
+                journal(auth, &login, || {
+                    "braked: refused while the brake cools off (too many failures)".into()
+                });
                 Reply::Fail {
                     id,
                     temp: false,
@@ -295,6 +300,7 @@ impl Answers {
             Verified::Temp(why) => {
                 tracing::warn!(id, rip = ?auth.remote_ip, error = %why, "user DB unavailable; temporary failure");
                 metrics::authenticated(&auth.service, &auth.mech, metrics::Result_::tempfail);
+                journal(auth, "", || format!("tempfail: {why}"));
                 Reply::Fail {
                     id,
                     temp: true,
@@ -303,4 +309,19 @@ impl Answers {
             }
         }
     }
+}
+
+/// Records an authentication's outcome in the journal, if one is kept: the login as given,
+/// the client, the service and mechanism. Never the password.
+fn journal(auth: &Auth, login: &str, detail: impl FnOnce() -> String) {
+    if !daemon::journal::enabled() {
+        return;
+    }
+    let mut e = daemon::journal::JournalEntry::now("authd", "login");
+    e.login = handler::fold_login(login);
+    e.client.clone_from(&auth.remote_ip);
+    let detail = detail();
+    let (head, rest) = detail.split_once(": ").unwrap_or((&detail, ""));
+    e.detail = format!("{head}: {} {} {rest}", auth.service, auth.mech);
+    daemon::journal::record(e);
 }

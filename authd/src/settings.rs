@@ -96,6 +96,7 @@ impl daemon::Section for Settings {
     fn server_defaults() -> Server {
         Server {
             metrics_listen: None,
+            journal: daemon::config::JournalSettings::default(),
             listen: ListenAddr::Unix("/var/spool/postfix/miab-authd/auth".into()),
             unix: UnixOptions::default(),
             limits: Limits {
@@ -164,6 +165,10 @@ mod tests {
         // The package turns the metrics on, on loopback.
         let server = Server {
             metrics_listen: Some("inet:127.0.0.1:9593".parse().unwrap()),
+            journal: daemon::config::JournalSettings {
+                path: Some("/var/lib/miab-authd/journal.sqlite".into()),
+                days: 7,
+            },
             ..Settings::server_defaults()
         };
         assert_eq!(s.server, server);

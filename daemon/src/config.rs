@@ -329,6 +329,37 @@ impl Config {
         )
     }
 
+    /// Each daemon's decision journal, as its section's `journal` names it (sections that
+    /// keep none are left out), in the order lookup, policyd, authd, milter.
+    pub fn journals(&self) -> Vec<(&'static str, PathBuf)> {
+        self.daemon_setting("journal")
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(d, v)| (d, PathBuf::from(v)))
+            .collect()
+    }
+
+    /// Each daemon's `metrics_listen`, where its section sets one, in the same order.
+    pub fn metrics_endpoints(&self) -> Vec<(&'static str, ListenAddr)> {
+        self.daemon_setting("metrics_listen")
+            .into_iter()
+            .filter_map(|(d, v)| Some((d, v.parse().ok()?)))
+            .collect()
+    }
+
+    /// A string setting of each daemon's section, where the file has it.
+    fn daemon_setting(&self, key: &str) -> Vec<(&'static str, String)> {
+        [
+            ("lookup", &self.lookup),
+            ("policyd", &self.policyd),
+            ("authd", &self.authd),
+            ("milter", &self.milter),
+        ]
+        .into_iter()
+        .filter_map(|(d, t)| Some((d, t.as_ref()?.get(key)?.as_str()?.to_owned())))
+        .collect()
+    }
+
     /// The user DB: `STORAGE_ROOT/mail/users.sqlite`.
     pub fn db_path(&self) -> PathBuf {
         self.layout().users_db()
@@ -369,7 +400,7 @@ pub trait Section: DeserializeOwned + Default {
 
 /// The listener settings every section has: `listen`, `metrics_listen`, `socket_mode`,
 /// `socket_group`, `max_connections`, `io_timeout_secs`, `idle_timeout_secs`,
-/// `drain_timeout_secs`.
+/// `drain_timeout_secs`; and the decision journal's `journal` and `journal_days`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Server {
     /// Where to listen, in Postfix notation.
@@ -382,6 +413,33 @@ pub struct Server {
     /// Where `GET /metrics` is served (`metrics_listen`, Postfix notation); `None` (or `""`
     /// in the file) serves none.
     pub metrics_listen: Option<ListenAddr>,
+    /// The decision journal (`journal`, `journal_days`).
+    pub journal: JournalSettings,
+}
+
+/// Where a daemon keeps its decision journal, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalSettings {
+    /// The journal's SQLite file (`journal`); `None` (or `""` in the file) keeps none.
+    pub path: Option<PathBuf>,
+    /// Days an entry is kept (`journal_days`). Default 7.
+    pub days: u32,
+}
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        JournalSettings {
+            path: None,
+            days: 7,
+        }
+    }
+}
+
+impl JournalSettings {
+    /// How long an entry is kept.
+    pub fn keep(&self) -> Duration {
+        Duration::from_secs(u64::from(self.days.max(1)) * 86_400)
+    }
 }
 
 /// A section as read: listener settings and the daemon's own.
@@ -428,9 +486,11 @@ pub struct Endpoint {
 }
 
 /// The names of [`Server`]'s settings.
-const SERVER_KEYS: [&str; 8] = [
+const SERVER_KEYS: [&str; 10] = [
     "listen",
     "metrics_listen",
+    "journal",
+    "journal_days",
     "socket_mode",
     "socket_group",
     "max_connections",
@@ -576,6 +636,16 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for ServerKeys<A> {
                     } else {
                         Some(text.parse().map_err(de::Error::custom)?)
                     };
+                }
+                "journal" => {
+                    let text: String = self.inner.next_value()?;
+                    s.journal.path = (!text.is_empty()).then(|| PathBuf::from(text));
+                }
+                "journal_days" => {
+                    s.journal.days = self.inner.next_value()?;
+                    if s.journal.days == 0 {
+                        return Err(de::Error::custom("journal_days must be at least 1"));
+                    }
                 }
                 "socket_mode" => s.unix.mode = self.inner.next_value::<Mode>()?.0,
                 "socket_group" => s.unix.group = Some(self.inner.next_value()?),

@@ -1,5 +1,5 @@
 //! What every daemon's `main` does, in one place: load the configuration and the daemon's
-//! section, apply `--listen`, start the runtime, open the daemon's state, bind every socket the
+//! section, apply `--listen`, start the runtime, open the decision journal and the daemon's state, bind every socket the
 //! section declares, log "ready", serve until SIGTERM or SIGINT, and turn any failure into one
 //! error line and a non-zero exit.
 
@@ -89,6 +89,16 @@ where
         Err(e) => return fail(format!("tokio runtime: {e}")),
     };
     rt.block_on(async {
+        if let Some(path) = &section.server.journal.path {
+            // The journal is for people reading it later: without it the daemon still decides.
+            if let Err(e) = crate::journal::open(
+                path,
+                section.server.journal.keep(),
+                config.db_busy_timeout(),
+            ) {
+                tracing::warn!(journal = %path.display(), error = %e, "no decision journal");
+            }
+        }
         let (state, summary) = match open(config.clone(), section.clone()).await {
             Ok(s) => s,
             Err(e) => return fail(e.to_string()),

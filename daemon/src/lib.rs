@@ -1,13 +1,14 @@
 //! Plumbing shared by the sidecar daemons: the configuration file with its embedded defaults
 //! (the shared part, and the reading of each daemon's own section),
 //! the common flags, listeners in Postfix notation, the accept loop with its limits and graceful
-//! shutdown, and logging.
+//! shutdown, the metrics endpoint, the decision journal, and logging.
 
 pub mod boxconf;
 pub mod cli;
 pub mod config;
 #[cfg(feature = "dns")]
 pub mod dns;
+pub mod journal;
 pub mod launch;
 pub mod layout;
 pub mod listen;

@@ -52,6 +52,9 @@ impl Handler<Vec<u8>> for Answers {
         let started = std::time::Instant::now();
         let (map, reply) = answer(&self.state, &frame).await;
         crate::metrics::answered(map, &reply, started.elapsed());
+        if matches!(reply, Reply::Temp(_) | Reply::Perm(_)) {
+            journal(&frame, &reply);
+        }
         reply.encode(out);
     }
 
@@ -115,4 +118,25 @@ async fn answer_key(state: &State, map: Map, key: Option<&str>) -> Reply {
             })
         }
     }
+}
+
+/// A lookup Postfix could not get an answer to (it defers or bounces the mail for it), in
+/// the journal, keyed by the address it asked about. Found and not-found answers are
+/// Postfix's to log (`User unknown`, `orig_to=`).
+fn journal(frame: &[u8], reply: &Reply) {
+    if !daemon::journal::enabled() {
+        return;
+    }
+    let (map, key) = match proto::parse_request(frame) {
+        Ok(r) => (r.map.to_owned(), r.key.unwrap_or_default().to_lowercase()),
+        Err(_) => ("?".to_owned(), String::new()),
+    };
+    let mut e = daemon::journal::JournalEntry::now("lookup", "lookup");
+    e.detail = match reply {
+        Reply::Temp(why) => format!("tempfail: {map} {key:?}: {why}"),
+        Reply::Perm(why) => format!("permfail: {map} {key:?}: {why}"),
+        _ => return,
+    };
+    e.recipient = key;
+    daemon::journal::record(e);
 }

@@ -24,6 +24,7 @@ impl daemon::Section for Settings {
     fn server_defaults() -> Server {
         Server {
             metrics_listen: None,
+            journal: daemon::config::JournalSettings::default(),
             listen: ListenAddr::Inet(([127, 0, 0, 1], 10029).into()),
             unix: UnixOptions::default(),
             limits: Limits {
@@ -60,6 +61,10 @@ mod tests {
         assert_eq!(s.settings, Settings::default());
         let want = Server {
             metrics_listen: Some("inet:127.0.0.1:9591".parse().unwrap()),
+            journal: daemon::config::JournalSettings {
+                path: Some("/var/lib/miab-lookup/journal.sqlite".into()),
+                days: 7,
+            },
             listen: ListenAddr::Unix("/var/spool/postfix/miab-lookup/socketmap".into()),
             ..Settings::server_defaults()
         };

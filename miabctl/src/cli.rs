@@ -3,6 +3,7 @@
 
 use crate::cmd::alias::AliasCmd;
 use crate::cmd::dns::{DkimCmd, DnsCmd, DomainCmd};
+use crate::cmd::explain::ExplainArgs;
 use crate::cmd::held::HeldArgs;
 use crate::cmd::sidecars::SidecarsCmd;
 use crate::cmd::user::UserCmd;
@@ -102,6 +103,10 @@ pub enum Command {
     /// Logins whose outgoing mail miab-policyd holds, with their figures; `held release LOGIN`
     /// lets one send again.
     Held(HeldArgs),
+    /// The story of a message (by Postfix queue id) or of an address: every daemon's
+    /// decisions with their reasons, and Postfix's own log lines. Exit code 1 when nothing is
+    /// known about it.
+    Explain(ExplainArgs),
     /// Switch a live Mail-in-a-Box box to the sidecar daemons and back (run as root).
     Sidecars {
         #[command(subcommand)]

@@ -39,6 +39,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Dkim { command } => cmd::dns::dkim(cli, command),
         Command::Dns { command } => cmd::dns::dns(cli, command),
         Command::Held(args) => cmd::held::run(cli, args),
+        Command::Explain(args) => cmd::explain::run(cli, args),
         Command::Sidecars { command } => cmd::sidecars::run(cli, command),
     }
 }

@@ -157,6 +157,7 @@ impl daemon::Section for Settings {
     fn server_defaults() -> Server {
         Server {
             metrics_listen: None,
+            journal: daemon::config::JournalSettings::default(),
             listen: ListenAddr::Inet(([127, 0, 0, 1], 8891).into()),
             unix: UnixOptions::default(),
             limits: Limits {
@@ -232,6 +233,10 @@ mod tests {
         // The package turns the metrics on, on loopback.
         let server = Server {
             metrics_listen: Some("inet:127.0.0.1:9594".parse().unwrap()),
+            journal: daemon::config::JournalSettings {
+                path: Some("/var/lib/miab-milter/journal.sqlite".into()),
+                days: 7,
+            },
             ..Settings::server_defaults()
         };
         assert_eq!(s.server, server);

@@ -37,6 +37,8 @@ impl Policy {
             client_ip,
             trusted: client_ip.is_some_and(|ip| any_contains(&self.trusted, ip)),
         };
+        let journal = daemon::journal::enabled();
+        let mut story: Vec<String> = Vec::new();
         let mut verdicts = Vec::new();
         for check in &self.checks {
             if !checks::runs_in(check.as_ref(), &req.policy_context)
@@ -54,11 +56,20 @@ impl Policy {
                         _ => Answer::dunno,
                     };
                     metrics::checked(check.name(), Outcome::stop, answer, took);
+                    if journal {
+                        story.push(format!("{}=stop", check.name()));
+                    }
                     verdicts.push(v);
                     break;
                 }
                 Ok(v) => {
                     metrics::checked(check.name(), Outcome::of(&v), Answer::dunno, took);
+                    if journal {
+                        story.push(match &v {
+                            Verdict::Prepend(h) => format!("{}=header({h})", check.name()),
+                            _ => format!("{}=dunno", check.name()),
+                        });
+                    }
                     verdicts.push(v);
                 }
                 Err(Failed(why)) => {
@@ -74,6 +85,9 @@ impl Policy {
                     );
                     let action = Action::configured(action);
                     metrics::checked(check.name(), outcome, Answer::of(&action), took);
+                    if journal {
+                        story.push(format!("{}={outcome:?}({why})", check.name()));
+                    }
                     // A DUNNO fail action lets the remaining checks have their say.
                     if !action.is_dunno() {
                         verdicts.push(Verdict::Stop(action));
@@ -84,6 +98,32 @@ impl Policy {
         }
         let answer = verdict::combine(verdicts);
         metrics::answered(&answer);
+        if journal {
+            record(req, &answer, &story);
+        }
         answer
     }
+}
+
+/// The request's journal entry: the answer by kind, its text, where Postfix asked, and each
+/// check's verdict in order.
+fn record(req: &Request, answer: &Action, story: &[String]) {
+    let mut e = daemon::journal::JournalEntry::now("policyd", "policy");
+    e.queue_id.clone_from(&req.queue_id);
+    e.instance.clone_from(&req.instance);
+    e.client.clone_from(&req.client_address);
+    e.sender = req.sender.to_lowercase();
+    e.recipient = req.recipient.to_lowercase();
+    e.login = req.sasl_username.to_lowercase();
+    let stage = if req.protocol_state.is_empty() {
+        "?"
+    } else {
+        &req.protocol_state
+    };
+    e.detail = format!(
+        "{:?}: {answer} (at {stage}; {})",
+        Answer::of(answer),
+        story.join(", ")
+    );
+    daemon::journal::record(e);
 }

@@ -84,6 +84,7 @@ impl daemon::Section for Settings {
     fn server_defaults() -> Server {
         Server {
             metrics_listen: None,
+            journal: daemon::config::JournalSettings::default(),
             listen: ListenAddr::Inet(([127, 0, 0, 1], 10023).into()),
             unix: UnixOptions::default(),
             limits: Limits {
@@ -503,6 +504,8 @@ mod tests {
             .unwrap();
         // The package turns the metrics on, on loopback.
         server.metrics_listen = Some("inet:127.0.0.1:9592".parse().unwrap());
+        // And the decision journal.
+        server.journal.path = Some("/var/lib/miab-policyd/journal.sqlite".into());
         assert_eq!(s.server, server);
     }
 

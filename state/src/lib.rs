@@ -10,6 +10,7 @@
 //!   one transaction takes all that wait, each is answered after the commit;
 //! - how the SQLite state files are opened ([`sqlite`]); PostgreSQL, for several hosts, with
 //!   its schema, deadlines and circuit breaker, and the same stores over it ([`pg`]);
+//! - the decision journal each daemon keeps for `miabctl explain` ([`journal`]);
 //! - the backup hold that keeps them copyable ([`backup`]);
 //! - the clock, and the civil date of a day count, for what the binaries print ([`clock`]).
 //!
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod commit;
 mod error;
 pub mod greylist;
+pub mod journal;
 pub mod known_devices;
 pub mod pg;
 pub mod sending;

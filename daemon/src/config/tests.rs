@@ -26,6 +26,7 @@ impl Section for Demo {
     fn server_defaults() -> Server {
         Server {
             metrics_listen: None,
+            journal: JournalSettings::default(),
             listen: "inet:127.0.0.1:1".parse().unwrap(),
             unix: UnixOptions::default(),
             limits: Limits::default(),

@@ -7,6 +7,7 @@
 pub mod alias;
 pub mod app_password;
 pub mod dns;
+pub mod explain;
 pub mod held;
 pub mod mfa;
 pub mod sidecars;

@@ -87,6 +87,11 @@ pub struct Session {
     conn_span: tracing::Span,
     /// `msg{qid}` below it, for the message in progress.
     span: tracing::Span,
+    /// The connection's number, and the message's within it (the journal's `instance`).
+    conn: u64,
+    messages: u64,
+    /// Postfix's queue id of the message in progress, if known.
+    qid: String,
 }
 
 impl Session {
@@ -108,6 +113,9 @@ impl Session {
             evidence: origin::Evidence::default(),
             work: Work::Headers,
             quiet,
+            conn,
+            messages: 0,
+            qid: String::new(),
         }
     }
 
@@ -137,6 +145,8 @@ impl Session {
     /// MAIL FROM starts a message.
     pub(crate) fn mail(&mut self, sender: &str, login: Option<String>) {
         self.abort();
+        self.messages += 1;
+        self.qid.clear();
         self.span =
             tracing::info_span!(parent: &self.conn_span, "msg", qid = tracing::field::Empty);
         self.sender = sender
@@ -213,6 +223,22 @@ impl Session {
         if !qid.is_empty() {
             self.span.record("qid", tracing::field::display(&qid));
         }
+        self.qid = qid;
+    }
+
+    /// Records a decision about the message in progress in the journal, if one is kept.
+    fn journal(&self, event: &str, detail: impl FnOnce() -> String) {
+        if !daemon::journal::enabled() {
+            return;
+        }
+        let mut e = daemon::journal::JournalEntry::now("milter", event);
+        e.queue_id.clone_from(&self.qid);
+        e.instance = format!("milter.{}.{}", self.conn, self.messages);
+        e.client = self.client.map(|ip| ip.to_string()).unwrap_or_default();
+        e.sender = self.sender.to_lowercase();
+        e.login = self.login.as_deref().unwrap_or_default().to_lowercase();
+        e.detail = detail();
+        daemon::journal::record(e);
     }
 
     /// What `from_header` makes of an address found wrong (`found`, the reply text): with
@@ -388,11 +414,13 @@ impl Session {
         let work = std::mem::replace(&mut self.work, Work::Headers);
         match self.refusal.take() {
             Some(Refusal::Permanent(text)) => {
+                self.journal("refused", || format!("reject: 550 5.7.1 {text}"));
                 let _ = reply.set_error_reply("550", Some("5.7.1"), [text]);
                 self.abort();
                 return Status::Reject;
             }
             Some(Refusal::Temporary(text)) => {
+                self.journal("refused", || format!("tempfail: 451 4.7.0 {text}"));
                 let _ = reply.set_error_reply("451", Some("4.7.0"), [text]);
                 self.abort();
                 return Status::Tempfail;
@@ -416,11 +444,17 @@ impl Session {
                         }
                         tracing::info!(?domain, "signed");
                         crate::metrics::signed(crate::metrics::Signing::signed, made);
+                        self.journal("signed", || {
+                            format!("signed: {made} DKIM signature(s) for {domain}")
+                        });
                         Status::Continue
                     }
                     Ok(Err(e)) => {
                         tracing::error!(domain, error = %e, "signing failed; asking the client to retry");
                         crate::metrics::signed(crate::metrics::Signing::failed, 1);
+                        self.journal("signed", || {
+                            format!("failed: signing for {domain}: {e}; the client retries")
+                        });
                         Status::Tempfail
                     }
                     Err(e) => {

@@ -159,6 +159,14 @@ impl Session {
         }
         crate::metrics::verified(&texts);
         tracing::info!(from = ?header_from, results = ?texts, "verified");
+        self.journal("verified", || {
+            let verdict = if rejected.is_some() {
+                "reject"
+            } else {
+                "accept"
+            };
+            format!("{verdict}: {}", texts.join("; "))
+        });
         if let Some(domain) = rejected {
             let _ = reply.set_error_reply(
                 "550",
