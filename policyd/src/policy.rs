@@ -66,7 +66,7 @@ impl Policy {
                     metrics::checked(check.name(), Outcome::of(&v), Answer::dunno, took);
                     if journal {
                         story.push(match &v {
-                            Verdict::Prepend(h) => format!("{}=header({h})", check.name()),
+                            Verdict::Prepend(_) => format!("{}=header", check.name()),
                             _ => format!("{}=dunno", check.name()),
                         });
                     }
