@@ -17,7 +17,7 @@ struct Args {
 
 fn main() -> ExitCode {
     daemon::init_logging();
-    let args = Args::parse();
+    let args: Args = daemon::man::parse_or_write(false);
     daemon::launch(
         "miab-authd",
         Runtime::MultiThread,

@@ -12,6 +12,7 @@ pub mod journal;
 pub mod launch;
 pub mod layout;
 pub mod listen;
+pub mod man;
 pub mod metrics;
 pub mod net;
 pub mod serve;

@@ -8,7 +8,6 @@
 //! - [`owner`]: root in a daemon's directory acts as its owner and follows no link.
 
 use anyhow::Result;
-use clap::Parser;
 use cli::{Cli, Command};
 use std::process::ExitCode;
 
@@ -19,7 +18,7 @@ mod owner;
 mod sidecars;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = daemon::man::parse_or_write(true);
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -14,7 +14,7 @@ struct Args {
 
 fn main() -> ExitCode {
     daemon::init_logging();
-    let args = Args::parse();
+    let args: Args = daemon::man::parse_or_write(false);
     daemon::launch(
         "miab-milter",
         // One thread: cross-thread wake-ups cost more CPU than the work (bench-milter).

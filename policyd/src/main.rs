@@ -14,7 +14,7 @@ struct Args {
 
 fn main() -> ExitCode {
     daemon::init_logging();
-    let args = Args::parse();
+    let args: Args = daemon::man::parse_or_write(false);
     // One thread: a policy answer is microseconds of work, and the greylist store's group
     // commit runs inline, where a hand-off to another thread and back costs more than the
     // commit. A changed user DB is read again on the blocking pool.

@@ -12,6 +12,7 @@ use miab_e2e::tools::{run, swaks};
 use miab_e2e::{Scratch, free_port, require_program, wait_for_port};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -294,4 +295,74 @@ fn every_daemon_counts_what_postfix_sent_it() {
     let huge = http(policyd_m, &vec![b'a'; 20_000]);
     assert!(huge.starts_with("HTTP/1.1 431 "), "{huge}");
     assert!(scrape(policyd_m).contains("# EOF"));
+
+    // The Munin plugin the package installs, over these endpoints: its graphs declared, the
+    // figures fetched as they are.
+    let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/munin/miab_sidecars");
+    let state = dir.mkdir("munin-state");
+    let munin = |arg: &[&str]| {
+        run(
+            Command::new("/usr/bin/python3")
+                .arg(&plugin)
+                .args(arg)
+                .env("config", &config)
+                .env("MUNIN_PLUGSTATE", &state),
+            None,
+        )
+    };
+    let conf = munin(&["config"]);
+    assert!(conf.ok(), "{conf:?}");
+    for graph in [
+        "multigraph miab_policyd_answers",
+        "multigraph miab_authd_authentications",
+        "multigraph miab_milter_results",
+        "multigraph miab_lookup_queries",
+        "graph_category mail",
+    ] {
+        assert!(conf.stdout.contains(graph), "{graph}: {}", conf.stdout);
+    }
+    let fetch = munin(&[]);
+    assert!(fetch.ok(), "{fetch:?}");
+    let field = |graph: &str, name: &str| -> f64 {
+        let section = fetch
+            .stdout
+            .split("multigraph ")
+            .find(|s| s.starts_with(&format!("{graph}\n")))
+            .unwrap_or_else(|| panic!("{graph}: {}", fetch.stdout));
+        value(section, &format!("{name}.value"))
+    };
+    assert!(
+        field("miab_policyd_answers", "defer_if_permit") >= 1.0,
+        "{}",
+        fetch.stdout
+    );
+    assert_eq!(
+        field("miab_authd_authentications", "failed"),
+        1.0,
+        "{}",
+        fetch.stdout
+    );
+    assert_eq!(
+        field("miab_milter_signatures", "signed"),
+        1.0,
+        "{}",
+        fetch.stdout
+    );
+    let auto = munin(&["autoconf"]);
+    assert_eq!(auto.stdout.trim(), "yes", "{auto:?}");
+}
+
+/// The Munin plugin's own tests (fake endpoints: dead, hung, over a UNIX socket), and the
+/// Grafana dashboard's metric names.
+#[test]
+fn munin_plugin_and_grafana_dashboard() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/munin");
+    let r = run(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "unittest", "test_miab_sidecars"])
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .current_dir(&dir),
+        None,
+    );
+    assert!(r.ok(), "{}{}", r.stdout, r.stderr);
 }

@@ -31,7 +31,7 @@ fn fail(code: u8, why: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = daemon::man::parse_or_write(false);
     let mut input = Vec::new();
     // fd 3 holds the request; /dev/fd/3 reaches it without unsafe code.
     let read = std::fs::File::open("/dev/fd/3").and_then(|f| {

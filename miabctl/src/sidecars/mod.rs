@@ -109,6 +109,11 @@ pub const AUTH_CONF: &str = "/etc/dovecot/conf.d/10-auth.conf";
 pub const OUR_DOVECOT_CONF: &str = "/etc/dovecot/conf.d/00-miab-sidecars.conf";
 pub use wiring::ZPUSH_IMAP_CONF;
 
+/// The Munin plugin the package installs, and where `enable` links it so MIAB's munin-node
+/// (whose graphs MIAB's control panel shows) draws the sidecars' figures.
+pub const MUNIN_PLUGIN: &str = "/usr/share/munin/plugins/miab_sidecars";
+pub const MUNIN_LINK: &str = "/etc/munin/plugins/miab_sidecars";
+
 /// The drop-in that neutralises `unit`.
 pub fn drop_in(unit: &str) -> String {
     format!("/etc/systemd/system/{unit}.service.d/zz-miab-sidecars.conf")
@@ -129,7 +134,7 @@ fn managed_files() -> Vec<String> {
 
 /// The files that are ours alone: `disable` removes them.
 fn own_files() -> Vec<String> {
-    let mut v = vec![OUR_DOVECOT_CONF.to_owned()];
+    let mut v = vec![OUR_DOVECOT_CONF.to_owned(), MUNIN_LINK.to_owned()];
     v.extend(REPLACED.iter().map(|(u, _)| drop_in(u)));
     v
 }
@@ -540,7 +545,7 @@ fn set_main_cf(
 fn wire(sys: &Sys) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let mut first_err = None;
-    for part in [wire_dovecot, wire_postfix, wire_zpush] {
+    for part in [wire_dovecot, wire_postfix, wire_zpush, wire_munin] {
         match part(sys) {
             Ok(lines) => done.extend(lines),
             Err(e) => {
@@ -613,6 +618,27 @@ fn wire_zpush(sys: &Sys) -> Result<Vec<String>> {
         )]);
     }
     Ok(Vec::new())
+}
+
+/// The Munin plugin linked where munin-node looks, on a box with munin-node and the plugin;
+/// munin-node restarted (it reads its plugins at start) when the link is new.
+fn wire_munin(sys: &Sys) -> Result<Vec<String>> {
+    let link = sys.path(MUNIN_LINK);
+    let plugins = link.parent().unwrap_or(Path::new("/"));
+    if !plugins.is_dir() || !sys.path(MUNIN_PLUGIN).is_file() {
+        return Ok(Vec::new());
+    }
+    if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(MUNIN_PLUGIN)) {
+        return Ok(Vec::new());
+    }
+    if std::fs::symlink_metadata(&link).is_ok() {
+        std::fs::remove_file(&link).with_context(|| MUNIN_LINK.to_owned())?;
+    }
+    std::os::unix::fs::symlink(MUNIN_PLUGIN, &link).with_context(|| MUNIN_LINK.to_owned())?;
+    sys.systemctl(&["try-restart", "munin-node"])?;
+    Ok(vec![format!(
+        "linked {MUNIN_LINK}: munin-node graphs the sidecars"
+    )])
 }
 
 /// `enable`: the whole switch. Safe to run again.
@@ -746,6 +772,8 @@ pub fn disable(sys: &Sys) -> Result<()> {
             }
             step = "reloading Dovecot";
             sys.systemctl(&["try-reload-or-restart", "dovecot"])?;
+            // Without our plugin, which it would keep trying to run.
+            let _ = sys.systemctl(&["try-restart", "munin-node"]);
             step = "reloading Postfix";
             sys.postfix_reload()?;
         }
@@ -985,9 +1013,16 @@ mod tests {
     #[test]
     fn disable_puts_back_every_file_byte_for_byte() {
         let (_dir, sys) = scratch();
+        // MIAB's munin-node, with a plugin of its own, and ours from the package.
+        write_file(&sys.path("/etc/munin/plugins/cpu"), "").unwrap();
+        write_file(&sys.path(MUNIN_PLUGIN), "#!/usr/bin/python3\n").unwrap();
         let before = snapshot(&sys);
         enable(&sys).unwrap();
         assert!(sys.enabled());
+        assert_eq!(
+            std::fs::read_link(sys.path(MUNIN_LINK)).unwrap(),
+            Path::new(MUNIN_PLUGIN)
+        );
         assert_eq!(sys.postconf("smtpd_sasl_path"), "miab-authd/auth");
         let auth = read(&sys, AUTH_CONF);
         assert!(!wiring::auth_conf_has_sql(&auth), "{auth}");
@@ -1007,6 +1042,8 @@ mod tests {
         disable(&sys).unwrap();
         assert!(!sys.enabled());
         assert_eq!(snapshot(&sys), before);
+        assert!(std::fs::symlink_metadata(sys.path(MUNIN_LINK)).is_err());
+        assert!(sys.path("/etc/munin/plugins/cpu").exists());
         // Not enabled: repair does nothing, disable refuses.
         repair(&sys).unwrap();
         assert_eq!(snapshot(&sys), before);
