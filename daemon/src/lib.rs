@@ -29,6 +29,7 @@ pub use layout::Layout;
 pub async fn open_directory(
     config: &Config,
 ) -> Result<(directory::Live, Option<std::sync::Arc<state::pg::Pg>>), userdb::Error> {
+    directory::watch_reads(metrics::directory_read);
     let pg = config
         .store
         .connect()

@@ -223,6 +223,56 @@ pub fn connections() -> &'static Connections {
     &C
 }
 
+/// The user directory's figures: when the snapshot in use was read, how big it is, how long
+/// reads take and how many failed.
+#[cfg(feature = "directory")]
+pub fn directory_read(r: directory::ReadReport) {
+    use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+    struct Figures {
+        built: Gauge,
+        entries: Gauge,
+        seconds: Histogram,
+        failures: Counter,
+    }
+    static F: LazyLock<Figures> = LazyLock::new(|| {
+        let f = Figures {
+            built: Gauge::default(),
+            entries: Gauge::default(),
+            // 1 ms to about 30 s.
+            seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            failures: Counter::default(),
+        };
+        register(
+            "directory_snapshot_timestamp_seconds",
+            "When the user directory in use was read (Unix time); its age is time() minus this",
+            f.built.clone(),
+        );
+        register(
+            "directory_entries",
+            "Users, aliases and automatic aliases in the directory in use",
+            f.entries.clone(),
+        );
+        register(
+            "directory_rebuild_seconds",
+            "Time to read the user DB into a new directory",
+            f.seconds.clone(),
+        );
+        register(
+            "directory_rebuild_failures",
+            "Reads of a changed user DB that failed (answers are temporary failures until one succeeds)",
+            f.failures.clone(),
+        );
+        f
+    });
+    F.seconds.observe(r.took.as_secs_f64());
+    if r.ok {
+        F.built.set(state::clock::unix_now());
+        F.entries.set(i64::try_from(r.entries).unwrap_or(i64::MAX));
+    } else {
+        F.failures.inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

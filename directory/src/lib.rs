@@ -25,7 +25,7 @@ mod maps;
 pub mod pg;
 mod sqlite;
 #[cfg(feature = "async")]
-pub use live::{Hashers, Live};
+pub use live::{Hashers, Live, ReadReport, watch_reads};
 pub use sqlite::{SqlMaps, SqliteSource};
 
 use maps::KeyTables;

@@ -21,6 +21,32 @@ use tokio::sync::Semaphore;
 use userdb::password::{self, Password};
 use userdb::{Error, Result};
 
+/// One read of the directory, for whoever watches (the daemons' metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadReport {
+    pub ok: bool,
+    /// Users, aliases and automatic aliases in the new snapshot (0 for a failed read).
+    pub entries: usize,
+    pub took: Duration,
+}
+
+static WATCHER: std::sync::OnceLock<fn(ReadReport)> = std::sync::OnceLock::new();
+
+/// Has `f` told of every read from now on (one watcher per process; a second is ignored).
+pub fn watch_reads(f: fn(ReadReport)) {
+    let _ = WATCHER.set(f);
+}
+
+fn report(ok: bool, snap: Option<&Snapshot>, took: Duration) {
+    if let Some(f) = WATCHER.get() {
+        let entries = snap.map_or(0, |s| {
+            let (u, a, x) = s.counts();
+            u + a + x
+        });
+        f(ReadReport { ok, entries, took });
+    }
+}
+
 /// A failed read, given to the requests that were waiting while it was tried.
 #[derive(Debug)]
 struct Failure {
@@ -63,7 +89,10 @@ impl Live {
 
     /// A directory over any source, read once now.
     pub fn new(source: Arc<dyn Source>) -> Result<Live> {
-        let first = source.load()?;
+        let started = Instant::now();
+        let first = source.load();
+        report(first.is_ok(), first.as_ref().ok(), started.elapsed());
+        let first = first?;
         Ok(Live {
             inner: Arc::new(Inner {
                 source,
@@ -112,6 +141,7 @@ impl Live {
         let read_no = self.inner.reads.fetch_add(1, Ordering::AcqRel) + 1;
         match read {
             Ok(new) => {
+                report(true, Some(&new), started.elapsed());
                 let (users, aliases, auto) = new.counts();
                 tracing::info!(
                     users,
@@ -129,6 +159,7 @@ impl Live {
                 Ok(new)
             }
             Err(error) => {
+                report(false, None, started.elapsed());
                 tracing::warn!(%error, "user DB changed but could not be read; answering temporary failures until it can");
                 let out = again(&error);
                 *last = Some(Failure {

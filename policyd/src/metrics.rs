@@ -81,6 +81,58 @@ pub struct AnswerLabel {
     pub answer: Answer,
 }
 
+/// Which lists: the client's address (`client_lists`) or the sender's domain
+/// (`sender_lists`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ListKind {
+    client,
+    sender,
+}
+
+/// A list's answer, by kind: `list_error` is Spamhaus's "query refused" codes
+/// (127.255.255.x), which say the box's resolver is not allowed to ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ListResult {
+    listed,
+    clean,
+    list_error,
+    timeout,
+    error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListLabel {
+    pub list: ListKind,
+    pub result: ListResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LookupLabel {
+    /// `dnsbl`, `rhsbl` or `spf`.
+    pub lookup: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct StoreLabel {
+    /// `greylist` or `sending`.
+    pub store: &'static str,
+}
+
+/// What containment did: a message held, a login newly held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum HoldEvent {
+    message_held,
+    login_held,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HoldLabel {
+    pub event: HoldEvent,
+}
+
 type Seconds = Family<CheckLabel, Histogram, fn() -> Histogram>;
 
 /// The figures, registered on first use.
@@ -89,6 +141,10 @@ pub struct Figures {
     pub check_seconds: Seconds,
     pub verdicts: Family<VerdictLabel, Counter>,
     pub answers: Family<AnswerLabel, Counter>,
+    pub dns_seconds: Family<LookupLabel, Histogram, fn() -> Histogram>,
+    pub list_answers: Family<ListLabel, Counter>,
+    pub store_seconds: Family<StoreLabel, Histogram, fn() -> Histogram>,
+    pub holds: Family<HoldLabel, Counter>,
 }
 
 fn latency() -> Histogram {
@@ -102,6 +158,10 @@ pub fn figures() -> &'static Figures {
             check_seconds: Family::new_with_constructor(latency),
             verdicts: Family::default(),
             answers: Family::default(),
+            dns_seconds: Family::new_with_constructor(latency),
+            list_answers: Family::default(),
+            store_seconds: Family::new_with_constructor(latency),
+            holds: Family::default(),
         };
         daemon::metrics::register(
             "policyd_check_seconds",
@@ -117,6 +177,26 @@ pub fn figures() -> &'static Figures {
             "policyd_answers",
             "Answers sent to Postfix, by kind",
             f.answers.clone(),
+        );
+        daemon::metrics::register(
+            "policyd_dns_seconds",
+            "Time of one DNS-list question (dnsbl, rhsbl) or one SPF evaluation (spf)",
+            f.dns_seconds.clone(),
+        );
+        daemon::metrics::register(
+            "policyd_list_answers",
+            "DNS-list answers by list kind and result; list_error is the list refusing the resolver (Spamhaus 127.255.255.x)",
+            f.list_answers.clone(),
+        );
+        daemon::metrics::register(
+            "store_seconds",
+            "Time of one decision in a state store (greylist, sending), its commit included",
+            f.store_seconds.clone(),
+        );
+        daemon::metrics::register(
+            "policyd_holds",
+            "Containment: messages put on hold, and logins newly held",
+            f.holds.clone(),
         );
         f
     });
@@ -136,6 +216,42 @@ pub fn checked(check: &'static str, outcome: Outcome, answer: Answer, took: Dura
             answer,
         })
         .inc();
+}
+
+/// One DNS-list answer and the time it took.
+pub fn listed(list: ListKind, result: ListResult, took: Duration) {
+    let f = figures();
+    let lookup = match list {
+        ListKind::client => "dnsbl",
+        ListKind::sender => "rhsbl",
+    };
+    f.dns_seconds
+        .get_or_create(&LookupLabel { lookup })
+        .observe(took.as_secs_f64());
+    f.list_answers
+        .get_or_create(&ListLabel { list, result })
+        .inc();
+}
+
+/// One SPF evaluation's time.
+pub fn spf(took: Duration) {
+    figures()
+        .dns_seconds
+        .get_or_create(&LookupLabel { lookup: "spf" })
+        .observe(took.as_secs_f64());
+}
+
+/// One state-store decision's time.
+pub fn stored(store: &'static str, took: Duration) {
+    figures()
+        .store_seconds
+        .get_or_create(&StoreLabel { store })
+        .observe(took.as_secs_f64());
+}
+
+/// A containment hold.
+pub fn held(event: HoldEvent) {
+    figures().holds.get_or_create(&HoldLabel { event }).inc();
 }
 
 /// The answer Postfix got.

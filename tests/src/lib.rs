@@ -191,3 +191,24 @@ pub fn pseudo_random_inputs(pieces: &[&[u8]], runs: usize, mut f: impl FnMut(&[u
         f(&data);
     }
 }
+
+/// One HTTP exchange with 127.0.0.1:`port` (a daemon's `/metrics`): the whole answer, head
+/// and body.
+pub fn http(port: u16, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the HTTP port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of the sample `name{labels}` (labels as the text spells them) in a metrics text,
+/// or 0.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}

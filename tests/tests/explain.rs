@@ -7,7 +7,7 @@ use miab_e2e::fixture::{HOSTNAME, miab_box};
 use miab_e2e::postfix::Postfix;
 use miab_e2e::sidecars::Sidecars;
 use miab_e2e::tools::{Run, run, swaks};
-use miab_e2e::{Scratch, wait_until, workspace_bin};
+use miab_e2e::{Scratch, free_port, http, metric, wait_until, workspace_bin};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -55,6 +55,7 @@ fn explain_tells_a_messages_story_across_the_daemons() {
     let dir = Scratch::new("explain");
     miab_box(dir.path());
     let dns = TestDns::start();
+    let policyd_metrics = free_port();
     let journal = |d: &str| {
         dir.join(format!("journal/{d}.sqlite"))
             .display()
@@ -67,7 +68,7 @@ fn explain_tells_a_messages_story_across_the_daemons() {
             "storage_root = \"{root}\"\nhostname = \"{HOSTNAME}\"\n\
              [dns]\nnameservers = [\"{dns}\"]\ntimeout_ms = 400\n\
              [lookup]\njournal = \"{jl}\"\n\
-             [policyd]\njournal = \"{jp}\"\n\
+             [policyd]\njournal = \"{jp}\"\nmetrics_listen = \"inet:127.0.0.1:{pm}\"\n\
              checks = [\"sender_login\", \"containment\", \"greylist\"]\n\
              trusted_clients = [\"127.0.0.1/32\"]\n\
              [policyd.greylist]\nsyslog_socket = \"\"\nwhitelist_clients = []\n\
@@ -83,6 +84,7 @@ fn explain_tells_a_messages_story_across_the_daemons() {
             jp = journal("policyd"),
             ja = journal("authd"),
             jm = journal("milter"),
+            pm = policyd_metrics,
         ),
     )
     .unwrap();
@@ -198,6 +200,17 @@ fn explain_tells_a_messages_story_across_the_daemons() {
         (!ids.is_empty()).then_some(ids)
     })
     .unwrap_or_else(|| panic!("nothing held\n{}\n{}", pf.queue(), logs()));
+    // The holds are counted too.
+    let figures = http(policyd_metrics, b"GET /metrics HTTP/1.0\r\n\r\n");
+    assert!(
+        metric(&figures, "miab_policyd_holds_total{event=\"message_held\"}") >= held.len() as f64,
+        "{figures}"
+    );
+    assert_eq!(
+        metric(&figures, "miab_policyd_holds_total{event=\"login_held\"}"),
+        1.0,
+        "{figures}"
+    );
     let story = explain_until(
         &config,
         &log,

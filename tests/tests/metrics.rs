@@ -9,24 +9,13 @@ use miab_e2e::fixture::{HOSTNAME, miab_box};
 use miab_e2e::postfix::Postfix;
 use miab_e2e::sidecars::Sidecars;
 use miab_e2e::tools::{run, swaks};
-use miab_e2e::{Scratch, free_port, require_program, wait_for_port};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use miab_e2e::{Scratch, free_port, http, require_program, wait_for_port};
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 const PASSWORD: &str = "a-long-password";
-
-/// One HTTP exchange with `port`: the whole answer (head and body).
-fn http(port: u16, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// `/metrics` in OpenMetrics (as Prometheus asks for it).
 fn scrape(port: u16) -> String {
@@ -56,13 +45,7 @@ fn scrape_text(port: u16) -> String {
     body.to_owned()
 }
 
-/// The value of the sample `name{labels}` (labels as the text spells them), or 0.
-fn value(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
-}
+use miab_e2e::metric as value;
 
 /// `promtool check metrics` on the endpoint's text format: it parses it and lints the names,
 /// help texts and types; any finding fails.
@@ -96,7 +79,8 @@ fn every_daemon_counts_what_postfix_sent_it() {
              [dns]\nnameservers = [\"{dns}\"]\ntimeout_ms = 400\n\
              [lookup]\nmetrics_listen = \"inet:127.0.0.1:{lookup_m}\"\n\
              [policyd]\nmetrics_listen = \"inet:127.0.0.1:{policyd_m}\"\n\
-             checks = [\"sender_login\", \"greylist\"]\ntrusted_clients = [\"127.0.0.1/32\"]\n\
+             checks = [\"sender_login\", \"dnsbl\", \"greylist\"]\ntrusted_clients = [\"127.0.0.1/32\"]\n\
+             [policyd.dnsbl]\nsender_lists = []\nclient_lists = [{{ zone = \"zen.test\", codes = [\"127.0.0.[2..11]\"], action = \"reject\" }}]\n\
              [policyd.greylist]\nsyslog_socket = \"\"\nwhitelist_clients = []\n\
              whitelist_recipients = []\ndelay_secs = 1\n\
              [authd]\nmetrics_listen = \"inet:127.0.0.1:{authd_m}\"\nfailure_delay_ms = 0\n\
@@ -120,6 +104,49 @@ fn every_daemon_counts_what_postfix_sent_it() {
     let auth_sock = daemons.auth_sock.clone();
     let pf = Postfix::start(daemons.postfix_config());
 
+    // A listed client, refused; a client the list refuses to answer about (Spamhaus's
+    // "public resolver" code), greylisted as if unlisted.
+    dns.add_a("10.0.0.127.zen.test", std::net::Ipv4Addr::new(127, 0, 0, 4));
+    dns.add_a(
+        "11.0.0.127.zen.test",
+        std::net::Ipv4Addr::new(127, 255, 255, 254),
+    );
+    let listed = swaks(
+        pf.smtp_port(),
+        &[
+            "--local-interface",
+            "127.0.0.10",
+            "--from",
+            "a@foreign.example",
+            "--to",
+            "me@example.com",
+            "--quit-after",
+            "RCPT",
+        ],
+    );
+    assert!(
+        listed.stdout.contains("554 5.7.1"),
+        "{listed:?}\n{}",
+        logs()
+    );
+    let refused = swaks(
+        pf.smtp_port(),
+        &[
+            "--local-interface",
+            "127.0.0.11",
+            "--from",
+            "a@foreign.example",
+            "--to",
+            "me@example.com",
+            "--quit-after",
+            "RCPT",
+        ],
+    );
+    assert!(
+        refused.stdout.contains("450 4.2.0"),
+        "{refused:?}\n{}",
+        logs()
+    );
     // A stranger: greylisted.
     let grey = swaks(
         pf.smtp_port(),
@@ -212,6 +239,31 @@ fn every_daemon_counts_what_postfix_sent_it() {
         ) >= 1.0,
         "{policy}"
     );
+    for (sample, at_least) in [
+        (
+            "miab_policyd_list_answers_total{list=\"client\",result=\"listed\"}",
+            1.0,
+        ),
+        (
+            "miab_policyd_list_answers_total{list=\"client\",result=\"list_error\"}",
+            1.0,
+        ),
+        (
+            "miab_policyd_list_answers_total{list=\"client\",result=\"clean\"}",
+            1.0,
+        ),
+        ("miab_policyd_dns_seconds_count{lookup=\"dnsbl\"}", 3.0),
+        (
+            "miab_policyd_check_verdicts_total{check=\"dnsbl\",outcome=\"stop\",answer=\"reject\"}",
+            1.0,
+        ),
+        ("miab_store_seconds_count{store=\"greylist\"}", 2.0),
+        ("miab_directory_entries", 1.0),
+        ("miab_directory_rebuild_seconds_count", 1.0),
+        ("miab_directory_snapshot_timestamp_seconds", 1.0),
+    ] {
+        assert!(value(&policy, sample) >= at_least, "{sample}: {policy}");
+    }
     assert!(
         !policy.contains("someone@"),
         "no address as a label: {policy}"
@@ -264,6 +316,14 @@ fn every_daemon_counts_what_postfix_sent_it() {
         "{milter_text}"
     );
     assert!(!milter_text.contains("example.com"), "{milter_text}");
+    assert!(
+        value(&milter_text, "miab_milter_verify_seconds_count") >= 1.0,
+        "{milter_text}"
+    );
+    assert!(
+        value(&milter_text, "miab_directory_entries") >= 1.0,
+        "{milter_text}"
+    );
     // Postfix's milter connections, on the milter's own listener.
     assert!(
         value(

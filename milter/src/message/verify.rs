@@ -137,8 +137,10 @@ impl Session {
             }
             (texts, rejected)
         };
-        let (texts, rejected) = match tokio::time::timeout(self.state.verify_timeout, checks).await
-        {
+        let started = std::time::Instant::now();
+        let checked = tokio::time::timeout(self.state.verify_timeout, checks).await;
+        crate::metrics::verify_took(started.elapsed());
+        let (texts, rejected) = match checked {
             Ok(r) => r,
             Err(_) => {
                 tracing::warn!("DNS checks timed out; temperror");

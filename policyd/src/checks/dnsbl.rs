@@ -45,7 +45,13 @@ impl Check for Dnsbl {
             }
             let name = dnsbl::reversed(ip);
             Ok(shared
-                .first_listing(&self.lists, &name, "Client host", &req.client_address, req)
+                .first_listing(
+                    &self.lists,
+                    &name,
+                    crate::metrics::ListKind::client,
+                    &req.client_address,
+                    req,
+                )
                 .await)
         })
     }

@@ -23,6 +23,7 @@ pub mod sender_login;
 use crate::dns;
 use crate::dnsbl::{Checker, List, ListAction, Verdict as ListVerdict};
 use crate::login::Login;
+use crate::metrics::{ListKind, ListResult};
 use crate::proto::Request;
 use crate::settings::Settings;
 use crate::verdict::{Action, Verdict};
@@ -192,7 +193,8 @@ impl Shared {
     /// resolver costs a request at most one timeout per check (the packaged Postfix lines
     /// wait 10 s); SPF that takes longer is no pass.
     pub async fn spf(&self, ip: IpAddr, req: &Request) -> Option<SpfResult> {
-        dns::spf_passes(
+        let started = std::time::Instant::now();
+        let r = dns::spf_passes(
             &self.auth,
             ip,
             &req.helo_name,
@@ -200,21 +202,38 @@ impl Shared {
             &req.sender,
             self.dns_timeout,
         )
-        .await
+        .await;
+        crate::metrics::spf(started.elapsed());
+        r
     }
 
     /// Asks `lists` in order about `name`; the first one that lists it with a blocking action
-    /// decides. `class` and `what` fill Postfix's reply text.
+    /// decides. `kind` and `what` fill Postfix's reply text.
     pub async fn first_listing(
         &self,
         lists: &[List],
         name: &str,
-        class: &str,
+        kind: ListKind,
         what: &str,
         req: &Request,
     ) -> Verdict {
+        let class = match kind {
+            ListKind::client => "Client host",
+            ListKind::sender => "Sender address",
+        };
         for list in lists {
-            let ListVerdict::Listed(code) = self.lists.check(list, name).await else {
+            let started = std::time::Instant::now();
+            let verdict = self.lists.check(list, name).await;
+            let result = match &verdict {
+                ListVerdict::Listed(_) => ListResult::listed,
+                ListVerdict::Clean => ListResult::clean,
+                // `dnsbl::classify` names the refusal code first.
+                ListVerdict::Unusable(why) if why.starts_with("127.") => ListResult::list_error,
+                ListVerdict::Unusable(why) if why.contains("in time") => ListResult::timeout,
+                ListVerdict::Unusable(_) => ListResult::error,
+            };
+            crate::metrics::listed(kind, result, started.elapsed());
+            let ListVerdict::Listed(code) = verdict else {
                 continue;
             };
             tracing::info!(list = %list.name, %code, client = ?req.client_address, sender = ?req.sender,

@@ -41,7 +41,13 @@ impl Check for Rhsbl {
                 return Ok(Verdict::Dunno);
             };
             Ok(shared
-                .first_listing(&self.lists, &domain, "Sender address", &req.sender, req)
+                .first_listing(
+                    &self.lists,
+                    &domain,
+                    crate::metrics::ListKind::sender,
+                    &req.sender,
+                    req,
+                )
                 .await)
         })
     }

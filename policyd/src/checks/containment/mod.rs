@@ -295,15 +295,19 @@ impl Containment {
             enforce,
             now: state::clock::unix_now(),
         };
+        let started = Instant::now();
         let decision = match &self.db {
             Record::File(db) => db.submit(message).await.map_err(|e| e.to_string()),
             Record::Shared(db, rule) => db.record(rule, &message).await.map_err(|e| e.to_string()),
-        }
-        .map_err(|e| Failed(format!("sending DB: {e}")))?;
+        };
+        crate::metrics::stored("sending", started.elapsed());
+        let decision = decision.map_err(|e| Failed(format!("sending DB: {e}")))?;
         match decision {
             Decision::Send => Ok(Verdict::Dunno),
             Decision::Hold { newly } => {
+                crate::metrics::held(crate::metrics::HoldEvent::message_held);
                 if let Some(h) = newly {
+                    crate::metrics::held(crate::metrics::HoldEvent::login_held);
                     self.started(&login, req, &h);
                 }
                 Ok(Verdict::Stop(Action::configured(&self.action)))

@@ -165,11 +165,13 @@ impl Greylisting {
             req.recipient.to_lowercase()
         );
         let now = state::clock::unix_now();
-        let (outcome, writes) = self
+        let started = std::time::Instant::now();
+        let decided = self
             .store
             .decide(key, req.client_address.clone(), now)
-            .await
-            .map_err(|e| super::Failed(e.to_string()))?;
+            .await;
+        crate::metrics::stored("greylist", started.elapsed());
+        let (outcome, writes) = decided.map_err(|e| super::Failed(e.to_string()))?;
         let (action, reason, delay) = outcome_words(&outcome);
         log(action, &reason, delay);
         if writes.newly_whitelisted {
