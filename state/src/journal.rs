@@ -354,6 +354,17 @@ impl Reader {
         Ok(out)
     }
 
+    /// Entries from `since_ms` on whose detail contains `text`.
+    pub fn count_containing(&self, since_ms: i64, text: &str) -> rusqlite::Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM journal WHERE at >= ?1 AND instr(detail, ?2) > 0",
+                params![since_ms, text],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(i64::unsigned_abs)
+    }
+
     /// Entries per event from `since_ms` on, for `status`.
     pub fn counts_since(&self, since_ms: i64) -> rusqlite::Result<Vec<(String, String, u64)>> {
         let mut s = self.conn.prepare(
@@ -432,6 +443,7 @@ mod tests {
             to_ms: i64::MAX,
         };
         assert_eq!(r.read(&q).unwrap().len(), 1);
+        assert_eq!(r.count_containing(0, "greylist: ").unwrap(), 1);
         let counts = r.counts_since(0).unwrap();
         assert!(counts.contains(&("policy".into(), "greylist".into(), 1)));
     }

@@ -229,6 +229,46 @@ check_wiring() {
 		done
 		echo "each daemon serves /metrics on loopback (9591-9594)"'
 }
+# What an operator watches: the Munin plugin enable linked (munin-run config and fetch), the
+# man pages the package installed, miabctl explain on a delivered message and on an unknown
+# queue id (exit 1).
+check_observability() {
+	box_exec bash -c '
+		set -e
+		[ "$(readlink /etc/munin/plugins/miab_sidecars)" = /usr/share/munin/plugins/miab_sidecars ] ||
+			{ echo "enable did not link the Munin plugin"; ls -l /etc/munin/plugins; exit 1; }
+		conf=$(munin-run miab_sidecars config)
+		for g in miab_policyd_answers miab_authd_authentications miab_milter_results \
+			miab_milter_signatures miab_lookup_queries miab_connections; do
+			echo "$conf" | grep -qx "multigraph $g" || { echo "munin-run config: no $g"; echo "$conf"; exit 1; }
+		done
+		echo "$conf" | grep -qx "graph_category mail"
+		fetch=$(munin-run miab_sidecars)
+		echo "$fetch" | grep -Eq "^ok_password\.value [1-9][0-9]*$" ||
+			{ echo "munin-run fetch: no successful login counted"; echo "$fetch"; exit 1; }
+		echo "$fetch" | grep -Eq "^signed\.value [1-9][0-9]*$" ||
+			{ echo "munin-run fetch: no signature counted"; echo "$fetch"; exit 1; }
+		if echo "$fetch" | grep -E "^(dunno|ok_password|signed|found)\.value U$"; then
+			echo "munin-run fetch: a daemon did not answer"; exit 1
+		fi
+		echo "munin-run miab_sidecars: $(echo "$conf" | grep -c ^multigraph) graphs, $(echo "$fetch" | grep -c "\.value") values"
+		man -P cat miab-policyd | grep -q "policy service" || { echo "man miab-policyd"; exit 1; }
+		man -P cat sidecars.toml | grep -q "journal_days" || { echo "man sidecars.toml"; exit 1; }
+		man -P cat miabctl-explain >/dev/null
+		echo "man miab-policyd, man sidecars.toml, man miabctl-explain"
+		qid=$(grep -E "postfix/(lmtp|pipe|local|virtual)\[[0-9]+\]: [0-9A-Za-z]+: to=<.*status=sent" /var/log/mail.log |
+			tail -1 | sed -E "s/.*\]: ([0-9A-Za-z]+): to=.*/\1/")
+		[ -n "$qid" ] || { echo "no delivered message in mail.log"; exit 1; }
+		story=$(miabctl explain "$qid")
+		echo "$story" | grep -q "^  .*  milter " || { echo "explain $qid: no milter decision"; echo "$story"; exit 1; }
+		echo "$story" | grep -q "status=sent" || { echo "explain $qid: no delivery"; echo "$story"; exit 1; }
+		echo "miabctl explain $qid: $(echo "$story" | grep -c "^  [0-9]") decisions, delivered"
+		set +e
+		miabctl explain ZZZZZZZZZZ 2>/tmp/explain.err; rc=$?
+		set -e
+		[ "$rc" = 1 ] && grep -q "unknown queue id" /tmp/explain.err ||
+			{ echo "explain of an unknown queue id: exit $rc"; cat /tmp/explain.err; exit 1; }'
+}
 # probe.py "$2..." must be refused (exit 3: 535 for SMTP AUTH, a failed IMAP login); $1 says
 # whose login it is, for the failure.
 expect_refused() {

@@ -26,6 +26,7 @@ check_all() {
 	step "$what: (f) no ESC byte in the sidecars' journal" check_journal_plain
 	step "$what: (g) miabctl sidecars status" box_exec miabctl sidecars status
 	step "$what: (h) doveconf -n: our passdb first (checkpassword on Dovecot 2.3)" check_doveconf
+	step "$what: (j) Munin plugin (munin-run), man pages, miabctl explain" check_observability
 }
 check_all "enabled"
 

@@ -17,7 +17,8 @@ HOST=box.example.org
 # What the box needs, as tests/live-box/packages.list for bookworm, in trixie's names:
 # MIAB's system.sh prerequisites, ssl.sh, mail-postfix.sh, mail-dovecot.sh (+ the Lua passdb
 # the sidecars use on 2.4), dkim.sh, spamassassin.sh (trixie has no dovecot-antispam), the
-# harness's clients. systemd to boot as the box's PID 1.
+# harness's clients; munin-node and man-db (munin.sh's node side, the package's manual pages).
+# systemd to boot as the box's PID 1.
 PKGS="systemd systemd-sysv dbus iproute2 procps libpam-systemd
 sudo cron rsyslog locales file curl virtualenv python3-pip ca-certificates
 openssl ssl-cert
@@ -26,7 +27,7 @@ dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-sqlite sqlite3 do
 dovecot-managesieved dovecot-auth-lua lua-socket
 opendkim opendkim-tools opendmarc
 spampd razor pyzor libmail-dkim-perl
-python3-dnspython python3-dkim swaks"
+python3-dnspython python3-dkim swaks munin-node man-db"
 recipe=$(printf '%s\n%s\n%s\n' "$PKGS" "$(cat "$HERE/wheels.list")" "$(sha256sum <"$0")" | sha256sum | cut -c1-16)
 
 if [ -f "$dest/.built" ] && [ "$(cat "$dest/.built")" = "$recipe" ]; then

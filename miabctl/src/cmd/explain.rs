@@ -234,19 +234,20 @@ fn message(r: &Reader, qid: &str) -> rusqlite::Result<Vec<Entry>> {
     Ok(out)
 }
 
-/// Opens a journal read-only as its directory's owner (never root in a daemon's directory).
-fn read_journal(
+/// Opens a journal read-only as its directory's owner (never root in a daemon's directory);
+/// one not written yet reads as nothing.
+pub(crate) fn read_journal<T: Default>(
     path: &Path,
-    read: impl FnOnce(&Reader) -> rusqlite::Result<Vec<Entry>>,
-) -> Result<Vec<Entry>> {
+    read: impl FnOnce(&Reader) -> rusqlite::Result<T>,
+) -> Result<T> {
     let dir = path.parent().unwrap_or(Path::new("."));
     if std::fs::symlink_metadata(dir).is_err() {
         // A daemon that has not started yet has written nothing.
-        return Ok(Vec::new());
+        return Ok(T::default());
     }
     let _owner = AsOwner::of(dir)?;
     if std::fs::symlink_metadata(path).is_err() {
-        return Ok(Vec::new());
+        return Ok(T::default());
     }
     let r = Reader::open(path)?;
     Ok(read(&r)?)

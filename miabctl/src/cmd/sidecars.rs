@@ -2,7 +2,7 @@
 //! [`crate::sidecars`].
 
 use crate::cli::Cli;
-use crate::sidecars::{self, Sys, backup, status};
+use crate::sidecars::{self, Sys, backup, figures, status};
 use anyhow::{Result, bail};
 use clap::Subcommand;
 
@@ -36,7 +36,11 @@ pub fn run(cli: &Cli, cmd: &SidecarsCmd) -> Result<()> {
         SidecarsCmd::BackupHold => backup::hold(&sys),
         SidecarsCmd::BackupRelease => backup::release(&sys),
         SidecarsCmd::Status => {
-            if !status::print(&status::check(&sys)) {
+            let mut findings = status::check(&sys);
+            if sys.enabled() {
+                findings.extend(figures::check(&cli.config()?));
+            }
+            if !status::print(&findings) {
                 bail!("some parts need attention (see the fix: lines)");
             }
             Ok(())

@@ -13,6 +13,7 @@
 //! `service postgrey|opendkim|opendmarc start|stop|restart` calls keep succeeding.
 
 pub mod backup;
+pub mod figures;
 pub mod maincf;
 pub mod status;
 pub mod wiring;

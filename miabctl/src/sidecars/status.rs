@@ -154,21 +154,34 @@ pub fn state_dbs(layout: &Layout) -> Vec<PathBuf> {
 #[derive(Debug)]
 pub struct Finding {
     pub ok: bool,
+    /// Worth a look, but not a failure of the switch (exit code 0).
+    pub warn: bool,
     pub what: String,
     pub fix: Option<String>,
 }
 
-fn ok(what: impl Into<String>) -> Finding {
+pub(super) fn ok(what: impl Into<String>) -> Finding {
     Finding {
         ok: true,
+        warn: false,
         what: what.into(),
         fix: None,
     }
 }
 
-fn bad(what: impl Into<String>, fix: impl Into<String>) -> Finding {
+pub(super) fn warn(what: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding {
+        ok: true,
+        warn: true,
+        what: what.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+pub(super) fn bad(what: impl Into<String>, fix: impl Into<String>) -> Finding {
     Finding {
         ok: false,
+        warn: false,
         what: what.into(),
         fix: Some(fix.into()),
     }
@@ -398,13 +411,14 @@ impl Sys {
 /// Prints the findings; returns whether all were fine.
 pub fn print(findings: &[Finding]) -> bool {
     for f in findings {
-        if f.ok {
-            println!("ok    {}", f.what);
-        } else {
-            println!("FAIL  {}", f.what);
-            if let Some(fix) = &f.fix {
-                println!("      fix: {fix}");
-            }
+        let tag = match (f.ok, f.warn) {
+            (false, _) => "FAIL",
+            (true, true) => "warn",
+            (true, false) => "ok  ",
+        };
+        println!("{tag}  {}", f.what);
+        if let Some(fix) = f.fix.as_ref().filter(|_| !f.ok || f.warn) {
+            println!("      fix: {fix}");
         }
     }
     findings.iter().all(|f| f.ok)
