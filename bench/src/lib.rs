@@ -1,5 +1,6 @@
 //! Measuring helpers shared by the benchmarks: CPU time and memory of processes read from
-//! `/proc`, CPU time of finished children through `getrusage`, and latency percentiles.
+//! `/proc`, CPU time of finished children through `getrusage`, latency percentiles, and a
+//! scraper that asks a daemon's `/metrics` while a benchmark runs.
 
 use std::path::Path;
 use std::time::Duration;
@@ -139,5 +140,42 @@ impl Drop for SyslogSink {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = std::fs::remove_file("/dev/log");
+    }
+}
+
+/// Asks `GET /metrics` of 127.0.0.1:`port` every `every` until dropped, as Prometheus does
+/// (every 15 s by default; a benchmark asks more often, to make the cost visible).
+#[derive(Debug)]
+pub struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Scraper {
+    pub fn start(port: u16, every: Duration) -> Scraper {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut scrapes = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let text = miab_e2e::http(port, b"GET /metrics HTTP/1.0\r\n\r\n");
+                if text.starts_with("HTTP/1.1 200") {
+                    scrapes += 1;
+                }
+                std::thread::sleep(every);
+            }
+            scrapes
+        });
+        Scraper {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops, and says how many scrapes were answered.
+    pub fn finish(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
     }
 }

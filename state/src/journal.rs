@@ -215,29 +215,42 @@ impl Writer {
     }
 
     fn write(&mut self, batch: &[Entry]) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO journal (at, daemon, queue_id, instance, client, sender, recipient,
-                 login, event, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for e in batch {
-                insert.execute(params![
-                    e.at_ms,
-                    e.daemon,
-                    e.queue_id,
-                    e.instance,
-                    e.client,
-                    e.sender,
-                    e.recipient,
-                    e.login,
-                    e.event,
-                    e.detail
-                ])?;
-            }
-        }
-        tx.commit()
+        insert(&mut self.conn, batch)
     }
+}
+
+/// Appends `entries` to the journal at `path` at once, without a writer thread: for a tool
+/// that records what it did (`miabctl held release`) in a daemon's journal.
+pub fn append(path: &Path, entries: Vec<Entry>, busy_timeout: Duration) -> rusqlite::Result<()> {
+    let mut conn = crate::sqlite::open(path, busy_timeout)?;
+    conn.execute_batch(SCHEMA)?;
+    let entries: Vec<Entry> = entries.into_iter().map(Entry::bounded).collect();
+    insert(&mut conn, &entries)
+}
+
+fn insert(conn: &mut Connection, batch: &[Entry]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO journal (at, daemon, queue_id, instance, client, sender, recipient,
+                 login, event, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for e in batch {
+            insert.execute(params![
+                e.at_ms,
+                e.daemon,
+                e.queue_id,
+                e.instance,
+                e.client,
+                e.sender,
+                e.recipient,
+                e.login,
+                e.event,
+                e.detail
+            ])?;
+        }
+    }
+    tx.commit()
 }
 
 /// The reading side, for `miabctl explain` and `status`.

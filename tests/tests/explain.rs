@@ -223,6 +223,22 @@ fn explain_tells_a_messages_story_across_the_daemons() {
         story.stdout
     );
     println!("{}", story.stdout);
+    // Released by the administrator: the story says so.
+    let released = run(
+        Command::new(workspace_bin("miabctl"))
+            .arg("--config")
+            .arg(&config)
+            .args(["held", "release", "me@example.com", "--postfix-config"])
+            .arg(pf.config_dir()),
+        None,
+    );
+    assert!(released.ok(), "{released:?}");
+    explain_until(
+        &config,
+        &log,
+        &[&held[0]],
+        &["miabctl release  released: by `miabctl held release`"],
+    );
 
     // An address: the failed login and the signed messages are about me@example.com.
     explain_until(

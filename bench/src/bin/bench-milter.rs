@@ -18,7 +18,10 @@
 //!
 //! Build and run (as root; `apt-get install opendkim opendkim-tools opendmarc postfix`):
 //! `cargo build --release -p miab-milter -p miab-bench && target/release/bench-milter [--quick]
-//! [--ours-only]`
+//! [--ours-only | --watching]`
+//!
+//! `--watching`: miab-milter alone, signing and verifying, each without and with a decision
+//! journal and a metrics endpoint (asked every second during the run): what watching costs.
 
 use miab_bench::{cpu_seconds, ratio, status_kib};
 use miab_e2e::dns::TestDns;
@@ -251,7 +254,8 @@ fn run_setup(name: &'static str, milters: &Milters, load: &Load<'_>, count: usiz
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     // Only miab-milter's two setups, for quick before/after comparisons of our own changes.
-    let ours_only = std::env::args().any(|a| a == "--ours-only");
+    let watching = std::env::args().any(|a| a == "--watching");
+    let ours_only = watching || std::env::args().any(|a| a == "--ours-only");
     let count = if quick { 300 } else { 3000 };
     for (p, pkg) in [
         ("/usr/sbin/opendkim", "opendkim"),
@@ -392,6 +396,31 @@ fn main() {
         count,
     ));
 
+    if watching {
+        for (name, load, extra) in [
+            (
+                "miab-milter (sign) + journal + metrics",
+                &sign,
+                "sign_local_domains = [\"example.com\"]\n",
+            ),
+            (
+                "miab-milter (verify) + journal + metrics",
+                &verify,
+                "trusted_hosts = []\n",
+            ),
+        ] {
+            let m = free_port();
+            let journal = dir.join(format!("journal-{m}.sqlite"));
+            let extra = format!(
+                "{extra}metrics_listen = \"inet:127.0.0.1:{m}\"\njournal = \"{}\"\n",
+                journal.display()
+            );
+            let milters = ours(&dir, &root, &format!("milter-watched-{m}"), &extra);
+            let scraper = miab_bench::Scraper::start(m, Duration::from_secs(1));
+            outcomes.push(run_setup(name, &milters, load, count));
+            assert!(scraper.finish() > 0, "{name}: no scrape answered");
+        }
+    }
     println!(
         "bench-milter: {count} messages per setup, {SESSIONS} smtp-source sessions, {} body bytes",
         body().len()
@@ -410,17 +439,22 @@ fn main() {
             o.marked
         );
     }
-    let pairs = if ours_only {
+    let pairs = if watching {
+        vec![
+            ("sign, watched / not watched", &outcomes[0], &outcomes[2]),
+            ("verify, watched / not watched", &outcomes[1], &outcomes[3]),
+        ]
+    } else if ours_only {
         vec![]
     } else {
         vec![
-            ("sign", &outcomes[0], &outcomes[1]),
-            ("verify", &outcomes[2], &outcomes[3]),
+            ("sign, ours / theirs", &outcomes[0], &outcomes[1]),
+            ("verify, ours / theirs", &outcomes[2], &outcomes[3]),
         ]
     };
     for (label, theirs, ours) in pairs {
         println!(
-            "{label}: throughput {} of theirs, CPU per message {}, peak RSS {}",
+            "{label}: throughput {}, CPU per message {}, peak RSS {}",
             ratio(ours.rate(), theirs.rate()),
             ratio(ours.cpu_per_1000(), theirs.cpu_per_1000()),
             ratio(ours.rss_kib as f64, theirs.rss_kib as f64)

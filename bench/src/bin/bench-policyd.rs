@@ -22,6 +22,12 @@
 //! PostgreSQL (a throw-away PostgreSQL 15, pinned to the daemon's core, its CPU counted with
 //! the daemon's), on the greylisting stream above and on the authenticated stream with
 //! containment, in one run.
+//!
+//! `--watching` measures what watching costs: on the greylisting stream and on the
+//! authenticated stream with containment, miab-policyd without a decision journal or a metrics
+//! endpoint, and with both (the endpoint asked every second during the run). The figures are
+//! counted in either case (they are plain atomic counters); the difference is the journal
+//! and serving the scrapes.
 
 use miab_bench::{cpu_seconds, percentile, pin_self_to_core_1, status_kib};
 use miab_e2e::process::DaemonProcess;
@@ -78,6 +84,9 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--store") {
         return store(per_conn, rounds);
+    }
+    if std::env::args().any(|a| a == "--watching") {
+        return watching(per_conn, rounds);
     }
     let bin = std::env::current_exe()
         .unwrap()
@@ -251,6 +260,103 @@ fn outbound(per_conn: usize, rounds: usize) {
     println!(
         "\ncontainment / sender_login alone, round with the median throughput ratio: throughput {:.2}x, CPU per request {:.2}x (vs the fixed rate_limit: {:.2}x)",
         m.0, m.1, m.2
+    );
+}
+
+/// `--watching`: journal and metrics endpoint off and on, greylisting and containment.
+fn watching(per_conn: usize, rounds: usize) {
+    let bin = std::env::current_exe()
+        .unwrap()
+        .with_file_name("miab-policyd");
+    let dir = Scratch::new("bench");
+    let greylist = "checks = [\"greylist\"]\ntrusted_clients = []\n[policyd.greylist]\nspf_pool = false\nsyslog_socket = \"\"";
+    let containment = "checks = [\"sender_login\", \"containment\"]\n[policyd.containment]\nfloor_messages = 1000000000\nfloor_recipients = 1000000000\nfloor_new_recipients = 1000000000\nnotify = \"\"";
+    let watched = |n: usize| {
+        let m = free_port();
+        let journal = dir.join(format!("journal-{n}.sqlite"));
+        (
+            m,
+            format!(
+                "metrics_listen = \"inet:127.0.0.1:{m}\"\njournal = \"{}\"\n",
+                journal.display()
+            ),
+        )
+    };
+    let (m1, w1) = watched(1);
+    let (m2, w2) = watched(2);
+    let setups: Vec<(&'static str, Option<u16>, String, bool)> = vec![
+        ("greylist", None, greylist.to_owned(), false),
+        (
+            "greylist + journal + metrics",
+            Some(m1),
+            format!("{w1}{greylist}"),
+            false,
+        ),
+        ("containment", None, containment.to_owned(), true),
+        (
+            "containment + journal + metrics",
+            Some(m2),
+            format!("{w2}{containment}"),
+            true,
+        ),
+    ];
+    // Each instance has its own storage root, so greylisting starts empty for each.
+    let daemons: Vec<(&'static str, Option<u16>, bool, u16, DaemonProcess)> = setups
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, metrics, checks, outbound))| {
+            let root = dir.mkdir(format!("data-{i}"));
+            fixture::miab_box(&root);
+            let (port, d) = start_pinned(&bin, &dir, &root, "", &checks);
+            (name, metrics, outbound, port, d)
+        })
+        .collect();
+    pin_self_to_core_1();
+    println!(
+        "# miab-policyd: the cost of the decision journal and the metrics endpoint\n\n{rounds} rounds; each sends {CONNS} connections x {per_conn} requests to each instance in turn: the greylisting stream (4 in 5 new triplets) and the authenticated stream (each request a new message to a new recipient, counted by containment). \"+ journal + metrics\": a decision journal and /metrics asked every second.\nEach daemon pinned to core 0, the client to core 1.\n"
+    );
+    println!(
+        "| round | daemon | requests/s | p50 | p99 | CPU per request | peak RSS | not DUNNO |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut ratios: Vec<(f64, f64, f64, f64)> = Vec::new();
+    for round in 1..=rounds {
+        let grey = streams(round, CONNS, per_conn);
+        let auth = outbound_streams(round, CONNS, per_conn);
+        let runs: Vec<Run> = daemons
+            .iter()
+            .map(|(name, metrics, outbound, port, d)| {
+                let scraper =
+                    metrics.map(|m| miab_bench::Scraper::start(m, Duration::from_secs(1)));
+                let s = if *outbound { &auth } else { &grey };
+                let r = measure(name, *port, d.pid(), s);
+                if let Some(sc) = scraper {
+                    assert!(sc.finish() > 0, "{name}: no scrape answered");
+                }
+                r
+            })
+            .collect();
+        for r in &runs {
+            print_row(round, r);
+        }
+        ratios.push((
+            runs[1].rate() / runs[0].rate(),
+            runs[1].cpu_per_request_ms() / runs[0].cpu_per_request_ms(),
+            runs[3].rate() / runs[2].rate(),
+            runs[3].cpu_per_request_ms() / runs[2].cpu_per_request_ms(),
+        ));
+    }
+    let median = |f: fn(&(f64, f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = ratios.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\nwatched / not watched, median of {rounds} rounds: greylisting throughput {:.2}x, CPU per request {:.2}x; containment throughput {:.2}x, CPU per request {:.2}x",
+        median(|r| r.0),
+        median(|r| r.1),
+        median(|r| r.2),
+        median(|r| r.3)
     );
 }
 

@@ -108,11 +108,11 @@ pub fn run(cli: &Cli, args: &HeldArgs) -> Result<()> {
         Some(HeldCmd::Release {
             login,
             postfix_config,
-        }) => release(Db::open(cli, args)?, login, postfix_config.as_deref()),
+        }) => release(cli, Db::open(cli, args)?, login, postfix_config.as_deref()),
         Some(HeldCmd::Drop {
             login,
             postfix_config,
-        }) => drop_mail(login, postfix_config.as_deref()),
+        }) => drop_mail(cli, login, postfix_config.as_deref()),
     }
 }
 
@@ -170,7 +170,7 @@ fn print_status(r: &LoginStatus) {
 
 /// `held release`: the login released in the DB (as its owner), then, as root again, its
 /// held mail.
-fn release(db: Db, login: &str, postfix_config: Option<&Path>) -> Result<()> {
+fn release(cli: &Cli, db: Db, login: &str, postfix_config: Option<&Path>) -> Result<()> {
     let login = login.to_lowercase();
     let was_held = db.release(&login, unix_now())?;
     let ids = held_mail_of(&login, postfix_config)?;
@@ -189,6 +189,12 @@ fn release(db: Db, login: &str, postfix_config: Option<&Path>) -> Result<()> {
     if !was_held && ids.is_empty() {
         bail!("{login} is not held and has no held mail");
     }
+    journal(
+        cli,
+        &login,
+        &ids,
+        "released: by `miabctl held release`; the login may send again",
+    );
     println!(
         "{login} may send again; {} held messages released",
         ids.len()
@@ -196,14 +202,48 @@ fn release(db: Db, login: &str, postfix_config: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// Records in miab-policyd's decision journal (as the owner of its directory) what became of
+/// each held message, so `explain` tells it; a journal that cannot be written is said, not
+/// fatal.
+fn journal(cli: &Cli, login: &str, ids: &[String], what: &str) {
+    let Ok(config) = cli.config() else {
+        return;
+    };
+    let Some((_, path)) = config.journals().into_iter().find(|(d, _)| *d == "policyd") else {
+        return;
+    };
+    let entries: Vec<state::journal::Entry> = ids
+        .iter()
+        .map(|id| {
+            let mut e = state::journal::Entry::now("miabctl", "release");
+            e.queue_id.clone_from(id);
+            e.login = login.to_owned();
+            e.detail = what.to_owned();
+            e
+        })
+        .collect();
+    let written = AsOwner::of(path.parent().unwrap_or(Path::new("/"))).and_then(|_owner| {
+        state::journal::append(&path, entries, config.db_busy_timeout()).map_err(Into::into)
+    });
+    if let Err(e) = written {
+        eprintln!("note: not recorded in {}: {e:#}", path.display());
+    }
+}
+
 /// `held drop`: the login's held mail deleted, the login left held.
-fn drop_mail(login: &str, postfix_config: Option<&Path>) -> Result<()> {
+fn drop_mail(cli: &Cli, login: &str, postfix_config: Option<&Path>) -> Result<()> {
     let login = login.to_lowercase();
     let ids = held_mail_of(&login, postfix_config)?;
     if ids.is_empty() {
         bail!("{login} has no held mail");
     }
     postsuper(postfix_config, "-d", &ids)?;
+    journal(
+        cli,
+        &login,
+        &ids,
+        "deleted: by `miabctl held drop`; the login stays held",
+    );
     println!("{} held messages of {login} deleted", ids.len());
     Ok(())
 }
