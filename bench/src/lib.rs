@@ -143,6 +143,12 @@ impl Drop for SyslogSink {
     }
 }
 
+/// The median of `values` (the upper one of an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Asks `GET /metrics` of 127.0.0.1:`port` every `every` until dropped, as Prometheus does
 /// (every 15 s by default; a benchmark asks more often, to make the cost visible).
 #[derive(Debug)]

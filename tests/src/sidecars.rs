@@ -114,3 +114,14 @@ impl Sidecars {
         )
     }
 }
+
+/// The shared settings of a test's `sidecars.toml`: the storage root, the fixture's host
+/// name, and `[dns]` asking the test's DNS server with a short timeout. Each daemon's section
+/// follows.
+pub fn shared_settings(root: &Path, dns: std::net::SocketAddr) -> String {
+    format!(
+        "storage_root = \"{}\"\nhostname = \"{}\"\n[dns]\nnameservers = [\"{dns}\"]\ntimeout_ms = 400\n",
+        root.display(),
+        crate::fixture::HOSTNAME
+    )
+}

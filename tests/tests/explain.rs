@@ -3,9 +3,9 @@
 //! login's message held by containment; a failed login; an unknown queue id (exit code 1).
 
 use miab_e2e::dns::TestDns;
-use miab_e2e::fixture::{HOSTNAME, miab_box};
+use miab_e2e::fixture::miab_box;
 use miab_e2e::postfix::Postfix;
-use miab_e2e::sidecars::Sidecars;
+use miab_e2e::sidecars::{Sidecars, shared_settings};
 use miab_e2e::tools::{Run, run, swaks};
 use miab_e2e::{Scratch, free_port, http, metric, wait_until, workspace_bin};
 use std::path::Path;
@@ -65,9 +65,7 @@ fn explain_tells_a_messages_story_across_the_daemons() {
     std::fs::write(
         &config,
         format!(
-            "storage_root = \"{root}\"\nhostname = \"{HOSTNAME}\"\n\
-             [dns]\nnameservers = [\"{dns}\"]\ntimeout_ms = 400\n\
-             [lookup]\njournal = \"{jl}\"\n\
+            "{shared}[lookup]\njournal = \"{jl}\"\n\
              [policyd]\njournal = \"{jp}\"\nmetrics_listen = \"inet:127.0.0.1:{pm}\"\n\
              checks = [\"sender_login\", \"containment\", \"greylist\"]\n\
              trusted_clients = [\"127.0.0.1/32\"]\n\
@@ -78,8 +76,7 @@ fn explain_tells_a_messages_story_across_the_daemons() {
              [authd]\njournal = \"{ja}\"\nfailure_delay_ms = 0\n\
              socket_mode = \"0666\"\nproxy_networks = []\n\
              [milter]\njournal = \"{jm}\"\n",
-            root = dir.path().display(),
-            dns = dns.addr(),
+            shared = shared_settings(dir.path(), dns.addr()),
             jl = journal("lookup"),
             jp = journal("policyd"),
             ja = journal("authd"),

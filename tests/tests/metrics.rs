@@ -5,9 +5,9 @@
 //! serving.
 
 use miab_e2e::dns::TestDns;
-use miab_e2e::fixture::{HOSTNAME, miab_box};
+use miab_e2e::fixture::miab_box;
 use miab_e2e::postfix::Postfix;
-use miab_e2e::sidecars::Sidecars;
+use miab_e2e::sidecars::{Sidecars, shared_settings};
 use miab_e2e::tools::{run, swaks};
 use miab_e2e::{Scratch, free_port, http, require_program, wait_for_port};
 use std::io::Write;
@@ -75,9 +75,7 @@ fn every_daemon_counts_what_postfix_sent_it() {
     std::fs::write(
         &config,
         format!(
-            "storage_root = \"{root}\"\nhostname = \"{HOSTNAME}\"\n\
-             [dns]\nnameservers = [\"{dns}\"]\ntimeout_ms = 400\n\
-             [lookup]\nmetrics_listen = \"inet:127.0.0.1:{lookup_m}\"\n\
+            "{shared}[lookup]\nmetrics_listen = \"inet:127.0.0.1:{lookup_m}\"\n\
              [policyd]\nmetrics_listen = \"inet:127.0.0.1:{policyd_m}\"\n\
              checks = [\"sender_login\", \"dnsbl\", \"greylist\"]\ntrusted_clients = [\"127.0.0.1/32\"]\n\
              [policyd.dnsbl]\nsender_lists = []\nclient_lists = [{{ zone = \"zen.test\", codes = [\"127.0.0.[2..11]\"], action = \"reject\" }}]\n\
@@ -86,8 +84,7 @@ fn every_daemon_counts_what_postfix_sent_it() {
              [authd]\nmetrics_listen = \"inet:127.0.0.1:{authd_m}\"\nfailure_delay_ms = 0\n\
              socket_mode = \"0666\"\nproxy_networks = []\n\
              [milter]\nmetrics_listen = \"inet:127.0.0.1:{milter_m}\"\n",
-            root = dir.path().display(),
-            dns = dns.addr(),
+            shared = shared_settings(dir.path(), dns.addr()),
         ),
     )
     .unwrap();
@@ -111,37 +108,28 @@ fn every_daemon_counts_what_postfix_sent_it() {
         "11.0.0.127.zen.test",
         std::net::Ipv4Addr::new(127, 255, 255, 254),
     );
-    let listed = swaks(
-        pf.smtp_port(),
-        &[
-            "--local-interface",
-            "127.0.0.10",
-            "--from",
-            "a@foreign.example",
-            "--to",
-            "me@example.com",
-            "--quit-after",
-            "RCPT",
-        ],
-    );
+    let rcpt_from = |client: &str| {
+        swaks(
+            pf.smtp_port(),
+            &[
+                "--local-interface",
+                client,
+                "--from",
+                "a@foreign.example",
+                "--to",
+                "me@example.com",
+                "--quit-after",
+                "RCPT",
+            ],
+        )
+    };
+    let listed = rcpt_from("127.0.0.10");
     assert!(
         listed.stdout.contains("554 5.7.1"),
         "{listed:?}\n{}",
         logs()
     );
-    let refused = swaks(
-        pf.smtp_port(),
-        &[
-            "--local-interface",
-            "127.0.0.11",
-            "--from",
-            "a@foreign.example",
-            "--to",
-            "me@example.com",
-            "--quit-after",
-            "RCPT",
-        ],
-    );
+    let refused = rcpt_from("127.0.0.11");
     assert!(
         refused.stdout.contains("450 4.2.0"),
         "{refused:?}\n{}",

@@ -177,11 +177,8 @@ fn main() {
     }
     let _ = Command::new("kill").arg(pg_pid.to_string()).status();
     let _ = pg.wait();
-    let median = |f: fn(&(f64, f64, f64)) -> f64| {
-        let mut v: Vec<f64> = ratios.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let median =
+        |f: fn(&(f64, f64, f64)) -> f64| miab_bench::median(ratios.iter().map(f).collect());
     println!(
         "\nmiab-policyd / postgrey, median of {rounds} rounds: throughput {:.2}x, CPU per request {:.3}x, peak RSS {:.2}x",
         median(|r| r.0),
@@ -346,11 +343,8 @@ fn watching(per_conn: usize, rounds: usize) {
             runs[3].cpu_per_request_ms() / runs[2].cpu_per_request_ms(),
         ));
     }
-    let median = |f: fn(&(f64, f64, f64, f64)) -> f64| {
-        let mut v: Vec<f64> = ratios.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let median =
+        |f: fn(&(f64, f64, f64, f64)) -> f64| miab_bench::median(ratios.iter().map(f).collect());
     println!(
         "\nwatched / not watched, median of {rounds} rounds: greylisting throughput {:.2}x, CPU per request {:.2}x; containment throughput {:.2}x, CPU per request {:.2}x",
         median(|r| r.0),
@@ -462,11 +456,8 @@ fn store(per_conn: usize, rounds: usize) {
             runs[3].cpu_per_request_ms() / runs[2].cpu_per_request_ms(),
         ));
     }
-    let median = |f: fn(&(f64, f64, f64, f64)) -> f64| {
-        let mut v: Vec<f64> = ratios.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let median =
+        |f: fn(&(f64, f64, f64, f64)) -> f64| miab_bench::median(ratios.iter().map(f).collect());
     println!(
         "\nPostgreSQL / SQLite, median of {rounds} rounds: greylisting throughput {:.2}x, CPU per request {:.2}x; containment throughput {:.2}x, CPU per request {:.2}x",
         median(|r| r.0),
