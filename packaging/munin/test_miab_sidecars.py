@@ -30,8 +30,9 @@ SNAPSHOT_AGE = 42
 COUNTERS = """connections_accepted_total connections_waited_for_slot_total lookup_queries_total
     policyd_check_verdicts_total policyd_answers_total policyd_list_answers_total
     authd_authentications_total milter_auth_results_total milter_signatures_total
-    directory_rebuild_failures_total journal_entries_total journal_dropped_total""".split()
-GAUGES = """connections_open policyd_logins_held directory_snapshot_timestamp_seconds
+    directory_rebuild_failures_total journal_entries_total journal_dropped_total
+    policyd_holds_total""".split()
+GAUGES = """connections_open directory_snapshot_timestamp_seconds
     directory_entries""".split()
 HISTOGRAMS = """lookup_seconds policyd_check_seconds policyd_dns_seconds store_seconds
     milter_verify_seconds directory_rebuild_seconds""".split()
@@ -112,8 +113,8 @@ miab_policyd_list_answers_total{{list="client",result="clean"}} 500
 miab_policyd_list_answers_total{{list="sender",result="timeout"}} 2
 # TYPE miab_store_seconds histogram
 {histogram("miab_store_seconds", 'store="greylist"', 0.3, 110)}
-# TYPE miab_policyd_logins_held gauge
-miab_policyd_logins_held 0
+# TYPE miab_policyd_holds_total counter
+miab_policyd_holds_total{event="message_held"} 0
 """
     if daemon == "authd":
         a = "miab_authd_authentications_total"
