@@ -114,7 +114,7 @@ miab_policyd_list_answers_total{{list="sender",result="timeout"}} 2
 # TYPE miab_store_seconds histogram
 {histogram("miab_store_seconds", 'store="greylist"', 0.3, 110)}
 # TYPE miab_policyd_holds_total counter
-miab_policyd_holds_total{event="message_held"} 0
+miab_policyd_holds_total{{event="message_held"}} 0
 """
     if daemon == "authd":
         a = "miab_authd_authentications_total"
