@@ -79,7 +79,7 @@ fn journal_findings(daemon: &str, hour: &Hour) -> Vec<Finding> {
         })
         .collect();
     if summary.is_empty() {
-        out.push(ok(format!("miab-{daemon}, last hour: no decisions")));
+        out.push(ok(format!("miab-{daemon}, last hour: nothing journalled")));
     } else {
         out.push(ok(format!(
             "miab-{daemon}, last hour: {}",
