@@ -295,7 +295,30 @@ fn transient(e: &io::Error) -> bool {
         )
 }
 
-impl<L: indymilter::Listener> indymilter::Listener for Watched<L> {
+/// A stream whose small writes must not wait: a TCP stream gets `TCP_NODELAY` (each milter
+/// reply is a few bytes the MTA waits for; Nagle's algorithm would hold it back until the
+/// MTA's delayed ACK); a UNIX stream has nothing to set.
+pub trait NoDelay {
+    fn no_delay(&self) -> io::Result<()>;
+}
+
+impl NoDelay for tokio::net::TcpStream {
+    fn no_delay(&self) -> io::Result<()> {
+        self.set_nodelay(true)
+    }
+}
+
+impl NoDelay for tokio::net::UnixStream {
+    fn no_delay(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<L> indymilter::Listener for Watched<L>
+where
+    L: indymilter::Listener,
+    L::Io: NoDelay,
+{
     type Io = Stream<L::Io>;
 
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
@@ -313,6 +336,9 @@ impl<L: indymilter::Listener> indymilter::Listener for Watched<L> {
             }
             match self.inner.poll_accept(cx) {
                 Poll::Ready(Ok(io)) => {
+                    if let Err(e) = io.no_delay() {
+                        tracing::debug!(error = %e, "TCP_NODELAY not set");
+                    }
                     self.table.make_room();
                     let (id, slot) = self.table.register();
                     return Poll::Ready(Ok(Stream {
