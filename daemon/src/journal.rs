@@ -55,6 +55,13 @@ pub fn enabled() -> bool {
     JOURNAL.get().is_some()
 }
 
+/// At shutdown: waits (at most a second) until the queued decisions are written.
+pub fn flush() {
+    if let Some(j) = JOURNAL.get() {
+        j.flush(Duration::from_secs(1));
+    }
+}
+
 /// Records `entry` if a journal is kept.
 pub fn record(entry: Entry) {
     if let Some(j) = JOURNAL.get() {

@@ -150,7 +150,9 @@ where
             };
             tokio::spawn(crate::metrics::serve(m, limits, shutdown.clone()));
         }
-        match run(listeners, Arc::new(state), shutdown).await {
+        let served = run(listeners, Arc::new(state), shutdown).await;
+        crate::journal::flush();
+        match served {
             Ok(()) => {
                 tracing::info!("{name} stopped");
                 ExitCode::SUCCESS

@@ -14,6 +14,8 @@
 
 use rusqlite::{Connection, OpenFlags, params};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -131,6 +133,8 @@ CREATE INDEX IF NOT EXISTS journal_queue_id ON journal (queue_id) WHERE queue_id
 #[derive(Debug, Clone)]
 pub struct Journal {
     tx: SyncSender<Entry>,
+    /// Entries queued and not yet written (or lost), for [`Journal::flush`].
+    pending: Arc<AtomicU64>,
 }
 
 /// Called with how many entries were lost.
@@ -148,7 +152,9 @@ impl Journal {
     ) -> rusqlite::Result<Journal> {
         let conn = open(path, busy_timeout)?;
         let (tx, rx) = sync_channel(QUEUE);
+        let pending = Arc::new(AtomicU64::new(0));
         let writer = Writer {
+            pending: Arc::clone(&pending),
             conn,
             keep_ms: i64::try_from(keep.as_millis()).unwrap_or(i64::MAX),
             on_lost,
@@ -158,19 +164,33 @@ impl Journal {
             .name("journal".into())
             .spawn(move || writer.run(&rx))
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(Journal { tx })
+        Ok(Journal { tx, pending })
     }
 
     /// Queues `entry`; a full queue loses it (and says so). Never waits.
     pub fn record(&self, entry: Entry) -> bool {
+        self.pending.fetch_add(1, Ordering::AcqRel);
         match self.tx.try_send(entry.bounded()) {
             Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                false
+            }
+        }
+    }
+
+    /// Waits, at most `limit`, until what was queued is written: at shutdown, so the last
+    /// decisions are kept.
+    pub fn flush(&self, limit: Duration) {
+        let started = Instant::now();
+        while self.pending.load(Ordering::Acquire) > 0 && started.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
 
 struct Writer {
+    pending: Arc<AtomicU64>,
     conn: Connection,
     keep_ms: i64,
     on_lost: OnLost,
@@ -210,7 +230,9 @@ impl Writer {
             if batch.is_empty() {
                 continue;
             }
-            if let Err(e) = self.write(&batch) {
+            let written = self.write(&batch);
+            self.pending.fetch_sub(batch.len() as u64, Ordering::AcqRel);
+            if let Err(e) = written {
                 (self.on_lost)(batch.len() as u64);
                 if self
                     .last_complaint
@@ -452,7 +474,13 @@ mod tests {
         other.instance = "7.1".into();
         other.login = "me@box.test".into();
         assert!(j.record(other));
+        j.flush(Duration::from_secs(2));
         let r = Reader::open(&path).unwrap();
+        assert_eq!(
+            r.read(&Query::QueueId("4ABC")).unwrap().len(),
+            1,
+            "written by flush"
+        );
         let got = wait_for(&r, &Query::QueueId("4ABC"), 1);
         assert_eq!(got.len(), 1);
         assert!(got[0].detail.len() <= MAX_DETAIL);

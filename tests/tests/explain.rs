@@ -252,3 +252,46 @@ fn explain_tells_a_messages_story_across_the_daemons() {
     let garbage = explain(&config, &log, &["x;rm -rf"]);
     assert_eq!(garbage.code, 1, "{garbage:?}");
 }
+
+/// A decision answered just before SIGTERM is in the journal after the daemon exits: shutdown
+/// waits for the writer.
+#[test]
+fn the_last_decisions_are_written_at_shutdown() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = Scratch::new("explain-stop");
+    miab_box(dir.path());
+    let port = free_port();
+    let journal = dir.join("journal/policyd.sqlite");
+    let config = format!(
+        "storage_root = \"{}\"\n[policyd]\njournal = \"{}\"\nchecks = [\"greylist\"]\n\
+         trusted_clients = []\n[policyd.greylist]\nsyslog_socket = \"\"\nspf_pool = false\n",
+        dir.path().display(),
+        journal.display()
+    );
+    let mut policyd = miab_e2e::process::DaemonProcess::with_config(
+        &workspace_bin("miab-policyd"),
+        &dir,
+        "policyd",
+        &config,
+        &["--listen", &format!("inet:127.0.0.1:{port}")],
+    );
+    assert!(miab_e2e::wait_for_port(port, Duration::from_secs(10)));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(
+        b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.7\n\
+          sender=last@foreign.example\nrecipient=me@example.com\ninstance=1.2.3\n\n",
+    )
+    .unwrap();
+    let mut reply = String::new();
+    BufReader::new(&s).read_line(&mut reply).unwrap();
+    assert!(reply.starts_with("action="), "{reply}");
+    assert!(policyd.terminate().success(), "{}", policyd.log());
+    let cfg = dir.join("sidecars.toml");
+    std::fs::write(&cfg, &config).unwrap();
+    let r = explain(
+        &cfg,
+        Path::new("/dev/null"),
+        &["last@foreign.example", "--since", "1h"],
+    );
+    assert!(r.ok() && r.stdout.contains("greylist=stop"), "{r:?}");
+}
