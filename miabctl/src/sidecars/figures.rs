@@ -156,6 +156,17 @@ fn dkim_in_dns(config: &Config) -> Vec<Finding> {
             )];
         }
     };
+    // The keys are read as the owner of their directory (OpenDKIM's on MIAB): root follows
+    // no link planted there.
+    let owner = match crate::owner::AsOwner::of(&layout.dkim_dir()) {
+        Ok(o) => o,
+        Err(e) => {
+            return vec![bad(
+                format!("the DKIM keys cannot be read: {e:#}"),
+                "miabctl dkim generate",
+            )];
+        }
+    };
     let mut wanted = Vec::new();
     for d in &domains {
         match crate::dkim::records(d, &layout) {
@@ -172,42 +183,51 @@ fn dkim_in_dns(config: &Config) -> Vec<Finding> {
             }
         }
     }
+    drop(owner);
     if wanted.is_empty() {
         return Vec::new();
     }
-    let answers = match daemon::dns::authenticator(&config.dns).and_then(|auth| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(rt.block_on(async {
-            let mut out = Vec::new();
-            for (name, _) in &wanted {
-                let asked =
-                    tokio::time::timeout(config.dns.timeout(), auth.txt_raw_lookup(name.as_str()))
-                        .await;
-                out.push(match asked {
-                    Ok(Ok(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-                    // NXDOMAIN or no TXT record (not SERVFAIL): nothing published.
-                    Ok(Err(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(code))))
-                        if matches!(u16::from(code), 0 | 3) =>
-                    {
-                        Some(String::new())
-                    }
-                    _ => None,
-                });
+    let answers =
+        match daemon::dns::authenticator(&config.dns).and_then(|auth| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            Ok(rt.block_on(async {
+                // All at once: a resolver that does not answer costs one timeout, not one per
+                // domain.
+                let asks: Vec<_> = wanted
+                    .iter()
+                    .map(|(name, _)| {
+                        let (auth, name, limit) =
+                            (auth.clone(), name.clone(), config.dns.timeout());
+                        tokio::spawn(async move {
+                            tokio::time::timeout(limit, auth.txt_raw_lookup(name.as_str())).await
+                        })
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for ask in asks {
+                    out.push(match ask.await {
+                        Ok(Ok(Ok(bytes))) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                        // NXDOMAIN or no TXT record (not SERVFAIL): nothing published.
+                        Ok(Ok(Err(mail_auth::Error::Dns(
+                            mail_auth::DnsError::RecordNotFound(code),
+                        )))) if matches!(u16::from(code), 0 | 3) => Some(String::new()),
+                        _ => None,
+                    });
+                }
+                out
+            }))
+        }) {
+            Ok(a) => a,
+            Err(e) => {
+                return vec![warn(
+                    format!("DKIM keys not checked against DNS: {e}"),
+                    "systemctl status bind9",
+                )];
             }
-            out
-        }))
-    }) {
-        Ok(a) => a,
-        Err(e) => {
-            return vec![warn(
-                format!("DKIM keys not checked against DNS: {e}"),
-                "systemctl status bind9",
-            )];
-        }
-    };
+        };
     let key_of = |record: &str| -> String {
         let flat: String = record.chars().filter(|c| !c.is_whitespace()).collect();
         flat.split(';')
