@@ -320,8 +320,6 @@ pub enum Query<'a> {
         from_ms: i64,
         to_ms: i64,
     },
-    /// Every entry from `since_ms` on.
-    Since(i64),
 }
 
 impl Reader {
@@ -356,59 +354,39 @@ impl Reader {
                 detail: r.get(9)?,
             })
         };
-        let mut out = Vec::new();
-        match q {
-            Query::QueueId(id) => {
-                let mut s = self.conn.prepare(&format!(
-                    "{COLS} WHERE queue_id = ?1 ORDER BY at, rowid LIMIT ?2"
-                ))?;
-                for r in s.query_map(params![id, limit], row)? {
-                    out.push(r?);
-                }
-            }
-            Query::Instance(i) => {
-                let mut s = self.conn.prepare(&format!(
-                    "{COLS} WHERE instance = ?1 ORDER BY at, rowid LIMIT ?2"
-                ))?;
-                for r in s.query_map(params![i, limit], row)? {
-                    out.push(r?);
-                }
-            }
-            Query::Address { address, since_ms } => {
-                let a = address.to_lowercase();
-                let mut s = self.conn.prepare(&format!(
-                    "{COLS} WHERE at >= ?2 AND (sender = ?1 OR login = ?1
-                       OR instr(' ' || recipient || ' ', ' ' || ?1 || ' ') > 0)
-                     ORDER BY at, rowid LIMIT ?3"
-                ))?;
-                for r in s.query_map(params![a, since_ms, limit], row)? {
-                    out.push(r?);
-                }
-            }
+        use rusqlite::types::Value;
+        let text = |t: &str| Value::Text(t.to_owned());
+        let (filter, mut args): (&str, Vec<Value>) = match q {
+            Query::QueueId(id) => ("queue_id = ?1", vec![text(id)]),
+            Query::Instance(i) => ("instance = ?1", vec![text(i)]),
+            Query::Address { address, since_ms } => (
+                "at >= ?2 AND (sender = ?1 OR login = ?1
+                   OR instr(' ' || recipient || ' ', ' ' || ?1 || ' ') > 0)",
+                vec![text(&address.to_lowercase()), Value::Integer(*since_ms)],
+            ),
             Query::Attempts {
                 sender,
                 client,
                 from_ms,
                 to_ms,
-            } => {
-                let mut s = self.conn.prepare(&format!(
-                    "{COLS} WHERE sender = ?1 AND client = ?2 AND at >= ?3 AND at <= ?4
-                     ORDER BY at, rowid LIMIT ?5"
-                ))?;
-                for r in s.query_map(params![sender, client, from_ms, to_ms, limit], row)? {
-                    out.push(r?);
-                }
-            }
-            Query::Since(since) => {
-                let mut s = self.conn.prepare(&format!(
-                    "{COLS} WHERE at >= ?1 ORDER BY at, rowid LIMIT ?2"
-                ))?;
-                for r in s.query_map(params![since, limit], row)? {
-                    out.push(r?);
-                }
-            }
-        }
-        Ok(out)
+            } => (
+                "sender = ?1 AND client = ?2 AND at >= ?3 AND at <= ?4",
+                vec![
+                    text(sender),
+                    text(client),
+                    Value::Integer(*from_ms),
+                    Value::Integer(*to_ms),
+                ],
+            ),
+        };
+        let sql = format!(
+            "{COLS} WHERE {filter} ORDER BY at, rowid LIMIT ?{}",
+            args.len() + 1
+        );
+        args.push(Value::Integer(limit));
+        let mut s = self.conn.prepare(&sql)?;
+        let rows = s.query_map(rusqlite::params_from_iter(args), row)?;
+        rows.collect()
     }
 
     /// Entries from `since_ms` on whose detail contains `text`.
@@ -424,14 +402,13 @@ impl Reader {
 
     /// Entries per event from `since_ms` on, for `status`.
     pub fn counts_since(&self, since_ms: i64) -> rusqlite::Result<Vec<(String, String, u64)>> {
+        // The detail's first word, up to its colon: the answer kind, `ok`, `failed`, ...
         let mut s = self.conn.prepare(
-            "SELECT event, detail, count(*) FROM journal WHERE at >= ?1
-             GROUP BY event, substr(detail, 1, instr(detail || ':', ':') - 1)",
+            "SELECT event, substr(detail, 1, instr(detail || ':', ':') - 1) AS head, count(*)
+             FROM journal WHERE at >= ?1 GROUP BY event, head",
         )?;
         let rows = s.query_map([since_ms], |r| {
-            let detail: String = r.get(1)?;
-            let head = detail.split(':').next().unwrap_or_default().to_owned();
-            Ok((r.get(0)?, head, r.get::<_, i64>(2)?.unsigned_abs()))
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.unsigned_abs()))
         })?;
         rows.collect()
     }

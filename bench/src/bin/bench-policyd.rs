@@ -336,17 +336,29 @@ fn watching(per_conn: usize, rounds: usize) {
         for r in &runs {
             print_row(round, r);
         }
-        ratios.push((
-            runs[1].rate() / runs[0].rate(),
-            runs[1].cpu_per_request_ms() / runs[0].cpu_per_request_ms(),
-            runs[3].rate() / runs[2].rate(),
-            runs[3].cpu_per_request_ms() / runs[2].cpu_per_request_ms(),
-        ));
+        ratios.push(pair_ratios(&runs));
     }
+    print_pair_medians("watched / not watched", &ratios);
+}
+
+/// Second run over first and fourth over third, throughput and CPU per request: the two
+/// pairs (greylisting, containment) a round of `--store` or `--watching` measures.
+fn pair_ratios(runs: &[Run]) -> (f64, f64, f64, f64) {
+    (
+        runs[1].rate() / runs[0].rate(),
+        runs[1].cpu_per_request_ms() / runs[0].cpu_per_request_ms(),
+        runs[3].rate() / runs[2].rate(),
+        runs[3].cpu_per_request_ms() / runs[2].cpu_per_request_ms(),
+    )
+}
+
+/// The median of each of [`pair_ratios`]'s figures over the rounds, as the closing line.
+fn print_pair_medians(what: &str, ratios: &[(f64, f64, f64, f64)]) {
     let median =
         |f: fn(&(f64, f64, f64, f64)) -> f64| miab_bench::median(ratios.iter().map(f).collect());
     println!(
-        "\nwatched / not watched, median of {rounds} rounds: greylisting throughput {:.2}x, CPU per request {:.2}x; containment throughput {:.2}x, CPU per request {:.2}x",
+        "\n{what}, median of {} rounds: greylisting throughput {:.2}x, CPU per request {:.2}x; containment throughput {:.2}x, CPU per request {:.2}x",
+        ratios.len(),
         median(|r| r.0),
         median(|r| r.1),
         median(|r| r.2),
@@ -449,22 +461,9 @@ fn store(per_conn: usize, rounds: usize) {
             print_row(round, &r);
             runs.push(r);
         }
-        ratios.push((
-            runs[1].rate() / runs[0].rate(),
-            runs[1].cpu_per_request_ms() / runs[0].cpu_per_request_ms(),
-            runs[3].rate() / runs[2].rate(),
-            runs[3].cpu_per_request_ms() / runs[2].cpu_per_request_ms(),
-        ));
+        ratios.push(pair_ratios(&runs));
     }
-    let median =
-        |f: fn(&(f64, f64, f64, f64)) -> f64| miab_bench::median(ratios.iter().map(f).collect());
-    println!(
-        "\nPostgreSQL / SQLite, median of {rounds} rounds: greylisting throughput {:.2}x, CPU per request {:.2}x; containment throughput {:.2}x, CPU per request {:.2}x",
-        median(|r| r.0),
-        median(|r| r.1),
-        median(|r| r.2),
-        median(|r| r.3)
-    );
+    print_pair_medians("PostgreSQL / SQLite", &ratios);
 }
 
 /// Authenticated messages, as two requests each (RCPT, then END-OF-MESSAGE): each a new

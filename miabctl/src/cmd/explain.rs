@@ -70,12 +70,13 @@ pub fn run(cli: &Cli, args: &ExplainArgs) -> Result<()> {
     let logs = mail_logs(&args.mail_log, since_ms)?;
     if is_address {
         let needle = format!("<{}>", target.to_lowercase());
-        let lines: Vec<String> = logs
+        // Each line looked at once: whether it names the address.
+        let names: Vec<bool> = logs
             .iter()
-            .filter(|l| l.to_lowercase().contains(&needle))
-            .cloned()
+            .map(|l| l.to_lowercase().contains(&needle))
             .collect();
-        let qids: BTreeSet<String> = lines.iter().filter_map(|l| queue_id_of(l)).collect();
+        let lines = logs.iter().zip(&names).filter(|(_, n)| **n).map(|(l, _)| l);
+        let qids: BTreeSet<String> = lines.filter_map(|l| queue_id_of(l)).collect();
         for (daemon, path) in &journals {
             let found = read_journal(path, |r| {
                 let mut out = r.read(&Query::Address {
@@ -91,10 +92,9 @@ pub fn run(cli: &Cli, args: &ExplainArgs) -> Result<()> {
         }
         story.postfix = logs
             .into_iter()
-            .filter(|l| {
-                l.to_lowercase().contains(&needle)
-                    || queue_id_of(l).is_some_and(|q| qids.contains(&q))
-            })
+            .zip(names)
+            .filter(|(l, named)| *named || queue_id_of(l).is_some_and(|q| qids.contains(&q)))
+            .map(|(l, _)| l)
             .collect();
     } else {
         for (daemon, path) in &journals {
